@@ -1,0 +1,46 @@
+"""Multi-scale ClusterCAMs: the targets the pseudo labels are made from.
+
+Reference: DCVL-WSSS/ClusterCAM utils.py `multi_scale_cam2` (from ToCo).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clustercam_pl.models.clustercam import ClusterCAMNet
+
+
+@torch.no_grad()
+def multi_scale_cam(
+    net: ClusterCAMNet, images: Tensor, scales: Sequence[float] = (1.0, 0.75, 1.25), flip: bool = True
+) -> Tensor:
+    """CAMs at several scales (each with its horizontal flip), fused and min-max normalised.
+
+    Per scale: resize bilinearly to (int(s * H), int(s * W)), run the image and its mirror in one
+    batch, upsample to (H, W), take the max over the two, ReLU; then sum over scales and normalise
+    each (image, class) map to [0, 1] as `(cam - min) / (max - min + 1e-5)`.
+
+    Args:
+        images: (B, 3, H, W) ImageNet-normalised.
+    Returns:
+        (B, K, H, W) in [0, 1]; classes are not masked by the image labels here.
+    """
+    B, _, H, W = images.shape
+    total = None
+    for s in scales:
+        x = images if s == 1.0 else F.interpolate(
+            images, size=(int(s * H), int(s * W)), mode="bilinear", align_corners=False
+        )
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)  # (2B, 3, h', w')
+        cam = F.interpolate(net.cam(x), size=(H, W), mode="bilinear", align_corners=False)  # (nB, K, H, W)
+        if flip:
+            cam = torch.maximum(cam[:B], cam[B:].flip(-1))
+        cam = F.relu(cam)
+        total = cam if total is None else total + cam
+    total = total - total.amin(dim=(2, 3), keepdim=True)
+    return total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
