@@ -1,0 +1,115 @@
+"""The network beyond the fixture: sizes, class counts, gradients, fast path == reference path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clustercam_pl.models import ClusterCAMNet
+
+TINY = dict(embed_dim=32, depth=2, num_heads=2, pos_grid=4, decoder_width=16, drop_path_rate=0.0, cam_layers=2)
+
+
+def tiny(num_classes=3, **kw) -> ClusterCAMNet:
+    return ClusterCAMNet(num_classes=num_classes, **(TINY | kw))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (80, 48), (70, 99), (33, 65)])
+def test_shapes_for_odd_and_non_square_inputs(size):
+    H, W = size
+    net = tiny().eval()
+    h, w = H // 16, W // 16
+    out = net(torch.randn(2, 3, H, W))
+    assert out.cls_logits.shape == (2, 3) and out.patch_logits.shape == (2, 3)
+    assert out.seg_logits.shape == (2, 4, h, w)
+    assert out.features.shape == (2, 32 + 2 * 2 * 3, h, w)
+    assert net.cam(torch.randn(1, 3, H, W)).shape == (1, 3, h, w)
+
+
+@pytest.mark.parametrize("K", [1, 80])
+def test_class_counts(K):
+    net = tiny(num_classes=K).eval()
+    out = net(torch.randn(1, 3, 64, 64))
+    assert out.cls_logits.shape == (1, K) and out.seg_logits.shape == (1, K + 1, 4, 4)
+    assert net.cam(torch.randn(1, 3, 64, 64)).shape == (1, K, 4, 4)
+    assert torch.isfinite(out.seg_logits).all()
+
+
+def test_feature_width_follows_depth_and_heads():
+    net = ClusterCAMNet(num_classes=5, embed_dim=48, depth=3, num_heads=4, pos_grid=4, decoder_width=8, cam_layers=2)
+    assert net.feature_channels == 48 + 3 * 4 * 5
+    assert net(torch.randn(1, 3, 64, 64)).features.shape[1] == net.feature_channels
+
+
+def test_every_parameter_gets_a_gradient():
+    net = tiny(alpha_init=0.5)
+    out = net(torch.randn(2, 3, 64, 64))
+    (out.cls_logits.sum() + out.patch_logits.sum() + out.seg_logits.sum()).backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not dead, f"parameters without gradient: {dead}"
+    # The reference's unused final LayerNorm is not built at all.
+    assert not any(n.startswith(("norm.", "backbone.norm.")) for n, _ in net.named_parameters())
+
+
+@pytest.mark.parametrize("cluster_blocks", [None, [1], []])
+def test_fused_path_equals_materialising_path(cluster_blocks):
+    torch.manual_seed(1)
+    fast = tiny(cluster_blocks=cluster_blocks, alpha_init=0.3)
+    slow = tiny(cluster_blocks=cluster_blocks, alpha_init=0.3, fused_attention=False)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 64, 80)
+    outs = []
+    for net in (fast, slow):
+        out = net(x)
+        loss = out.cls_logits.square().sum() + out.patch_logits.square().sum() + out.seg_logits.square().mean()
+        loss.backward()
+        outs.append((out, {n: p.grad.clone() for n, p in net.named_parameters()}, net.cam(x)))
+    (of, gf, cf), (os_, gs, cs) = outs
+    for a, b in [(of.cls_logits, os_.cls_logits), (of.seg_logits, os_.seg_logits), (cf, cs)]:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for n in gf:
+        torch.testing.assert_close(gf[n], gs[n], rtol=1e-3, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_recorded_attention_is_consistent():
+    net = tiny(alpha_init=0.25).eval()
+    out = net(torch.randn(1, 3, 64, 64), record=True)
+    rec = out.attention[0]
+    N = 16
+    assert rec.p2p.shape == (1, 2, N, N) and rec.assign.shape == (1, N, 4) and rec.cluster_grid == (2, 2)
+    torch.testing.assert_close(rec.assign.sum(-1), torch.ones(1, N))  # each patch: distribution over clusters
+    torch.testing.assert_close(rec.c2p_mixed, 0.75 * rec.c2p + 0.25 * rec.c2clu_mapped)
+
+
+def test_drop_path_makes_train_mode_stochastic_and_eval_deterministic():
+    net = tiny(drop_path_rate=0.5)
+    x = torch.randn(2, 3, 64, 64)
+    net.train()
+    assert not torch.equal(net.cam(x), net.cam(x))
+    net.eval()
+    assert torch.equal(net.cam(x), net.cam(x))
+
+
+def test_input_smaller_than_a_cluster_cell_is_a_clear_error():
+    net = tiny()
+    with pytest.raises(ValueError, match=r"input of 16x64 pixels gives a 1x4 patch grid, smaller than one cluster cell"):
+        net(torch.randn(1, 3, 16, 64))
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="cam_layers"):
+        tiny(cam_layers=3)
+    with pytest.raises(ValueError, match=r"cluster_blocks \[5\]"):
+        tiny(cluster_blocks=[5])
+    with pytest.raises(ValueError, match="cluster iters"):
+        tiny(cluster_iters=0)
+
+
+def test_no_cuda_calls_in_package():
+    from pathlib import Path
+
+    import clustercam_pl
+
+    root = Path(clustercam_pl.__file__).parent
+    offenders = [str(p) for p in root.rglob("*.py") if ".cuda(" in p.read_text()]
+    assert not offenders, offenders
