@@ -1,0 +1,94 @@
+"""Evaluation metrics: VOC-convention segmentation mIoU and multi-label classification mAP.
+
+* :class:`SegmentationIoU`: the confusion matrix over all pixels of the whole set (target
+  ``ignore_index`` excluded), IoU per class, and the mean over the classes that occur in the
+  prediction or the ground truth (a class absent from both has IoU NaN and is skipped). This is the
+  reference's ``seg/tool/metrics.Evaluator`` (DCVL-WSSS/ClusterCAM), used for the reported numbers.
+* :class:`PerImageAveragePrecision`: the reference's in-training mAP (``engine.compute_mAP``): the
+  average precision of each image's class scores against its labels, averaged over the images with
+  at least one positive label.
+* :func:`classwise_map`: the usual class-wise macro mAP (torchmetrics), for comparison with the
+  classification literature.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassJaccardIndex, MultilabelAveragePrecision
+
+
+class SegmentationIoU(MulticlassJaccardIndex):
+    """Dataset-level IoU per class and its NaN-aware mean; ``compute()`` returns ``{"miou", "per_class"}``.
+
+    ``update(preds, target)`` takes label maps (B, H, W) or logits/probabilities (B, C, H, W) and
+    targets (B, H, W). The state is the summed confusion matrix (synced across processes by
+    torchmetrics). IoU is computed in float64 from the integer counts.
+
+    Beware the ``average="none"`` mean trap: with torchmetrics' default ``zero_division=0`` a class
+    absent from both prediction and ground truth scores 0 and drags a plain ``.mean()`` down; here it
+    is NaN and skipped by the mean, as in the reference's ``np.nanmean``.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, validate_args: bool = True, **kwargs: Any):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        super().__init__(
+            num_classes=num_classes,
+            average="none",
+            ignore_index=ignore_index,
+            validate_args=validate_args,
+            zero_division=float("nan"),
+            **kwargs,
+        )
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        confmat = self.confmat.double()  # (C, C): rows = ground truth, columns = prediction
+        tp = confmat.diagonal()
+        union = confmat.sum(0) + confmat.sum(1) - tp
+        per_class = torch.where(union > 0, tp / union.clamp_min(1), float("nan"))  # (C,)
+        return {"miou": per_class.nanmean().float(), "per_class": per_class.float()}
+
+
+class PerImageAveragePrecision(Metric):
+    """Mean over images of the average precision of each image's K scores (the reference's mAP).
+
+    For one image with positives P: ``AP = mean_{j in P} |{i in P: s_i >= s_j}| / |{i: s_i >= s_j}|``,
+    which equals sklearn's ``average_precision_score(labels, scores)`` including ties. Images
+    without positive labels are skipped, as in the reference. Vectorised, no host sync in ``update``.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("ap_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        """``scores`` (B, K) (logits or probabilities: only the order matters), ``labels`` (B, K) 0/1."""
+        if scores.shape != labels.shape or scores.dim() != 2:
+            raise ValueError(
+                f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} must both be (B, K)"
+            )
+        pos = (labels > 0).double()  # (B, K)
+        s = scores.double()
+        above = (s.unsqueeze(1) >= s.unsqueeze(2)).double()  # (B, K, K): [b, j, i] = s_i >= s_j
+        precision = (above * pos.unsqueeze(1)).sum(-1) / above.sum(-1)  # (B, K) at each score's threshold
+        n_pos = pos.sum(-1)  # (B,)
+        ap = (precision * pos).sum(-1) / n_pos.clamp_min(1)  # (B,)
+        has_pos = n_pos > 0
+        self.ap_sum += torch.where(has_pos, ap, 0.0).sum()
+        self.count += has_pos.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.ap_sum / self.count).float()  # NaN if no image had a positive label
+
+
+def classwise_map(num_labels: int, **kwargs: Any) -> MultilabelAveragePrecision:
+    """Class-wise macro mAP: AP of each class over the whole set, averaged over classes (torchmetrics)."""
+    return MultilabelAveragePrecision(num_labels=num_labels, average="macro", **kwargs)
