@@ -66,6 +66,9 @@ class ClusterCAMNet(nn.Module):
         decoder_dilation: int = 5,
     ):
         super().__init__()
+        # Constructor arguments, stored in framework checkpoints so a network rebuilds without configs.
+        self.config = {k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v)
+                       for k, v in locals().items() if k not in ("self", "__class__")}
         if not 1 <= cam_layers <= depth:
             raise ValueError(f"cam_layers must be in 1..depth={depth}, got {cam_layers}")
         self.backbone = ClusterViT(

@@ -1,0 +1,225 @@
+"""The LightningModule: forward, multi-scale CAMs -> PAR pseudo labels, the three losses, metrics.
+
+One training step reads like the method (reference: DCVL-WSSS/ClusterCAM engine.py `train_one_epoch`):
+
+    cams   = multi_scale_cam(net, image)                    # no grad, train mode by default
+    pseudo = refine_pseudo_label(PAR, image, cams * label)  # fg / bg / ignore=255
+    out    = net(image)
+    loss   = L_cls + L_patch + 0.1 * L_seg                  # L_seg from the warm-up epoch on
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.generate import multi_scale_cam
+from clustercam_pl.cam.par import PAR
+from clustercam_pl.cam.pseudo_label import denormalize, refine_pseudo_label
+from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
+from clustercam_pl.models import ClusterCAMNet, load_imagenet_weights
+from clustercam_pl.models.weights import load_state_dict_checked
+from clustercam_pl.optim import OptimConfig, lr_at, param_groups
+
+log = logging.getLogger(__name__)
+
+# Bumped when the checkpoint layout changes; a newer file is refused with a clear message.
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/Inf; raised after the last good weights were saved."""
+
+
+class ClusterCAMLitModule(L.LightningModule):
+    """Trains ClusterCAMNet end to end from image-level labels.
+
+    Args:
+        net: the network (built from `conf/net`).
+        cam: CAM -> pseudo-label settings.
+        loss: the three-term loss with its weights.
+        optim: optimiser and schedule.
+        seg_start_epoch: the segmentation loss (and the pseudo-label work) starts at this epoch
+            (reference 50 of 80 on VOC, 40 of 60 on COCO).
+        pretrained: ImageNet ViT weights for the backbone (timm name or local file); None = random.
+        val_pseudo_labels: also score CAMs and refined pseudo labels on the validation masks.
+        check_finite: stop at the first non-finite loss (costs one host sync per step).
+    """
+
+    def __init__(
+        self,
+        net: ClusterCAMNet,
+        cam: CAMConfig,
+        loss: ClusterCAMLoss,
+        optim: OptimConfig,
+        seg_start_epoch: int = 50,
+        pretrained: str | None = None,
+        val_pseudo_labels: bool = True,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        # Plain types only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({
+            "net": dict(net.config),
+            "cam": asdict(cam),
+            "loss": dict(w_cls=loss.w_cls, w_patch=loss.w_patch, w_seg=loss.w_seg),
+            "optim": asdict(optim),
+            "seg_start_epoch": int(seg_start_epoch),
+            "pretrained": None if pretrained is None else str(pretrained),
+            "val_pseudo_labels": bool(val_pseudo_labels),
+            "check_finite": bool(check_finite),
+        })
+        self.net, self.cam_cfg, self.criterion, self.optim_cfg = net, cam, loss, optim
+        self.par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters)
+        K = net.num_classes
+        self.val_seg = SegmentationIoU(K + 1, ignore_index=cam.ignore_index)
+        self.val_pseudo = SegmentationIoU(K + 1, ignore_index=cam.ignore_index)
+        self.val_cam = SegmentationIoU(K + 1, ignore_index=cam.ignore_index)
+        self.val_map = PerImageAveragePrecision()
+        self.best_seg_miou: float = float("nan")
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        # Runs before a checkpoint is restored, so a resumed run overwrites these weights.
+        if stage == "fit" and self.hparams.pretrained:
+            load_imagenet_weights(self.net, self.hparams.pretrained)
+            log.info("backbone initialised from %s", self.hparams.pretrained)
+
+    # ------------------------------------------------------------------------------ CAM step
+    @torch.no_grad()
+    def pseudo_labels(self, image: Tensor, cls_label: Tensor) -> tuple[Tensor, Tensor]:
+        """Multi-scale CAMs (B, K, H, W) masked by the labels, and their refined pseudo labels (B, H, W)."""
+        cfg = self.cam_cfg
+        was_training = self.net.training
+        self.net.train(cfg.train_mode and was_training)
+        try:
+            cams = multi_scale_cam(self.net, image, cfg.scales, cfg.flip)  # (B, K, H, W)
+        finally:
+            self.net.train(was_training)
+        cams = cams * cls_label[:, :, None, None].to(cams.dtype)
+        image01 = denormalize(image, wrap_uint8=cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
+        pseudo = refine_pseudo_label(
+            self.par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale, cfg.ignore_index
+        )
+        return cams, pseudo
+
+    def seg_active(self) -> bool:
+        return self.current_epoch >= self.hparams.seg_start_epoch
+
+    # ------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image, cls_label = batch["image"], batch["cls_label"]  # (B, 3, H, W), (B, K)
+        use_seg = self.seg_active()
+        pseudo = self.pseudo_labels(image, cls_label)[1] if use_seg else None  # (B, H, W)
+        out = self.net(image, with_seg=use_seg)
+        losses = self.criterion(out.cls_logits, out.patch_logits, out.seg_logits, cls_label, pseudo)
+        if self.hparams.check_finite and not torch.isfinite(losses["total"]):
+            self._stop_on_non_finite(losses)
+        B = image.shape[0]
+        self.log_dict({f"train/loss_{k}": v.detach() for k, v in losses.items()}, batch_size=B, prog_bar=False)
+        self.log("train/loss", losses["total"].detach(), batch_size=B, prog_bar=True)
+        self.log("train/alpha_mean", self._alpha_mean(), batch_size=B)
+        return losses["total"]
+
+    def _alpha_mean(self) -> Tensor:
+        alphas = [b.st_attn.mix_param for b in self.net.backbone.blocks if b.cluster]
+        return torch.cat(alphas).mean().detach() if alphas else torch.zeros((), device=self.device)
+
+    def _stop_on_non_finite(self, losses: dict[str, Tensor]) -> None:
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        where = f"epoch {self.current_epoch}, global step {self.global_step}"
+        saved = ""
+        if self.trainer is not None and self.trainer.log_dir is not None:
+            # The weights are still the last good ones: the loss is checked before the update.
+            path = Path(self.trainer.log_dir) / "checkpoints" / f"nonfinite-step{self.global_step}.ckpt"
+            self.trainer.save_checkpoint(path)
+            saved = f"; the last good weights are in {path}"
+        raise NonFiniteLossError(f"non-finite loss at {where}: {terms}{saved}")
+
+    # ---------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        image, cls_label = batch["image"], batch["cls_label"]
+        out = self.net(image)
+        self.val_map.update(out.cls_logits, cls_label)
+        mask = batch.get("mask")
+        if mask is None:
+            return
+        seg = F.interpolate(out.seg_logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        self.val_seg.update(seg.argmax(1), mask)
+        if self.hparams.val_pseudo_labels:
+            cams, pseudo = self.pseudo_labels(image, cls_label)
+            # The ignore band counts as background: every pixel is scored (conservative).
+            self.val_pseudo.update(torch.where(pseudo == self.cam_cfg.ignore_index, 0, pseudo), mask)
+            bg = torch.full_like(cams[:, :1], self.cam_cfg.cam_background)
+            self.val_cam.update(torch.cat([bg, cams], dim=1).argmax(1), mask)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {"val/map": self.val_map.compute()}
+        self.val_map.reset()
+        for name, metric in (("seg", self.val_seg), ("pseudo", self.val_pseudo), ("cam", self.val_cam)):
+            if metric.update_called:
+                result = metric.compute()
+                metrics[f"val/{name}_miou"] = result["miou"]
+                if name == "seg":
+                    self.last_per_class_iou = result["per_class"].cpu()
+            metric.reset()
+        self.log_dict(metrics, prog_bar=True, sync_dist=False)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    # ----------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        dm = getattr(self.trainer, "datamodule", None)
+        global_batch = getattr(dm, "global_batch_size", None) or 1
+        base_lr = cfg.base_lr(global_batch)
+        groups = param_groups(self.net, cfg.weight_decay, cfg.decay_tokens)
+        opt = torch.optim.AdamW(groups, lr=base_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        total_epochs = max(int(self.trainer.max_epochs or 1), 1)
+        if cfg.interval == "epoch":
+            fn = lambda e: lr_at(e, base_lr, total_epochs, cfg) / base_lr  # noqa: E731
+        else:
+            steps = max(int(self.trainer.estimated_stepping_batches / total_epochs), 1)
+            fn = lambda s: lr_at(s / steps, base_lr, total_epochs, cfg) / base_lr  # noqa: E731
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": cfg.interval}}
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["clustercam"] = {"format": CHECKPOINT_FORMAT, "net_config": dict(self.net.config)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_format(checkpoint, "checkpoint")
+
+
+def check_checkpoint_format(checkpoint: dict[str, Any], source: str) -> None:
+    fmt = checkpoint.get("clustercam", {}).get("format")
+    if fmt is None:
+        raise ValueError(f"{source} is not a clustercam_pl checkpoint (no 'clustercam' section)")
+    if fmt > CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{source} has checkpoint format {fmt}, newer than this clustercam_pl reads ({CHECKPOINT_FORMAT}): "
+            "upgrade clustercam_pl"
+        )
+
+
+def net_from_checkpoint(checkpoint: dict[str, Any], source: str) -> ClusterCAMNet:
+    """Rebuild the network of a framework checkpoint (no Hydra config needed)."""
+    check_checkpoint_format(checkpoint, source)
+    net = ClusterCAMNet(**checkpoint["clustercam"]["net_config"])
+    sd = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    load_state_dict_checked(net, sd, source)
+    return net

@@ -1,0 +1,82 @@
+"""Optimiser parameter groups and the learning-rate schedule, the reference's and a corrected one.
+
+Reference recipe (DCVL-WSSS/ClusterCAM main.py with timm 0.4.12 `create_optimizer` /
+`create_scheduler`): AdamW, weight decay 0.05 on every tensor with more than one dimension
+(including `cls_token` and `pos_embed`, since DataParallel hides `no_weight_decay()`), none on 1-D
+tensors and biases; lr = 5e-4 * batch / 512; cosine over the epochs to lr_min = 1e-5 after a
+5-epoch linear warm-up from 1e-6, stepped once per epoch *after* it. Because lr_min > lr the
+"decay" rises, and the one-epoch lag makes epochs 0 and 1 both run at 1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + warm-up/cosine schedule.
+
+    Attributes:
+        lr_per_512: base learning rate for a global batch of 512; lr = lr_per_512 * batch / 512.
+        lr: absolute base learning rate; overrides lr_per_512 when set (> 0).
+        weight_decay, betas, eps: AdamW.
+        decay_tokens: apply weight decay to `cls_token` / `pos_embed` (the reference does).
+        warmup_epochs, warmup_lr: linear warm-up from warmup_lr to lr.
+        min_lr: the cosine's floor (reference 1e-5, above its own lr).
+        lag_one_epoch: reproduce the reference's scheduler lag (epoch e runs at the value for e - 1).
+        interval: "epoch" (reference) or "step" (the same curve evaluated at fractional epochs).
+    """
+
+    lr_per_512: float = 5e-4
+    lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decay_tokens: bool = True
+    warmup_epochs: float = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    lag_one_epoch: bool = True
+    interval: str = "epoch"
+
+    def __post_init__(self) -> None:
+        if self.interval not in ("epoch", "step"):
+            raise ValueError(f"optim.interval must be 'epoch' or 'step', got {self.interval!r}")
+        if self.lr < 0 or self.lr_per_512 <= 0 and self.lr == 0:
+            raise ValueError(f"invalid learning rate: lr={self.lr}, lr_per_512={self.lr_per_512}")
+
+    def base_lr(self, global_batch: int) -> float:
+        return self.lr if self.lr > 0 else self.lr_per_512 * global_batch / 512
+
+
+def param_groups(net: nn.Module, weight_decay: float, decay_tokens: bool = True) -> list[dict]:
+    """Two named groups: `decay` (weights, >= 2-D) and `no_decay` (1-D tensors, biases, alpha)."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_token = name.endswith(("cls_token", "pos_embed"))
+        if p.ndim <= 1 or name.endswith(".bias") or (is_token and not decay_tokens):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"name": "decay", "params": decay, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_at(epoch: float, base_lr: float, total_epochs: int, cfg: OptimConfig) -> float:
+    """The learning rate for (possibly fractional) `epoch`, timm 0.4.12 CosineLRScheduler semantics."""
+    t = epoch - 1 if cfg.lag_one_epoch else epoch
+    if t < 0:
+        return cfg.warmup_lr
+    if t < cfg.warmup_epochs:
+        return cfg.warmup_lr + t * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
+    if t >= total_epochs:
+        return cfg.min_lr
+    return cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * t / total_epochs))

@@ -1,0 +1,102 @@
+"""Train ClusterCAM: `python -m clustercam_pl.train +experiment=voc_vits [key=value ...]`.
+
+`train(cfg)` is importable (tests call it); `main` is the thin Hydra wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from clustercam_pl.callbacks import AtomicCheckpointIO
+from clustercam_pl.entry import (
+    attach_wandb_id,
+    check_config,
+    instantiate_dict,
+    iou_table,
+    resolve_ckpt,
+    run_dir,
+    scalar_metrics,
+    write_metrics,
+)
+
+log = logging.getLogger("clustercam_pl.train")
+
+REPORTED = ("val/seg_miou", "val/pseudo_miou", "val/cam_miou", "val/map")
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """Datamodule and LightningModule from a composed config (the network's K comes from the data)."""
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.net, num_classes=datamodule.num_classes, _convert_="all")
+    model = instantiate(
+        cfg.model,
+        net=net,
+        cam=instantiate(cfg.cam, _convert_="all"),
+        loss=instantiate(cfg.loss),
+        optim=instantiate(cfg.optim, _convert_="all"),
+    )
+    return datamodule, model
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (resuming where the run folder says), optionally test, write metrics.json; return the metrics."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = run_dir(cfg)
+    attach_wandb_id(cfg)
+    datamodule, model = build(cfg)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=instantiate_dict(cfg.get("callbacks")),
+        logger=instantiate_dict(cfg.get("logger")) or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg))
+
+    metrics = scalar_metrics(trainer.callback_metrics)
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule)
+        metrics |= {k.replace("val/", "test/"): v for k, v in scalar_metrics(trainer.callback_metrics).items()}
+    per_class = getattr(model, "last_per_class_iou", None)
+    summary = {
+        "metrics": metrics,
+        **{k: metrics.get(k, float("nan")) for k in REPORTED},
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "best_checkpoint": _best_path(trainer),
+        "run_dir": str(out_dir),
+    }
+    if per_class is not None:
+        names = ["background", *getattr(datamodule, "class_names", [str(i) for i in range(len(per_class) - 1)])]
+        summary["per_class_iou"] = dict(zip(names, per_class.tolist(), strict=False))
+        if trainer.is_global_zero:
+            log.info("per-class IoU of the segmentation decoder on val:\n%s", iou_table(per_class.tolist(), names))
+    if trainer.is_global_zero:
+        path = write_metrics(out_dir / "metrics.json", summary)
+        log.info("metrics: %s", {k: round(summary[k], 4) for k in REPORTED})
+        log.info("run folder: %s (metrics: %s)", out_dir, path)
+    return summary
+
+
+def _best_path(trainer: L.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    return str(cb.best_model_path) if cb is not None and cb.best_model_path else None
+
+
+@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    summary = train(cfg)
+    return float(summary.get(cfg.get("optimized_metric", "val/seg_miou"), float("nan")))
+
+
+if __name__ == "__main__":
+    main()
