@@ -76,7 +76,7 @@ class CAMImageLogger(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: dict[str, Any], batch_idx: int) -> None:
         step = trainer.global_step
-        if self.every_n_steps <= 0 or step % self.every_n_steps or not trainer.is_global_zero:
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
             return
         from clustercam_pl.visualize import cam_panels, render_panels
 

@@ -30,7 +30,7 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
 def check_config(cfg: DictConfig) -> None:
     """Errors a run would otherwise hit late (or never notice), raised before anything is built."""
     grid = list(cfg.net.cluster_grid)
-    crop = cfg.data.get("crop_size")
+    crop = cfg.data.get("crop_size") or (cfg.data.get("synthetic") or {}).get("image_size")
     patch = cfg.net.patch_size
     blocks = cfg.net.cluster_blocks
     if crop is not None and (blocks is None or len(blocks) > 0):

@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from clustercam_pl.callbacks import AtomicCheckpointIO
@@ -32,10 +33,10 @@ REPORTED = ("val/seg_miou", "val/pseudo_miou", "val/cam_miou", "val/map")
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """Datamodule and LightningModule from a composed config (the network's K comes from the data)."""
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only-loadable
     net = instantiate(cfg.net, num_classes=datamodule.num_classes, _convert_="all")
-    model = instantiate(
-        cfg.model,
+    # Objects are passed to the partial, not as instantiate kwargs (Hydra would turn them into configs).
+    model = instantiate(cfg.model, _partial_=True)(
         net=net,
         cam=instantiate(cfg.cam, _convert_="all"),
         loss=instantiate(cfg.loss),
@@ -51,11 +52,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = run_dir(cfg)
     attach_wandb_id(cfg)
     datamodule, model = build(cfg)
+    loggers = instantiate_dict(cfg.get("logger"))
+    callbacks = instantiate_dict(cfg.get("callbacks"))
+    if not loggers:  # nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=instantiate_dict(cfg.get("callbacks")),
-        logger=instantiate_dict(cfg.get("logger")) or False,
-        plugins=[AtomicCheckpointIO()],
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,384 @@
+"""Benchmark of the ClusterCAM training step and of multi-scale CAM / pseudo-label throughput.
+
+    python -m clustercam_pl.bench train-step [--size 448 --batch 2 --steps 3 --compare]
+    python -m clustercam_pl.bench cam [--device cuda --precision bf16]
+
+Random weights and random inputs (no data, no download), the `voc_vits` recipe's shapes (DeiT-S,
+K=20, CAMs at 1.0/0.75/1.25 with flips, PAR 10 iterations). The step does the work of
+`ClusterCAMLitModule.training_step` in its order (and Lightning's: zero_grad after the forward,
+then backward, then the optimiser step), so the numbers answer "how long does one step take".
+Progress goes to stderr; the last stdout line is one JSON object. `--compare` runs the fast and the
+materialising attention path each in a fresh subprocess, so each process's peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.generate import multi_scale_cam
+from clustercam_pl.cam.par import PAR
+from clustercam_pl.cam.pseudo_label import denormalize, refine_pseudo_label
+from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.optim import OptimConfig, param_groups
+
+# conf/net/vits.yaml and conf/net/tiny.yaml: the shapes the benchmark builds.
+VITS: dict[str, Any] = dict(
+    embed_dim=384, depth=12, num_heads=6, pos_grid=14, cam_layers=3, drop_path_rate=0.1
+)
+TINY: dict[str, Any] = dict(
+    embed_dim=96, depth=4, num_heads=4, pos_grid=4, cam_layers=2, drop_path_rate=0.0,
+    decoder_width=64, decoder_dilation=1,
+)
+PHASES = ("cam", "par", "forward", "backward_step")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------- timing
+class PhaseTimer:
+    """Seconds per phase of one step.
+
+    On CUDA the marks are events recorded in stream order and read once at the end of the step, so
+    the breakdown adds no host-device sync inside the step; on CPU they are plain clock reads.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, Any]] = []
+
+    def _now(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self.marks = [("start", self._now())]
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, self._now()))
+
+    def result(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:], strict=False):
+            out[name] = out.get(name, 0.0) + (a.elapsed_time(b) / 1000 if self.cuda else b - a)
+        return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak allocated device memory on CUDA; the process's peak resident set (a high-water mark) on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def current_rss_mb() -> float:
+    """Resident memory now (Linux /proc; NaN elsewhere): the baseline the step's peak sits on."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------ the step
+@dataclass
+class Bench:
+    """What one benchmarked training step needs: the objects `ClusterCAMLitModule` would hold."""
+
+    net: ClusterCAMNet
+    par: PAR
+    cam_cfg: CAMConfig
+    criterion: ClusterCAMLoss
+    opt: torch.optim.Optimizer
+    device: torch.device
+    precision: str = "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def build(
+    num_classes: int = 20,
+    tiny: bool = False,
+    fused: bool = True,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    compile_net: bool = False,
+    cam_cfg: CAMConfig | None = None,
+    seed: int = 0,
+    **net_overrides: Any,
+) -> Bench:
+    """Network with random weights, PAR, losses and AdamW as `voc_vits` configures them."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    shape = (TINY if tiny else VITS) | net_overrides
+    net = ClusterCAMNet(num_classes=num_classes, fused_attention=fused, **shape)
+    net = net.to(device).train()
+    cam_cfg = cam_cfg or CAMConfig()  # conf/cam/default.yaml: the VOC reference settings
+    optim = OptimConfig()  # conf/optim/reference.yaml
+    groups = param_groups(net, optim.weight_decay, optim.decay_tokens)
+    opt = torch.optim.AdamW(groups, lr=optim.base_lr(9), betas=optim.betas, eps=optim.eps)
+    if compile_net:
+        # Compile the modules both the CAM passes and the training forward run through; compiling
+        # only `net` would leave `net.cam` (three of the four passes) eager.
+        for module in (net.backbone, net.head, net.decoder):
+            module.compile(dynamic=False)
+    par = PAR(cam_cfg.par_dilations, cam_cfg.par_iters).to(device)
+    return Bench(net, par, cam_cfg, ClusterCAMLoss(), opt, device, precision)
+
+
+def random_batch(
+    batch: int, size: int, num_classes: int, device: torch.device, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """ImageNet-normalised-like images (B, 3, S, S) and multi-hot labels (B, K) with >= 1 class each."""
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    labels = torch.rand(batch, num_classes, generator=generator) < 2.0 / num_classes
+    labels[torch.arange(batch), torch.randint(num_classes, (batch,), generator=generator)] = True
+    return images.to(device), labels.to(device=device, dtype=torch.float32)
+
+
+def pseudo_labels(b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None) -> Tensor:
+    """`ClusterCAMLitModule.pseudo_labels`, with a timer mark between the CAM passes and PAR."""
+    cfg = b.cam_cfg
+    with torch.no_grad():
+        was_training = b.net.training
+        b.net.train(cfg.train_mode and was_training)
+        try:
+            cams = multi_scale_cam(b.net, image, cfg.scales, cfg.flip)  # (B, K, H, W)
+        finally:
+            b.net.train(was_training)
+        if timer:
+            timer.mark("cam")
+        cams = cams * cls_label[:, :, None, None].to(cams.dtype)
+        image01 = denormalize(image, wrap_uint8=cfg.wrap_uint8)
+        pseudo = refine_pseudo_label(
+            b.par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale, cfg.ignore_index
+        )
+        if timer:
+            timer.mark("par")
+    return pseudo  # (B, H, W)
+
+
+def train_step(
+    b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None
+) -> dict[str, Tensor]:
+    """One training step after the seg warm-up: pseudo labels, forward, three losses, backward, AdamW.
+
+    The order is Lightning's automatic optimisation around `ClusterCAMLitModule.training_step`
+    (autocast around the step body, `zero_grad` after it, backward outside autocast, then `step`),
+    so the previous step's gradients are alive during this step's forward, as in training.
+    Returns the detached losses and the pseudo label.
+    """
+    with b.autocast():
+        pseudo = pseudo_labels(b, image, cls_label, timer)
+        out = b.net(image, with_seg=True)
+        losses = b.criterion(out.cls_logits, out.patch_logits, out.seg_logits, cls_label, pseudo)
+    if timer:
+        timer.mark("forward")
+    b.opt.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    b.opt.step()
+    if timer:
+        timer.mark("backward_step")
+    return {k: v.detach() for k, v in losses.items()} | {"pseudo": pseudo}
+
+
+def cam_step(
+    b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None
+) -> dict[str, Tensor]:
+    """What pseudo-label export does per batch: eval-mode multi-scale CAMs, then PAR pseudo labels."""
+    b.net.eval()
+    with b.autocast():
+        return {"pseudo": pseudo_labels(b, image, cls_label, timer)}
+
+
+# --------------------------------------------------------------------------------- measuring
+def measure(
+    step: Callable[[Bench, Tensor, Tensor, PhaseTimer | None], dict[str, Tensor]],
+    b: Bench,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    warmup: int,
+) -> tuple[list[float], list[float], dict[str, list[float]], dict[str, Tensor]]:
+    """Run `warmup` untimed then the rest timed: wall and CPU seconds per step, seconds per phase."""
+    timer = PhaseTimer(b.device)
+    times: list[float] = []
+    cpu_times: list[float] = []
+    phases: dict[str, list[float]] = {}
+    result: dict[str, Tensor] = {}
+    for i, (image, label) in enumerate(batches):
+        sync(b.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        timer.start()
+        result = step(b, image, label, timer)
+        sync(b.device)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        split = timer.result()
+        tag = "warm-up" if i < warmup else "timed"
+        parts = " ".join(f"{k}={v:.3f}" for k, v in split.items())
+        log(f"{tag} step {i + 1}/{len(batches)}: {dt:.3f} s (cpu {cpu:.3f} s)  {parts}")
+        if i >= warmup:
+            times.append(dt)
+            cpu_times.append(cpu)
+            for k, v in split.items():
+                phases.setdefault(k, []).append(v)
+    return times, cpu_times, phases, result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Build, warm up, time; the JSON-ready result of one path in this process."""
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if args.compile and device.type == "cpu":
+        warnings.warn(
+            "--compile on CPU: inductor compiles C++ kernels for every shape, expect minutes", stacklevel=2
+        )
+    fused = args.attention == "fused"
+    b = build(args.classes, args.tiny, fused, device, args.precision, args.compile)
+    gen = torch.Generator().manual_seed(1)
+    n = args.warmup + args.steps
+    batches = [random_batch(args.batch, args.size, args.classes, device, gen) for _ in range(n)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base = current_rss_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
+    step = train_step if args.mode == "train-step" else cam_step
+    log(f"{args.mode} attention={args.attention} size={args.size} batch={args.batch} device={device} "
+        f"precision={args.precision} compile={args.compile} threads={torch.get_num_threads()}")
+    times, cpu, phases, result = measure(step, b, batches, args.warmup)
+    med = statistics.median(times)
+    out: dict[str, Any] = {
+        "mode": args.mode,
+        "attention": args.attention,
+        "step_s": med,
+        "images_per_s": args.batch / med,
+        "peak_mem_mb": peak_mem_mb(device),
+        "base_mem_mb": base,
+        "step_s_all": times,
+        "step_s_spread": (max(times) - min(times)) / med,
+        # Process CPU seconds (all threads): steadier than wall time when other jobs share the cores.
+        "step_cpu_s": statistics.median(cpu),
+        "breakdown_s": {k: statistics.median(v) for k, v in phases.items()},
+        "size": args.size,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "precision": args.precision,
+        "compile": args.compile,
+        "classes": args.classes,
+        "tiny": args.tiny,
+        "torch": torch.__version__,
+    }
+    if "total" in result:
+        out["loss"] = {k: float(v) for k, v in result.items() if k != "pseudo"}
+    return out
+
+
+def child_argv(argv: Sequence[str], attention: str) -> list[str]:
+    """This run's arguments for one path in a subprocess: without --compare, with --attention."""
+    return [a for a in argv if a != "--compare"] + ["--attention", attention]
+
+
+def run_subprocess(argv: Sequence[str], attention: str) -> dict[str, Any]:
+    """One path in a fresh interpreter, so its peak resident memory is its own; its last stdout line."""
+    cmd = [sys.executable, "-m", "clustercam_pl.bench", *child_argv(argv, attention)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # stderr streams through
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed ({proc.returncode}): {' '.join(cmd)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(argv: Sequence[str]) -> dict[str, Any]:
+    """Fast and materialising path, each in its own process; ratios are fast / reference."""
+    fast = run_subprocess(argv, "fused")
+    print(json.dumps(fast), flush=True)
+    ref = run_subprocess(argv, "materialize")
+    print(json.dumps(ref), flush=True)
+    summary = {k: fast[k] for k in ("mode", "step_s", "images_per_s", "peak_mem_mb", "size", "batch", "steps",
+                                    "threads", "device", "precision", "compile", "classes", "tiny")}
+    summary |= {
+        "time_ratio": fast["step_s"] / ref["step_s"],
+        "cpu_time_ratio": fast["step_cpu_s"] / ref["step_cpu_s"],
+        "mem_ratio": fast["peak_mem_mb"] / ref["peak_mem_mb"],
+        # The step's own memory above the process baseline (model, optimiser, libraries).
+        "step_mem_ratio": (fast["peak_mem_mb"] - fast["base_mem_mb"])
+        / max(ref["peak_mem_mb"] - ref["base_mem_mb"], 1e-9),
+        "fast": fast,
+        "reference": ref,
+    }
+    return summary
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m clustercam_pl.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=["train-step", "cam"])
+    p.add_argument("--size", type=int, default=None, help="square crop side (448; 64 with --tiny)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone, CAM head and decoder")
+    p.add_argument("--classes", type=int, default=20)
+    p.add_argument("--tiny", action="store_true", help="embed 96, depth 4, 4 heads, 64 px: for tests")
+    p.add_argument("--compare", action="store_true", help="also the materialising path; each in a subprocess")
+    p.add_argument("--attention", choices=["fused", "materialize"], default="fused", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.size is None:
+        args.size = 64 if args.tiny else 448
+    if min(args.batch, args.steps, args.threads, args.classes) < 1 or args.warmup < 0:
+        p.error("--batch, --steps, --threads, --classes must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; prints the result as the last stdout line and returns it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    result = compare(argv) if args.compare else run(args)
+    keys = ("step_s", "images_per_s", "peak_mem_mb")
+    bad = [k for k in keys if not math.isfinite(result[k]) or result[k] <= 0]
+    if bad:
+        raise RuntimeError(f"benchmark produced invalid {bad}: {result}")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

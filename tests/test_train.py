@@ -1,0 +1,167 @@
+"""Training end to end on the synthetic set: metrics, checkpoints, resume, failures, DDP, sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_OVERRIDES, compose_train
+
+from clustercam_pl.lit_module import NonFiniteLossError
+from clustercam_pl.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+       "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clustercam_pl.train", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def test_synthetic_run_writes_metrics_and_checkpoints(tmp_path):
+    cfg = compose_train([*TINY_OVERRIDES, "callbacks.step_checkpoint.every_n_train_steps=2"], output_dir=tmp_path)
+    summary = train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("val/seg_miou", "val/pseudo_miou", "val/map"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["global_step"] == 8 == summary["global_step"]  # 2 epochs x 16 images / batch 4
+    assert set(metrics["per_class_iou"]) == {"background", "disc/stripes", "square/checker", "triangle/dots", "ring/noise"}
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["clustercam"]["format"] == 1 and ckpt["global_step"] == 8
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
+    from clustercam_pl.lit_module import net_from_checkpoint
+    from clustercam_pl.models.weights import load_checkpoint_file
+
+    train(compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1"], output_dir=tmp_path))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    net = net_from_checkpoint(load_checkpoint_file(path), str(path))
+    assert net.num_classes == 4 and net.backbone.embed_dim == 32
+
+
+def test_newer_checkpoint_format_is_refused(tmp_path):
+    from clustercam_pl.lit_module import net_from_checkpoint
+
+    with pytest.raises(ValueError, match=r"x\.ckpt has checkpoint format 99, newer than this clustercam_pl reads"):
+        net_from_checkpoint({"clustercam": {"format": 99, "net_config": {}}, "state_dict": {}}, "x.ckpt")
+
+
+def test_non_finite_loss_stops_with_step_and_terms(tmp_path, monkeypatch):
+    import clustercam_pl.lit_module as lm
+
+    real = lm.ClusterCAMLoss.forward
+
+    def poisoned(self, *args, **kw):
+        out = real(self, *args, **kw)
+        out["cls"] = out["cls"] * float("nan")
+        out["total"] = out["total"] + out["cls"]
+        return out
+
+    monkeypatch.setattr(lm.ClusterCAMLoss, "forward", poisoned)
+    cfg = compose_train(TINY_OVERRIDES, output_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 0, global step 0: cls=nan, patch=[0-9.]+, total=nan"):
+        train(cfg)
+    assert (tmp_path / "checkpoints" / "nonfinite-step0.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_resume_at_epoch_boundary_equals_uninterrupted_run(tmp_path):
+    over = [*TINY_OVERRIDES, "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=4"]
+    straight = train(compose_train(over, output_dir=tmp_path / "a"))
+    train(compose_train([*over, "trainer.max_epochs=1"], output_dir=tmp_path / "b"))
+    resumed = train(compose_train(over, output_dir=tmp_path / "b"))  # ckpt_path=auto finds last.ckpt
+    assert straight["global_step"] == resumed["global_step"] == 8
+    a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}")
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+    t = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {path} appeared:\n{proc.stdout.read()}")
+        if time.time() - t > timeout:
+            proc.kill()
+            raise AssertionError(f"{path} did not appear in {timeout}s")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_reaches_planned_steps(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY_OVERRIDES, "data.synthetic.num_train=64", "trainer.max_epochs=2",
+            "callbacks.step_checkpoint.every_n_train_steps=3", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(run / "checkpoints" / "step-0000006.ckpt", proc, 240)
+    proc.send_signal(signal.SIGKILL)  # mid-epoch: 16 steps per epoch
+    proc.wait(30)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 6 <= saved < 32
+    done = run_cli(args, REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in done.stdout + done.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 32
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY_OVERRIDES, "data.synthetic.num_train=64", "trainer.max_epochs=2",
+            "callbacks.step_checkpoint.every_n_train_steps=100", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(run / "config.yaml", proc, 240)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "SIGTERM: saved" in out
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < 32
+    done = run_cli(args, REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 32
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    run = tmp_path / "run"
+    done = run_cli([*TINY_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                    "trainer.max_epochs=1", f"hydra.run.dir={run}"], REPO, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 2  # 16 images, global batch 4 over 2 ranks -> 2 per rank, 8 per rank
+
+
+@pytest.mark.slow
+def test_two_job_sweep_on_synthetic(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_cli(["-m", *TINY_OVERRIDES, "trainer.max_epochs=1", "net.cluster_iters=1,2",
+                    f"hydra.sweep.dir={sweep}"], REPO, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["global_step"] == 4
+        assert f"cluster_iters: {int(job) + 1}" in (sweep / job / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_ddp_inside_basic_multirun_is_refused(tmp_path):
+    done = run_cli(["-m", *TINY_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu", "net.cluster_iters=1,2",
+                    f"hydra.sweep.dir={tmp_path}"], REPO, timeout=200)
+    assert done.returncode != 0
+    assert "re-launches the sweep in every rank" in done.stdout + done.stderr
