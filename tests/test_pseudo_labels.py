@@ -1,0 +1,169 @@
+"""Pseudo-label export: files and formats, mIoU against a direct computation, the LightningModule's
+pseudo labels, resume after an interrupt, settings guard. A tiny random network saved by hand keeps
+these at a second or two; the real SIGKILL run is marked slow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose
+from omegaconf import open_dict
+from PIL import Image
+
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
+from clustercam_pl.lit_module import ClusterCAMLitModule
+from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.metrics import SegmentationIoU
+from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.optim import OptimConfig
+from clustercam_pl.pseudo_labels import run_pseudo_labels
+from helpers import hydra_config
+
+REPO = Path(__file__).resolve().parents[1]
+N = 6
+SYN = {"num_classes": 4, "image_size": 64, "num_train": N, "num_val": 2, "num_test": 2}
+OVERRIDES = ["data=synthetic", "data.synthetic.image_size=64", f"data.synthetic.num_train={N}",
+             "data.val_batch_size=2", "cam.par_iters=2", "cam.par_dilations=[1,2]", "device=cpu"]
+IDS = [f"synthetic_train_{i:06d}" for i in range(N)]
+
+
+def tiny_net() -> ClusterCAMNet:
+    torch.manual_seed(0)
+    return ClusterCAMNet(num_classes=4, embed_dim=32, depth=2, num_heads=2, pos_grid=4, cam_layers=2,
+                         decoder_width=16, decoder_dilation=1, drop_path_rate=0.1).eval()
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    net = tiny_net()
+    path = tmp_path / "last.ckpt"
+    sd = {"net." + k: v for k, v in net.state_dict().items()}
+    torch.save({"clustercam": {"format": 1, "net_config": dict(net.config)}, "state_dict": sd,
+                "epoch": 1, "global_step": 4}, path)
+    return path
+
+
+def run(ckpt: Path, out: Path, *extra: str) -> dict:
+    with hydra_config():
+        cfg = compose("pseudo_labels", overrides=[*OVERRIDES, f"ckpt_path={ckpt}", f"out_dir={out}", *extra])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out.parent / "run")
+    return run_pseudo_labels(cfg)
+
+
+def read_label(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.mode == "P"
+        return np.array(im)
+
+
+def test_export_writes_labels_cams_and_scores_them(ckpt, tmp_path, capsys):
+    out = tmp_path / "pl"
+    summary = run(ckpt, out)
+    assert summary["computed"] == N and summary["resumed"] == 0
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"{i}.png" for i in IDS]
+    assert sorted(p.name for p in (out / "cams").iterdir()) == [f"{i}.npz" for i in IDS]
+
+    # The labels are the LightningModule's pseudo labels with the network in eval mode.
+    cam = CAMConfig(par_iters=2, par_dilations=(1, 2))
+    module = ClusterCAMLitModule(tiny_net(), cam, ClusterCAMLoss(), OptimConfig()).eval()
+    ds = SyntheticWSSS("train", SyntheticConfig.from_dict(SYN), seed=0, with_mask=True)
+    pseudo_metric, cam_metric = SegmentationIoU(5), SegmentationIoU(5)
+    for i, image_id in enumerate(IDS):
+        item = ds[i]
+        cams, pseudo = module.pseudo_labels(item["image"][None], item["cls_label"][None])
+        label = read_label(out / "labels" / f"{image_id}.png")
+        np.testing.assert_array_equal(label, pseudo[0].numpy())
+        with np.load(out / "cams" / f"{image_id}.npz") as z:
+            present = np.flatnonzero(item["cls_label"].numpy())
+            assert z["cams"].dtype == np.float16 and z["cams"].shape == (len(present), 16, 16)
+            np.testing.assert_array_equal(z["classes"], present)
+            small = torch.nn.functional.avg_pool2d(cams[0, present], 4).numpy()
+            np.testing.assert_allclose(z["cams"].astype(np.float32), small, atol=2e-3)
+            assert list(z["image_size"]) == [64, 64]
+        scored = torch.from_numpy(np.where(label == 255, 0, label)).long()  # ignore band as background
+        pseudo_metric.update(scored[None], item["mask"][None])
+        bg = torch.full_like(cams[:, :1], cam.cam_background)
+        cam_metric.update(torch.cat([bg, cams], 1).argmax(1), item["mask"][None])
+    assert summary["pseudo_miou"] == pytest.approx(float(pseudo_metric.compute()["miou"]), abs=1e-6)
+    assert summary["cam_miou"] == pytest.approx(float(cam_metric.compute()["miou"]), abs=1e-6)
+    assert 0 <= summary["ignored_fraction"] < 1 and 0 <= summary["pseudo_miou_valid"] <= 1
+    assert f"pseudo-label mIoU {100 * summary['pseudo_miou']:.2f}" in capsys.readouterr().out
+    assert (out / "pseudo_label_metrics.json").is_file()
+    assert (tmp_path / "run" / "pseudo_label_metrics.json").is_file()
+
+
+def test_resume_redoes_only_what_is_missing(ckpt, tmp_path):
+    out = tmp_path / "pl"
+    first = run(ckpt, out)
+    old = time.time() - 1000
+    for f in [*(out / "labels").iterdir(), *(out / "cams").iterdir()]:
+        os.utime(f, (old, old))
+    (out / "labels" / f"{IDS[1]}.png").unlink()  # one output deleted
+    # A kill while image 4 was written: only its temporary file exists, half-written.
+    (out / "cams" / f"{IDS[4]}.npz").unlink()
+    (out / "labels" / f"{IDS[4]}.png").unlink()
+    (out / "cams" / f"{IDS[4]}.npz.part").write_bytes(b"PK\x03\x04 half")
+    # A file truncated under its final name (not something our writes leave, but never trusted).
+    npz3 = out / "cams" / f"{IDS[3]}.npz"
+    npz3.write_bytes(npz3.read_bytes()[:50])
+    os.utime(npz3, (old, old))
+
+    second = run(ckpt, out)
+    assert second["computed"] == 3 and second["resumed"] == N - 3
+    redone = {IDS[1], IDS[3], IDS[4]}
+    for image_id in IDS:
+        for f in (out / "labels" / f"{image_id}.png", out / "cams" / f"{image_id}.npz"):
+            assert (f.stat().st_mtime > old + 1) == (image_id in redone), f
+    assert not list(out.rglob("*.part"))
+    assert len(list((out / "labels").iterdir())) == len(list((out / "cams").iterdir())) == N
+    for key in ("pseudo_miou", "pseudo_miou_valid", "cam_miou", "ignored_fraction"):
+        assert second[key] == pytest.approx(first[key], abs=1e-9), key
+
+    third = run(ckpt, out)
+    assert third["computed"] == 0 and third["pseudo_miou"] == pytest.approx(first["pseudo_miou"], abs=1e-9)
+
+
+def test_other_settings_are_refused_unless_overwrite(ckpt, tmp_path):
+    out = tmp_path / "pl"
+    run(ckpt, out, "limit=2")
+    with pytest.raises(ValueError, match=r"holds pseudo labels made with other settings \(cam: stored"):
+        run(ckpt, out, "limit=2", "cam.bg_high=0.6")
+    redo = run(ckpt, out, "limit=2", "cam.bg_high=0.6", "overwrite=true")
+    assert redo["computed"] == 2 and redo["cam"]["bg_high"] == 0.6
+
+
+@pytest.mark.slow  # a real process killed mid-run and rerun: ~30 s of interpreter start-up on 2 cores
+def test_sigkill_then_rerun_completes(ckpt, tmp_path):
+    out = tmp_path / "pl"
+    n = 40
+    args = [sys.executable, "-m", "clustercam_pl.pseudo_labels", *OVERRIDES, f"data.synthetic.num_train={n}",
+            "data.val_batch_size=1", f"ckpt_path={ckpt}", f"out_dir={out}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    t0 = time.time()
+    labels = out / "labels"
+    while not (labels.is_dir() and len(list(labels.glob("*.png"))) >= 3):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 240, "no output appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    done_before = len(list((out / "labels").glob("*.png")))
+    assert done_before < n
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(list((out / "labels").glob("*.png"))) == len(list((out / "cams").glob("*.npz"))) == n
+    assert not list(out.rglob("*.part"))
+    assert "pseudo-label mIoU" in rerun.stdout
