@@ -1,0 +1,41 @@
+"""Data: PASCAL VOC 2012 (+SBD), MS COCO 2014 and a synthetic set behind one LightningDataModule.
+
+Submodules: ``labels`` (class names, label files), ``layout`` (prepared-root manifest), ``imageio``,
+``transforms`` (albumentations recipes), ``prepared``/``voc``/``coco``/``synthetic`` (datasets),
+``datamodule`` (``WSSSDataModule``), ``prepare_voc``/``prepare_coco`` (``python -m clustercam_pl.prepare``).
+
+Names are imported lazily so ``import clustercam_pl.data`` stays cheap (no torch/lightning/cv2).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "WSSSDataModule": "datamodule",
+    "pad_collate": "datamodule",
+    "VOCSegmentation": "voc",
+    "COCOSegmentation": "coco",
+    "SyntheticWSSS": "synthetic",
+    "SyntheticConfig": "synthetic",
+    "difficulty_knobs": "synthetic",
+    "save_preview": "synthetic",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "build_train_transform": "transforms",
+    "build_eval_transform": "transforms",
+    "VOC_CLASSES": "labels",
+    "COCO_CLASSES": "labels",
+    "IGNORE_INDEX": "labels",
+    "read_label_file": "labels",
+    "write_label_file": "labels",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,279 @@
+"""``WSSSDataModule``: VOC, COCO or the synthetic set behind one LightningDataModule.
+
+Batches are dicts. Training: ``image`` float32 (B, 3, S, S), ``cls_label`` float32 (B, K),
+``image_id`` list[str] (fixed crop size S, no mask). Evaluation: images keep their own size; a batch
+of ``val_batch_size`` images is padded to its largest height and width (image with 0, i.e. the mean
+colour after normalisation, mask with 255 = ignore), and ``image_size`` int64 (B, 2) holds each
+image's original (H, W) so predictions can be cropped back. With ``val_batch_size=1`` (the default)
+nothing is padded.
+
+``global_batch_size`` is the batch over all devices and nodes; the per-device batch is derived in
+:meth:`setup` from the trainer's world size, and a global batch that does not divide is an error
+(training with a silently different effective batch is the failure this prevents).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+
+from clustercam_pl.data.labels import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES
+from clustercam_pl.data.layout import prepare_hint
+from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
+from clustercam_pl.data.synthetic import class_names as synthetic_class_names
+from clustercam_pl.data.transforms import (
+    TRAIN_TRANSFORMS,
+    build_eval_transform,
+    build_train_transform,
+    seed_transform,
+)
+
+DATA_ENV = "CLUSTERCAM_DATA"
+"""Environment variable: folder holding prepared ``voc``/``coco`` roots, used when data_root is None."""
+
+DEFAULT_SPLITS = {
+    "voc": ("train_aug", "val"),
+    "coco": ("train", "val"),
+    "synthetic": ("train", "val"),
+}
+DEFAULT_CROP = 448
+
+
+def pad_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Collate evaluation items of different sizes: pad images with 0 and masks with 255 (bottom/right).
+
+    Returns ``image`` (B, 3, Hmax, Wmax), ``cls_label`` (B, K), ``mask`` (B, Hmax, Wmax) if the items
+    have masks, ``image_id`` list[str], ``image_size`` int64 (B, 2) original (H, W).
+    """
+    sizes = torch.tensor([tuple(item["image"].shape[-2:]) for item in batch], dtype=torch.long)  # (B, 2)
+    h, w = (int(v) for v in sizes.max(dim=0).values)
+    images = torch.zeros(len(batch), 3, h, w, dtype=batch[0]["image"].dtype)  # (B, 3, Hmax, Wmax)
+    for i, item in enumerate(batch):
+        images[i, :, : sizes[i, 0], : sizes[i, 1]] = item["image"]
+    out: dict[str, Any] = {
+        "image": images,
+        "cls_label": torch.stack([item["cls_label"] for item in batch]),  # (B, K)
+        "image_id": [item["image_id"] for item in batch],
+        "image_size": sizes,
+    }
+    if "mask" in batch[0]:
+        masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.long)  # (B, Hmax, Wmax)
+        for i, item in enumerate(batch):
+            masks[i, : sizes[i, 0], : sizes[i, 1]] = item["mask"]
+        out["mask"] = masks
+    return out
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: distinct, reproducible seeds per worker for numpy, random and
+    the dataset's albumentations pipeline (which keeps its own generator)."""
+    info = get_worker_info()
+    seed = info.seed if info is not None else torch.initial_seed()
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (legacy global RNG used by third-party code)
+    random.seed(seed)
+    if info is not None:
+        seed_transform(getattr(info.dataset, "transform", None), seed)
+
+
+class WSSSDataModule(L.LightningDataModule):
+    """Datasets and loaders for weakly supervised segmentation.
+
+    Args:
+        dataset: "voc", "coco" or "synthetic".
+        data_root: the prepared root (``--out`` of ``python -m clustercam_pl.prepare``). None: the
+            environment variable ``CLUSTERCAM_DATA`` joined with the dataset name. Unused for synthetic.
+        train_split, val_split: split names; None gives the defaults (VOC train_aug/val, COCO
+            train/val, synthetic train/val).
+        test_split: split for ``trainer.test``/``predict`` (VOC "test" has no masks); None: the val split.
+        global_batch_size: training batch summed over all devices and nodes.
+        val_batch_size: evaluation batch per device (1: no padding).
+        num_workers: DataLoader workers per device.
+        crop_size: training crop side. None: 448 for VOC/COCO, the image size for synthetic.
+        train_transform: "reference" (the reference recipe), "plain" or "none" (see data.transforms).
+        label_source: VOC "xml" | "mask", COCO "annotations" | "mask", or a path to a label file;
+            None: the source chosen at preparation. Ignored for synthetic (labels come from the masks).
+        skip_unlabeled: drop training images without any class (logged) instead of raising.
+        seed: seed of the synthetic images and of the augmentation when ``num_workers=0``.
+        synthetic: options of :class:`~clustercam_pl.data.synthetic.SyntheticConfig` (num_classes,
+            image_size, num_train, num_val, num_test and the difficulty knobs).
+        pin_memory: passed to the DataLoaders.
+        check_files: check in ``setup`` that every listed image/mask exists (main process, clear error).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        data_root: str | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        global_batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 0,
+        crop_size: int | None = None,
+        train_transform: str = "reference",
+        label_source: str | None = None,
+        skip_unlabeled: bool = False,
+        seed: int = 0,
+        synthetic: Mapping[str, Any] | None = None,
+        pin_memory: bool = False,
+        check_files: bool = True,
+    ) -> None:
+        super().__init__()
+        if dataset not in DEFAULT_SPLITS:
+            raise ValueError(f"dataset must be one of {sorted(DEFAULT_SPLITS)}, got {dataset!r}")
+        if train_transform not in TRAIN_TRANSFORMS:
+            raise ValueError(f"train_transform must be one of {TRAIN_TRANSFORMS}, got {train_transform!r}")
+        if global_batch_size < 1 or val_batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"need global_batch_size >= 1, val_batch_size >= 1, num_workers >= 0; got "
+                f"{global_batch_size}, {val_batch_size}, {num_workers}"
+            )
+        self.save_hyperparameters(logger=False)
+        self.dataset = dataset
+        self.data_root = data_root
+        self.train_split = train_split or DEFAULT_SPLITS[dataset][0]
+        self.val_split = val_split or DEFAULT_SPLITS[dataset][1]
+        self.test_split = test_split or self.val_split
+        self.global_batch_size = global_batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.train_transform = train_transform
+        self.label_source = label_source
+        self.skip_unlabeled = skip_unlabeled
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.check_files = check_files
+        self.synthetic_config = SyntheticConfig.from_dict(synthetic) if dataset == "synthetic" else None
+        if crop_size is None:
+            crop_size = self.synthetic_config.image_size if self.synthetic_config else DEFAULT_CROP
+        if crop_size < 16:
+            raise ValueError(f"crop_size must be >= 16, got {crop_size}")
+        self.crop_size = crop_size
+        self.batch_size: int | None = None  # per device, set in setup()
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        """K: 20 (VOC), 80 (COCO) or the synthetic ``num_classes``."""
+        return len(self.class_names)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.dataset == "voc":
+            return VOC_CLASSES
+        if self.dataset == "coco":
+            return COCO_CLASSES
+        assert self.synthetic_config is not None
+        return synthetic_class_names(self.synthetic_config.num_classes)
+
+    @property
+    def world_size(self) -> int:
+        """Devices x nodes of the attached trainer; 1 without one."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
+    @property
+    def root(self) -> str | None:
+        """The prepared root in use (data_root, else ``$CLUSTERCAM_DATA/<dataset>``)."""
+        if self.data_root:
+            return os.fspath(self.data_root)
+        env = os.environ.get(DATA_ENV)
+        return os.path.join(env, self.dataset) if env else None
+
+    # ------------------------------------------------------------------ setup
+    def per_device_batch_size(self, world_size: int) -> int:
+        """``global_batch_size / world_size``; ValueError naming both when it does not divide."""
+        if self.global_batch_size % world_size:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} is not divisible by the world size {world_size} "
+                f"(devices x nodes); choose a multiple of {world_size}"
+            )
+        return self.global_batch_size // world_size
+
+    def setup(self, stage: str | None = None) -> None:
+        """Derive the per-device batch, check the data root and build the datasets of ``stage``."""
+        self.batch_size = self.per_device_batch_size(self.world_size)
+        if self.dataset != "synthetic" and self.root is None:
+            raise FileNotFoundError(
+                f"data_root is not set and ${DATA_ENV} is not defined for dataset {self.dataset!r}; "
+                f"{prepare_hint(self.dataset)}"
+            )
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._make(self.train_split, train=True)
+            per_rank = len(self.train_dataset) // self.world_size
+            if per_rank < self.batch_size:
+                raise ValueError(
+                    f"training split {self.train_split!r} has {len(self.train_dataset)} images, "
+                    f"fewer than one batch of {self.batch_size} per device on {self.world_size} device(s)"
+                )
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self._make(self.val_split, train=False)
+        if stage in (None, "test", "predict") and self.test_dataset is None:
+            self.test_dataset = self._make(self.test_split, train=False)
+
+    def _make(self, split: str, train: bool) -> Dataset:
+        rank = int(getattr(getattr(self, "trainer", None), "global_rank", 0) or 0)
+        if train:
+            transform = build_train_transform(self.train_transform, self.crop_size, seed=self.seed + rank)
+        else:
+            transform = build_eval_transform()
+        if self.dataset == "synthetic":
+            return SyntheticWSSS(split, self.synthetic_config, self.seed, transform, with_mask=not train)
+        from clustercam_pl.data.coco import COCOSegmentation
+        from clustercam_pl.data.voc import VOCSegmentation
+
+        cls = VOCSegmentation if self.dataset == "voc" else COCOSegmentation
+        return cls(
+            self.root,
+            split,
+            transform,
+            with_mask=False if train else None,
+            label_source=self.label_source,
+            require_labels=train,
+            skip_unlabeled=self.skip_unlabeled,
+            check_files=self.check_files,
+        )
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: Dataset | None, name: str, **kw: Any) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{name} dataset is not built: call setup() first (Lightning does it)")
+        return DataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
+            **kw,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.batch_size is not None
+        return self._loader(
+            self.train_dataset,
+            "train",
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=default_collate,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, "val", batch_size=self.val_batch_size, collate_fn=pad_collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test", batch_size=self.val_batch_size, collate_fn=pad_collate)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

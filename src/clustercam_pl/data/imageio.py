@@ -1,0 +1,102 @@
+"""Reading images and index masks, writing index PNGs atomically.
+
+Every failure names the file: a corrupt JPEG deep inside a DataLoader worker is otherwise a bare
+``OSError: image file is truncated`` with no hint which of 100k files it was.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageReadError(OSError):
+    """An image or mask file is missing, unreadable or malformed. The message names the file."""
+
+
+def voc_palette(n: int = 256) -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved class index), flattened to ``3 * n`` ints for PIL."""
+    palette: list[int] = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+_PALETTE = voc_palette()
+
+
+def image_size(path: str | os.PathLike[str], *, full_decode: bool = False) -> tuple[int, int]:
+    """(H, W) of an image from its header; ``full_decode`` also decodes all pixels (catches truncation)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"missing file: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if full_decode:
+                im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read {path}: {e}") from e
+    return h, w
+
+
+def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB (grayscale and CMYK JPEGs are converted)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+    except FileNotFoundError as e:
+        raise ImageReadError(f"missing image: {path}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode a class-index PNG (palette "P" or grayscale "L") to uint8 (H, W).
+
+    An RGB colour-coded mask is refused: its colours are not class indices, and converting them
+    silently would give wrong labels.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise ImageReadError(
+                    f"mask {path} has PIL mode {im.mode!r}; expected a single-channel index PNG (P or L)"
+                )
+            arr = np.array(im)  # (H, W) uint8 indices (palette indices for "P")
+    except FileNotFoundError as e:
+        raise ImageReadError(f"missing mask: {path}") from e
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read mask {path}: {e}") from e
+    return arr
+
+
+def write_index_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
+    """Write uint8 (H, W) class indices as a palette PNG, atomically (temp name, then ``os.replace``).
+
+    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file.
+    """
+    path = Path(path)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"mask for {path} must be uint8 (H, W), got {mask.dtype} {mask.shape}")
+    h, w = mask.shape
+    im = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
+    im.putpalette(_PALETTE)
+    tmp = path.with_name(path.name + ".part")
+    im.save(tmp, format="PNG")
+    os.replace(tmp, path)

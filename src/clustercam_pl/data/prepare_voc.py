@@ -1,0 +1,303 @@
+"""Prepare PASCAL VOC 2012 (+ SBD) for training and evaluation.
+
+Input (the official tarballs, unpacked)::
+
+    VOC2012/{JPEGImages, SegmentationClass, Annotations, ImageSets/Segmentation/{train,val}.txt}
+    SBD:    benchmark_RELEASE/dataset/{cls/<id>.mat, train.txt, val.txt}   (--sbd-root), or
+            a ready SegmentationClassAug/<id>.png folder                    (--aug-root)
+    test:   VOC2012 test release with JPEGImages and ImageSets/Segmentation/test.txt   (--test-root)
+
+Output (see :mod:`clustercam_pl.data.layout`): ``SegmentationClassAug/<id>.png`` for train_aug and val,
+split lists train_aug / train / val (/ test), label files ``cls_labels_xml.json`` and
+``cls_labels_mask.json``, the report and the manifest.
+
+Masks: the official VOC ``SegmentationClass`` mask wins where it exists (it has the 255 boundaries),
+then the ``--aug-root`` PNG, then the SBD ``GTcls.Segmentation`` (values 0..20, no void), as in the
+widely used SegmentationClassAug. ``train_aug`` = (VOC train | SBD train | SBD val) - VOC val, or with
+``--aug-root`` (ids with an aug PNG | VOC train) - VOC val: 10,582 images on the full data.
+
+Labels: ``xml`` (default, what the reference's ``cls_labels.npy`` holds) = the ``<name>`` of every
+``<object>`` in ``Annotations/<id>.xml`` (difficult and truncated objects included; ``<part>`` names
+ignored), so it can list a class the mask does not show. ``mask`` = classes with a pixel in the mask.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, write_index_png
+from clustercam_pl.data.labels import IGNORE_INDEX, VOC_CLASSES, write_label_file
+from clustercam_pl.data.layout import Manifest, SplitInfo, relative_to_root, write_manifest, write_split_list
+from clustercam_pl.data.prepare_common import (
+    Problem,
+    class_table,
+    count_classes,
+    handle_problems,
+    require_path,
+    run_tasks,
+    write_report,
+)
+
+MASK_DIR = "SegmentationClassAug"
+TRAIN_SPLITS = ("train_aug", "train")
+_ALLOWED = np.zeros(256, dtype=bool)
+_ALLOWED[: len(VOC_CLASSES) + 1] = True
+_ALLOWED[IGNORE_INDEX] = True
+
+
+@dataclass(frozen=True)
+class _Task:
+    image_id: str
+    image: str
+    mask_src: str | None  # .png or SBD .mat; None for test images
+    xml: str | None
+    out_mask: str | None
+    full_decode: bool
+
+
+def _load_source_mask(path: str) -> np.ndarray:
+    """uint8 (H, W) class indices from a VOC/aug PNG or an SBD ``cls/*.mat``."""
+    if path.endswith(".mat"):
+        from scipy.io import loadmat
+
+        try:
+            gt = loadmat(path, squeeze_me=True, struct_as_record=False)["GTcls"]
+            seg = np.asarray(gt.Segmentation)
+        except Exception as e:  # scipy raises several types for a bad .mat
+            raise ImageReadError(f"cannot read SBD mask {path}: {type(e).__name__}: {e}") from e
+        if seg.ndim != 2 or seg.min() < 0 or seg.max() > 255:
+            raise ImageReadError(f"SBD mask {path}: GTcls.Segmentation is not a 2-D uint8 index map")
+        return seg.astype(np.uint8)
+    return read_mask(path)
+
+
+def _xml_labels(path: str) -> list[int]:
+    """Indices of the VOC classes named by the ``<object>`` elements of an annotation file."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise ValueError(f"cannot parse annotation {path}: {e}") from e
+    found = set()
+    for obj in root.findall("object"):  # direct children only: <part><name> is not a class
+        name = (obj.findtext("name") or "").strip()
+        if name not in VOC_CLASSES:
+            raise ValueError(f"annotation {path} names unknown class {name!r}")
+        found.add(VOC_CLASSES.index(name))
+    return sorted(found)
+
+
+def _process(task: _Task) -> dict[str, Any]:
+    """Check one image (and its mask and XML); write its mask. Runs in a worker process."""
+    res: dict[str, Any] = {"id": task.image_id, "problems": [], "xml": None, "mask": None}
+    try:
+        h, w = image_size(task.image, full_decode=task.full_decode)
+    except ImageReadError as e:
+        res["problems"].append(Problem(task.image_id, task.image, str(e)))
+        return res
+    if task.xml is not None:
+        if not Path(task.xml).is_file():
+            res["problems"].append(Problem(task.image_id, task.xml, "missing XML annotation"))
+        else:
+            try:
+                res["xml"] = _xml_labels(task.xml)
+            except ValueError as e:
+                res["problems"].append(Problem(task.image_id, task.xml, str(e)))
+    if task.out_mask is None:
+        return res
+    if task.mask_src is None:
+        res["problems"].append(Problem(task.image_id, task.image, "no mask found (VOC, --aug-root or SBD)"))
+        return res
+    try:
+        mask = _load_source_mask(task.mask_src)  # (H, W) uint8
+    except ImageReadError as e:
+        res["problems"].append(Problem(task.image_id, task.mask_src, str(e)))
+        return res
+    if mask.shape != (h, w):
+        res["problems"].append(
+            Problem(
+                task.image_id, task.mask_src, f"mask size {mask.shape[1]}x{mask.shape[0]} != image {w}x{h}"
+            )
+        )
+        return res
+    present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,) values present
+    bad = np.flatnonzero(present & ~_ALLOWED)
+    if bad.size:
+        res["problems"].append(
+            Problem(task.image_id, task.mask_src, f"mask values {bad.tolist()} outside 0..20 and 255")
+        )
+        return res
+    res["mask"] = [int(v) - 1 for v in np.flatnonzero(present[1 : len(VOC_CLASSES) + 1]) + 1]
+    write_index_png(task.out_mask, mask)
+    return res
+
+
+def _read_ids(path: Path, what: str) -> list[str]:
+    require_path(path, what)
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prepare_voc(
+    voc_root: str | Path,
+    out: str | Path,
+    *,
+    sbd_root: str | Path | None = None,
+    aug_root: str | Path | None = None,
+    test_root: str | Path | None = None,
+    labels_from: str = "xml",
+    skip_bad: bool = False,
+    full_decode: bool = True,
+    workers: int = 0,
+    progress: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Check the VOC tree, write masks, split lists, label files and the manifest under ``out``.
+
+    Returns the report (also written to ``out/prepare_report.json``).
+
+    Raises:
+        FileNotFoundError: a required folder or list file is missing (named).
+        PrepareError: bad items and not ``skip_bad`` (each named with its file).
+    """
+    if labels_from not in ("xml", "mask"):
+        raise ValueError(f"labels_from must be 'xml' or 'mask', got {labels_from!r}")
+    voc = Path(voc_root)
+    out = Path(out)
+    require_path(voc, "VOC2012 folder (--voc-root)")
+    jpeg_dir = require_path(voc / "JPEGImages", "VOC JPEGImages folder")
+    seg_dir = voc / "SegmentationClass"
+    ann_dir = voc / "Annotations"
+    if labels_from == "xml":
+        require_path(ann_dir, "VOC Annotations folder (needed for --labels-from xml)")
+    use_xml = ann_dir.is_dir()
+    lists = voc / "ImageSets" / "Segmentation"
+    splits: dict[str, list[str]] = {
+        "train": _read_ids(lists / "train.txt", "VOC split list"),
+        "val": _read_ids(lists / "val.txt", "VOC split list"),
+    }
+    val_set = set(splits["val"])
+
+    sbd_cls: Path | None = None
+    aug_dir: Path | None = None
+    if sbd_root is not None:
+        sbd = require_path(Path(sbd_root), "SBD dataset folder (--sbd-root)")
+        sbd_cls = require_path(sbd / "cls", "SBD cls/ folder of .mat masks")
+        sbd_ids: set[str] = set()
+        for name in ("train.txt", "val.txt"):
+            sbd_ids |= set(_read_ids(sbd / name, "SBD split list"))
+        splits["train_aug"] = sorted((sbd_ids | set(splits["train"])) - val_set)
+    if aug_root is not None:
+        aug_dir = require_path(Path(aug_root), "SegmentationClassAug folder (--aug-root)")
+        aug_ids = {p.stem for p in aug_dir.glob("*.png")}
+        ids = aug_ids | set(splits["train"]) | set(splits.get("train_aug", ()))
+        splits["train_aug"] = sorted(ids - val_set)
+    if "train_aug" not in splits:
+        log("note: neither --sbd-root nor --aug-root given: split train_aug is not written (only train/val)")
+
+    def mask_source(i: str) -> str | None:
+        for p in (
+            seg_dir / f"{i}.png",
+            aug_dir / f"{i}.png" if aug_dir else None,
+            sbd_cls / f"{i}.mat" if sbd_cls else None,
+        ):
+            if p is not None and p.is_file():
+                return str(p)
+        return None
+
+    (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
+    labelled = sorted(set().union(*(set(v) for v in splits.values())))
+    tasks = [
+        _Task(
+            i,
+            str(jpeg_dir / f"{i}.jpg"),
+            mask_source(i),
+            str(ann_dir / f"{i}.xml") if use_xml else None,
+            str(out / MASK_DIR / f"{i}.png"),
+            full_decode,
+        )
+        for i in labelled
+    ]
+
+    test_jpeg: Path | None = None
+    test_ids: list[str] = []
+    troot = Path(test_root) if test_root is not None else voc
+    if test_root is not None or (voc / "ImageSets/Segmentation/test.txt").is_file():
+        test_ids = _read_ids(troot / "ImageSets/Segmentation/test.txt", "VOC test split list")
+        test_jpeg = require_path(troot / "JPEGImages", "VOC test JPEGImages folder")
+        tasks += [_Task(i, str(test_jpeg / f"{i}.jpg"), None, None, None, full_decode) for i in test_ids]
+    else:
+        log("note: no --test-root and no ImageSets/Segmentation/test.txt: split test is not written")
+
+    problems: list[Problem] = []
+    xml_labels: dict[str, list[int]] = {}
+    mask_labels: dict[str, list[int]] = {}
+    for r in run_tasks(_process, tasks, workers=workers, desc="VOC images", progress=progress):
+        problems += r["problems"]
+        if r["xml"] is not None:
+            xml_labels[r["id"]] = r["xml"]
+        if r["mask"] is not None:
+            mask_labels[r["id"]] = r["mask"]
+    labels = xml_labels if labels_from == "xml" else mask_labels
+    failed = {p.image_id for p in problems}
+    train_ids = set().union(*(set(splits[s]) for s in TRAIN_SPLITS if s in splits))
+    for i in sorted(train_ids - failed):
+        if not labels.get(i):
+            problems.append(Problem(i, f"{labels_from} labels", "empty label vector in a training split"))
+    problems.sort(key=lambda p: p.image_id)
+    bad = handle_problems(problems, skip_bad, log)
+
+    kept = {name: [i for i in ids if i not in bad] for name, ids in splits.items()}
+    kept_test = [i for i in test_ids if i not in bad]
+    for name, ids in kept.items():
+        write_split_list(out / "splits" / f"{name}.txt", ids)
+    if test_jpeg is not None:
+        write_split_list(out / "splits" / "test.txt", kept_test)
+    good = sorted(set().union(*(set(v) for v in kept.values())))
+    label_files = {"mask": "cls_labels_mask.json"}
+    write_label_file(out / label_files["mask"], {i: mask_labels[i] for i in good}, VOC_CLASSES, "mask")
+    if use_xml:
+        label_files["xml"] = "cls_labels_xml.json"
+        write_label_file(out / label_files["xml"], {i: xml_labels[i] for i in good}, VOC_CLASSES, "xml")
+
+    counts = {name: count_classes(ids, labels, len(VOC_CLASSES)) for name, ids in kept.items()}
+    sizes = {name: len(ids) for name, ids in kept.items()}
+    mismatch = (
+        {name: sum(xml_labels.get(i) != mask_labels.get(i) for i in ids) for name, ids in kept.items()}
+        if use_xml
+        else {}
+    )
+    report: dict[str, Any] = {
+        "dataset": "voc",
+        "label_source": labels_from,
+        "images_per_split": {**sizes, **({"test": len(kept_test)} if test_jpeg is not None else {})},
+        "images_per_class": {name: dict(zip(VOC_CLASSES, c, strict=True)) for name, c in counts.items()},
+        "xml_vs_mask_label_mismatches": mismatch,
+        "skipped": problems if skip_bad else [],
+    }
+    write_report(out, report)
+
+    split_infos = {
+        name: SplitInfo(
+            name, f"splits/{name}.txt", relative_to_root(jpeg_dir, out), ".jpg", MASK_DIR, True, len(ids)
+        )
+        for name, ids in kept.items()
+    }
+    if test_jpeg is not None:
+        split_infos["test"] = SplitInfo(
+            "test", "splits/test.txt", relative_to_root(test_jpeg, out), ".jpg", None, False, len(kept_test)
+        )
+    write_manifest(out, Manifest(out, "voc", VOC_CLASSES, split_infos, label_files, labels_from))
+    log(class_table(VOC_CLASSES, counts, sizes))
+    if test_jpeg is not None:
+        log(f"test: {len(kept_test)} images (no masks, no labels)")
+    if mismatch:
+        log(
+            "images whose XML labels differ from their mask labels: "
+            + ", ".join(f"{k} {v}" for k, v in mismatch.items())
+        )
+    log(f"prepared VOC under {out}")
+    return report

@@ -1,0 +1,175 @@
+"""The dataset over a prepared root (shared by VOC and COCO).
+
+Item contract (every dataset of this package, synthetic included)::
+
+    {"image": float32 (3, H, W) ImageNet-normalised,
+     "cls_label": float32 (K,) multi-hot (all zeros on splits without labels, e.g. VOC test),
+     "mask": int64 (H, W), 0 background, c + 1 class c, 255 ignore   # only when with_mask
+     "image_id": str}
+
+Image-level labels come from the label file, never from the masks; training datasets are built with
+``with_mask=False`` and do not open a single mask file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from clustercam_pl.data.imageio import ImageReadError, read_mask, read_rgb
+from clustercam_pl.data.labels import multi_hot, read_label_file
+from clustercam_pl.data.layout import Manifest, prepare_hint, read_manifest, read_split_list
+from clustercam_pl.data.transforms import apply_transform, build_eval_transform
+
+log = logging.getLogger(__name__)
+
+
+def _preview(ids: list[str], n: int = 5) -> str:
+    more = f" (+{len(ids) - n} more)" if len(ids) > n else ""
+    return ", ".join(ids[:n]) + more
+
+
+class PreparedSegmentation(Dataset):
+    """A split of a root written by ``python -m clustercam_pl.prepare``.
+
+    Args:
+        root: the prepared root (``--out`` of the prepare command).
+        split: a split name from the manifest (VOC: train_aug, train, val, test; COCO: train, val).
+        transform: albumentations pipeline called as ``t(image=..., mask=...)``; default: normalise only.
+        with_mask: load masks. Default: whether the split has masks. Training passes False.
+        label_source: a label source of the manifest (VOC: "xml" | "mask"; COCO: "annotations" | "mask")
+            or a path to a label file; default: the manifest's default.
+        require_labels: every image must have at least one class (training). An image without any is an
+            error naming it, unless ``skip_unlabeled``.
+        skip_unlabeled: drop (and log) images whose label is empty or missing instead of raising.
+        check_files: check that every image (and mask) file exists, here, in the main process.
+    """
+
+    dataset_name: ClassVar[str] = ""
+    classes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        *,
+        with_mask: bool | None = None,
+        label_source: str | None = None,
+        require_labels: bool = False,
+        skip_unlabeled: bool = False,
+        check_files: bool = True,
+    ) -> None:
+        self.manifest: Manifest = read_manifest(root, self.dataset_name)
+        if self.manifest.classes != self.classes:
+            raise ValueError(
+                f"{self.manifest.root}: manifest classes differ from the {self.dataset_name} classes"
+            )
+        self.split = split
+        self.info = self.manifest.split(split)
+        self.transform = transform if transform is not None else build_eval_transform()
+        if with_mask and self.info.mask_dir is None:
+            raise ValueError(
+                f"split {split!r} of {self.manifest.root} has no masks (with_mask=True was asked)"
+            )
+        self.with_mask = self.info.mask_dir is not None if with_mask is None else with_mask
+        self.image_dir = self.manifest.path(self.info.image_dir)
+        self.mask_dir = self.manifest.path(self.info.mask_dir) if self.info.mask_dir else None
+        list_file = self.manifest.path(self.info.list_file)
+        if not list_file.is_file():
+            raise FileNotFoundError(f"split list {list_file} is missing; {prepare_hint(self.dataset_name)}")
+        ids = read_split_list(list_file)
+        if not ids:
+            raise ValueError(f"split list {list_file} is empty")
+
+        self.label_file: Path | None = None
+        self.labels: dict[str, list[int]] = {}
+        if self.info.has_labels:
+            self.label_file = self.manifest.label_file(label_source)
+            self.labels = read_label_file(self.label_file, self.num_classes, self.classes)
+            ids = self._check_labels(ids, require_labels, skip_unlabeled)
+        elif require_labels:
+            raise ValueError(
+                f"split {split!r} of {self.manifest.root} has no image-level labels; cannot train on it"
+            )
+        self.ids = ids
+        if check_files:
+            self._check_files()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _check_labels(self, ids: list[str], require: bool, skip: bool) -> list[str]:
+        missing = [i for i in ids if i not in self.labels]
+        empty = [i for i in ids if i in self.labels and not self.labels[i]] if require else []
+        if not missing and not empty:
+            return ids
+        problems = []
+        if missing:
+            problems.append(
+                f"{len(missing)} image id(s) of split {self.split!r} have no entry: {_preview(missing)}"
+            )
+        if empty:
+            problems.append(
+                f"{len(empty)} training image(s) have an empty label (no class present): {_preview(empty)}"
+            )
+        msg = f"label file {self.label_file}: " + "; ".join(problems)
+        if not skip:
+            raise ValueError(msg + " (pass skip_unlabeled=True to drop them)")
+        log.warning("%s: skipped (skip_unlabeled=True)", msg)
+        bad = set(missing) | set(empty)
+        kept = [i for i in ids if i not in bad]
+        if not kept:
+            raise ValueError(f"no image of split {self.split!r} has a label in {self.label_file}")
+        return kept
+
+    def _check_files(self) -> None:
+        ext = self.info.image_ext
+        missing = [
+            str(self.image_dir / f"{i}{ext}")
+            for i in self.ids
+            if not (self.image_dir / f"{i}{ext}").is_file()
+        ]
+        if self.with_mask and self.mask_dir is not None:
+            missing += [
+                str(self.mask_dir / f"{i}.png")
+                for i in self.ids
+                if not (self.mask_dir / f"{i}.png").is_file()
+            ]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} file(s) of split {self.split!r} listed in {self.info.list_file} "
+                f"are missing: {_preview(missing, 3)}; {prepare_hint(self.dataset_name)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id = self.ids[index]
+        image = read_rgb(self.image_dir / f"{image_id}{self.info.image_ext}")  # (H, W, 3) uint8
+        mask = None
+        if self.with_mask:
+            assert self.mask_dir is not None
+            mask_path = self.mask_dir / f"{image_id}.png"
+            mask = read_mask(mask_path)  # (H, W) uint8
+            if mask.shape != image.shape[:2]:
+                raise ImageReadError(f"mask {mask_path} is {mask.shape}, its image is {image.shape[:2]}")
+        img_t, mask_t = apply_transform(self.transform, image, mask)
+        label = multi_hot(self.labels.get(image_id, ()), self.num_classes)
+        item: dict[str, Any] = {"image": img_t, "cls_label": torch.from_numpy(label), "image_id": image_id}
+        if mask_t is not None:
+            item["mask"] = mask_t
+        return item
+
+    def label_matrix(self) -> np.ndarray:
+        """float32 (len, K) multi-hot labels of all items, in order (no image decoding)."""
+        return np.stack([multi_hot(self.labels.get(i, ()), self.num_classes) for i in self.ids])
