@@ -45,9 +45,3 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def expected(parity_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(parity_dir / "expected.pt", map_location="cpu", weights_only=True)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||, the fixture's definition of a match."""
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))

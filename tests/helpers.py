@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
+from torch import Tensor
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -50,3 +51,9 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def rel_err(a: Tensor, b: Tensor) -> float:
+    """||a - b|| / ||b||, the parity fixture's definition of a match."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clustercam_pl.losses import ClusterCAMLoss, clustercam_losses, seg_loss
-from conftest import rel_err
+from helpers import rel_err
 
 
 def test_losses_match_reference_fixture(expected):

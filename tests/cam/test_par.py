@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clustercam_pl.cam.par import PAR
-from conftest import rel_err
+from helpers import rel_err
 
 
 def test_par_matches_reference_fixture(expected):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err
+from helpers import rel_err
 
 from clustercam_pl.cam.generate import multi_scale_cam
 from clustercam_pl.models import from_official_checkpoint

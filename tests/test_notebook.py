@@ -1,0 +1,98 @@
+"""The tour notebook: committed without outputs, and it runs end to end with a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO_ROOT / "notebooks" / "clustercam_tour.ipynb"
+TIMEOUT_S = 300
+
+# A run of a few seconds: the tiny net made smaller, 64-pixel images, two short epochs; one thread
+# (two threads on two shared cores thrash when other jobs run).
+TINY_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "CLUSTERCAM_NOTEBOOK_EPOCHS": "2",
+    "CLUSTERCAM_NOTEBOOK_NUM_TRAIN": "16",
+    "CLUSTERCAM_NOTEBOOK_OVERRIDES": " ".join([
+        "net.embed_dim=32",
+        "net.depth=2",
+        "net.num_heads=2",
+        "net.decoder_width=16",
+        "data.synthetic.image_size=64",
+        "data.synthetic.num_val=4",
+        "data.global_batch_size=4",
+        "data.val_batch_size=2",
+        "cam.par_iters=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]),
+}
+
+
+def test_committed_notebook_is_stripped():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{NOTEBOOK.name}: cells {dirty} have outputs; run `python tools/strip_notebook.py`"
+
+
+def _execute(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> nbformat.NotebookNode:
+    """Run the notebook in a kernel of this interpreter, from notebooks/ as Jupyter would."""
+    from nbclient import NotebookClient
+
+    # A `python3` kernel spec for sys.executable, first on JUPYTER_PATH: the kernel is this venv's
+    # Python even where a user-level spec of that name points elsewhere.
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (clustercam_pl tests)",
+        "language": "python",
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # the kernel inherits the environment
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=TIMEOUT_S, startup_timeout=60, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+    return nb
+
+
+def _outputs(nb: nbformat.NotebookNode, kind: str) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if o.output_type == kind or kind in o.get("data", {})]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2 * TIMEOUT_S)
+def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    nb = _execute({**TINY_ENV, "CLUSTERCAM_NOTEBOOK_OUTPUT": str(out)}, monkeypatch, tmp_path)
+    assert time.monotonic() - t0 < TIMEOUT_S
+    assert not _outputs(nb, "error")
+    # Metrics curve, panels, per-class maps, cluster assignment.
+    assert len(_outputs(nb, "image/png")) >= 4
+    runs = [p.parent for p in out.glob("*/metrics.json")]
+    assert len(runs) == 1, f"expected one run folder under {out}, got {runs}"
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 * 16 // 4
+    ckpts = sorted((runs[0] / "checkpoints").glob("best-*.ckpt"))
+    assert ckpts
+
+    # The other branch: show a given checkpoint (with its run's config.yaml) without training.
+    nb = _execute({**TINY_ENV, "CLUSTERCAM_NOTEBOOK_OUTPUT": str(tmp_path / "unused"),
+                   "CLUSTERCAM_NOTEBOOK_CKPT": str(ckpts[0])}, monkeypatch, tmp_path)
+    assert len(_outputs(nb, "image/png")) >= 4
+    assert not (tmp_path / "unused").exists(), "loading a checkpoint must not start a run folder"
+    text = "".join(o.get("text", "") for o in _outputs(nb, "stream"))
+    assert f"model: {ckpts[0]}" in text
