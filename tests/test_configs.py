@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import CONF_DIR, TINY_OVERRIDES, compose_train, hydra_config
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
 from clustercam_pl.entry import check_config, instantiate_dict
+from helpers import CONF_DIR, TINY_OVERRIDES, compose_train, hydra_config
 
 GROUPS = ["data", "net", "cam", "loss", "optim", "trainer", "callbacks", "logger", "debug"]
 

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CONF_DIR, compose_train
 
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
+from helpers import CONF_DIR, compose_train
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from wsss_fakes import make_coco_tree, make_voc_tree  # noqa: E402

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_OVERRIDES, compose_train
 
 from clustercam_pl.lit_module import NonFiniteLossError
 from clustercam_pl.train import train
+from helpers import TINY_OVERRIDES, compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",

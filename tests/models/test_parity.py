@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import rel_err
 
 from clustercam_pl.cam.generate import multi_scale_cam
 from clustercam_pl.models import from_official_checkpoint
+from helpers import rel_err
 
 TOL = 1e-4
 

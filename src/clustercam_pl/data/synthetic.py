@@ -59,6 +59,7 @@ class SyntheticConfig:
     color_jitter: float = 0.2
     noise: float = 0.04
     min_visible: float = 0.4
+    rotate_textures: bool = True
     num_train: int = 2000
     num_val: int = 200
     num_test: int = 200
@@ -109,6 +110,7 @@ def difficulty_knobs() -> dict[str, dict[str, Any]]:
         "color_jitter": "0..0.9: per-image brightness/contrast/channel-gain jitter",
         "noise": "std of Gaussian pixel noise (image in 0..1)",
         "min_visible": "minimum visible fraction of an occluded object (lower = harder occlusion)",
+        "rotate_textures": "textures at a random angle (harder: orientation must be learned away)",
     }
     return {k: {"default": getattr(d, k), "help": h} for k, h in helps.items()}
 
@@ -186,8 +188,8 @@ def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 class _Canvas:
     """Pixel grid helpers for one image of side ``s``."""
 
-    def __init__(self, s: int) -> None:
-        self.s = s
+    def __init__(self, s: int, rotate: bool = True) -> None:
+        self.s, self.rotate = s, rotate
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
         self.xx, self.yy = xx, yy  # (S, S)
 
@@ -199,7 +201,8 @@ class _Canvas:
 
     def textured(self, name: str, cx: float, cy: float, rng: np.random.Generator) -> np.ndarray:
         """float (S, S, 3): texture ``name`` in two random colours, random angle/period/phase."""
-        x, y = self.local(cx + rng.uniform(-5, 5), cy + rng.uniform(-5, 5), rng.uniform(0, np.pi))
+        angle = rng.uniform(0, np.pi)  # always drawn, so the knob changes nothing else
+        x, y = self.local(cx + rng.uniform(-5, 5), cy + rng.uniform(-5, 5), angle if self.rotate else 0.0)
         period = rng.uniform(3.0, 6.0) * max(1.0, self.s / 96)
         t = _texture(name, x, y, period, rng)[..., None]  # (S, S, 1)
         a, b = _two_colours(rng)
@@ -209,7 +212,7 @@ class _Canvas:
 def render(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One image and its mask: uint8 (S, S, 3) RGB and uint8 (S, S) with 0 bg, c + 1 class c."""
     cfg, s = config, config.image_size
-    cv = _Canvas(s)
+    cv = _Canvas(s, cfg.rotate_textures)
     # Background: gradient between two colours plus a faint random texture.
     a, b = _two_colours(rng)
     ang = rng.uniform(0, 2 * np.pi)

@@ -192,7 +192,10 @@ class ClusterAttention(nn.Module):
         out2 = merge_heads(out2)  # (B, K + M, C)
         cls_out = self.proj_cls(out2[:, :K])  # (B, K, C)
         pat_out = s @ out2[:, K:]  # (B, N, C): no output projection, as in the reference
-        c2clu_mapped = rows2[..., K:] @ s.transpose(1, 2).unsqueeze(1)  # (B, nh, K, M) @ (B, 1, M, N)
+        # (B, nh * K, M) @ (B, M, N): one batched product per image. Broadcasting S over the heads
+        # instead would copy it nh times (a (B, nh, M, N) tensor) in the forward and the backward.
+        B, nh = rows2.shape[:2]
+        c2clu_mapped = (rows2[..., K:].flatten(1, 2) @ s.transpose(1, 2)).view(B, nh, K, -1)  # (B, nh, K, N)
         alpha = self.mix_param
         c2p_mixed = (1 - alpha) * c2p + alpha * c2clu_mapped  # (B, nh, K, N)
 

@@ -144,12 +144,19 @@ def propagate_with_attention(cam: Tensor, qk: list[tuple[Tensor, Tensor]], num_c
     """
     B, K, N = cam.shape
     q0 = qk[0][0]
-    nh = q0.shape[1]
-    scale = q0.shape[-1] ** -0.5
+    nh, d = q0.shape[1], q0.shape[-1]
+    scale = d**-0.5
+    # Fused SDPA kernels need one width for queries, keys and values; any other value width falls
+    # back to the math kernel, which forms the (N, T) matrix (about 3x slower on CPU). So zero-pad
+    # the values (K < d) or the queries and keys (K > d: q . k is unchanged) to one width D.
+    D = max(d, K)
     values = torch.cat([cam.new_zeros(B, num_classes, K), cam.transpose(1, 2)], dim=1)  # (B, T, K)
-    values = values.unsqueeze(1).expand(B, nh, num_classes + N, K)  # (B, nh, T, K)
-    out = cam.new_zeros(B, N, K)
+    values = F.pad(values, (0, D - K)).unsqueeze(1).expand(B, nh, num_classes + N, D)  # (B, nh, T, D)
+    out = cam.new_zeros(B, N, D)
     for q, k in qk:
-        o = F.scaled_dot_product_attention(q[:, :, num_classes:], k, values, scale=scale)  # (B, nh, N, K)
+        q = q[:, :, num_classes:]  # (B, nh, N, d): patch queries only
+        if D > d:
+            q, k = F.pad(q, (0, D - d)), F.pad(k, (0, D - d))
+        o = F.scaled_dot_product_attention(q, k, values, scale=scale)  # (B, nh, N, D)
         out += o.mean(dim=1)
-    return out.transpose(1, 2)  # (B, K, N)
+    return out[..., :K].transpose(1, 2)  # (B, K, N)
