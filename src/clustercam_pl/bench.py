@@ -231,8 +231,13 @@ def measure(
     b: Bench,
     batches: Sequence[tuple[Tensor, Tensor]],
     warmup: int,
+    profile_rows: int = 0,
 ) -> tuple[list[float], list[float], dict[str, list[float]], dict[str, Tensor]]:
-    """Run `warmup` untimed then the rest timed: wall and CPU seconds per step, seconds per phase."""
+    """Run `warmup` untimed then the rest timed: wall and CPU seconds per step, seconds per phase.
+
+    With `profile_rows`, one more step runs under `torch.profiler` (not timed) and its operator table
+    goes to stderr: where the time goes inside the phases.
+    """
     timer = PhaseTimer(b.device)
     times: list[float] = []
     cpu_times: list[float] = []
@@ -254,7 +259,27 @@ def measure(
             cpu_times.append(cpu)
             for k, v in split.items():
                 phases.setdefault(k, []).append(v)
+    if profile_rows:
+        print_profile(step, b, *batches[-1], profile_rows)
     return times, cpu_times, phases, result
+
+
+def print_profile(
+    step: Callable[[Bench, Tensor, Tensor, PhaseTimer | None], dict[str, Tensor]],
+    b: Bench,
+    image: Tensor,
+    label: Tensor,
+    rows: int,
+) -> None:
+    """One step under the PyTorch profiler; the top operators by self time, to stderr."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if b.device.type == "cuda" else [])
+    with profile(activities=activities) as prof, record_function("step"):
+        step(b, image, label, None)
+        sync(b.device)
+    key = "self_cuda_time_total" if b.device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows), file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -276,7 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     step = train_step if args.mode == "train-step" else cam_step
     log(f"{args.mode} attention={args.attention} size={args.size} batch={args.batch} device={device} "
         f"precision={args.precision} compile={args.compile} threads={torch.get_num_threads()}")
-    times, cpu, phases, result = measure(step, b, batches, args.warmup)
+    times, cpu, phases, result = measure(step, b, batches, args.warmup, args.profile)
     med = statistics.median(times)
     out: dict[str, Any] = {
         "mode": args.mode,
@@ -285,11 +310,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "images_per_s": args.batch / med,
         "peak_mem_mb": peak_mem_mb(device),
         "base_mem_mb": base,
+        "step_s_min": min(times),
         "step_s_all": times,
         "step_s_spread": (max(times) - min(times)) / med,
         # Process CPU seconds (all threads): steadier than wall time when other jobs share the cores.
         "step_cpu_s": statistics.median(cpu),
+        "step_cpu_s_all": cpu,
         "breakdown_s": {k: statistics.median(v) for k, v in phases.items()},
+        "breakdown_s_all": phases,
         "size": args.size,
         "batch": args.batch,
         "steps": args.steps,
@@ -323,16 +351,49 @@ def run_subprocess(argv: Sequence[str], attention: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare(argv: Sequence[str]) -> dict[str, Any]:
-    """Fast and materialising path, each in its own process; ratios are fast / reference."""
-    fast = run_subprocess(argv, "fused")
-    print(json.dumps(fast), flush=True)
-    ref = run_subprocess(argv, "materialize")
-    print(json.dumps(ref), flush=True)
-    summary = {k: fast[k] for k in ("mode", "step_s", "images_per_s", "peak_mem_mb", "size", "batch", "steps",
-                                    "threads", "device", "precision", "compile", "classes", "tiny")}
+def merge_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One path's results from several processes: medians over all their timed steps, the highest peak."""
+    out = dict(rounds[0])
+    times = [t for r in rounds for t in r["step_s_all"]]
+    cpu = [t for r in rounds for t in r["step_cpu_s_all"]]
+    med = statistics.median(times)
+    out |= {
+        "step_s": med,
+        "step_s_min": min(times),
+        "images_per_s": out["batch"] / med,
+        "step_s_all": times,
+        "step_s_spread": (max(times) - min(times)) / med,
+        "step_cpu_s": statistics.median(cpu),
+        "step_cpu_s_all": cpu,
+        "peak_mem_mb": max(r["peak_mem_mb"] for r in rounds),
+        "base_mem_mb": max(r["base_mem_mb"] for r in rounds),
+        "breakdown_s": {
+            k: statistics.median([t for r in rounds for t in r["breakdown_s_all"][k]])
+            for k in out["breakdown_s"]
+        },
+        "rounds": len(rounds),
+    }
+    return out
+
+
+def compare(argv: Sequence[str], rounds: int = 1) -> dict[str, Any]:
+    """Fast and materialising path, each in its own process; ratios are fast / reference.
+
+    With several rounds the two paths alternate (fast, reference, fast, ...), so that load from
+    other jobs on a shared machine falls on both alike; each path's steps are pooled.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"fused": [], "materialize": []}
+    for _ in range(rounds):
+        for attention, results in runs.items():
+            results.append(run_subprocess(argv, attention))
+            print(json.dumps(results[-1]), flush=True)
+    fast, ref = merge_rounds(runs["fused"]), merge_rounds(runs["materialize"])
+    keys = ("mode", "step_s", "step_s_min", "images_per_s", "peak_mem_mb", "size", "batch", "steps", "rounds",
+            "threads", "device", "precision", "compile", "classes", "tiny")
+    summary = {k: fast[k] for k in keys}
     summary |= {
         "time_ratio": fast["step_s"] / ref["step_s"],
+        "time_ratio_min": fast["step_s_min"] / ref["step_s_min"],  # least disturbed steps of each
         "cpu_time_ratio": fast["step_cpu_s"] / ref["step_cpu_s"],
         "mem_ratio": fast["peak_mem_mb"] / ref["peak_mem_mb"],
         # The step's own memory above the process baseline (model, optimiser, libraries).
@@ -357,13 +418,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone, CAM head and decoder")
     p.add_argument("--classes", type=int, default=20)
     p.add_argument("--tiny", action="store_true", help="embed 96, depth 4, 4 heads, 64 px: for tests")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="profile one extra step; print its top ROWS operators to stderr")
     p.add_argument("--compare", action="store_true", help="also the materialising path; each in a subprocess")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --compare: alternate the two paths' processes this many times")
     p.add_argument("--attention", choices=["fused", "materialize"], default="fused", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.size is None:
         args.size = 64 if args.tiny else 448
-    if min(args.batch, args.steps, args.threads, args.classes) < 1 or args.warmup < 0:
-        p.error("--batch, --steps, --threads, --classes must be >= 1 and --warmup >= 0")
+    if min(args.batch, args.steps, args.threads, args.classes, args.rounds) < 1 or args.warmup < 0:
+        p.error("--batch, --steps, --threads, --classes, --rounds must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -371,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; prints the result as the last stdout line and returns it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    result = compare(argv) if args.compare else run(args)
+    result = compare(argv, args.rounds) if args.compare else run(args)
     keys = ("step_s", "images_per_s", "peak_mem_mb")
     bad = [k for k in keys if not math.isfinite(result[k]) or result[k] <= 0]
     if bad:

@@ -1,0 +1,147 @@
+"""The benchmark entry point: it runs, reports sane numbers, and times the real training step.
+
+The equality tests pin what the benchmark's ratios mean: the fast (fused) and the materialising
+attention path do the same training step (same pseudo labels, losses and gradients), and that step
+is the one `ClusterCAMLitModule.training_step` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+from clustercam_pl import bench
+from clustercam_pl.cam.config import CAMConfig
+
+FAST = ["--tiny", "--steps", "2", "--warmup", "0", "--threads", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """`bench.main` sets torch's thread count for the process; put it back for the other tests."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def last_json(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def assert_positive_finite(result: dict, keys=("step_s", "images_per_s", "peak_mem_mb")) -> None:
+    for k in keys:
+        assert isinstance(result[k], float) and math.isfinite(result[k]) and result[k] > 0, (k, result[k])
+
+
+@pytest.mark.parametrize("mode, phases", [("train-step", bench.PHASES), ("cam", ("cam", "par"))])
+def test_bench_reports_json(mode, phases, capsys):
+    returned = bench.main([mode, *FAST])
+    result = last_json(capsys)
+    assert result == json.loads(json.dumps(returned))
+    assert_positive_finite(result)
+    assert (result["mode"], result["size"], result["batch"], result["tiny"]) == (mode, 64, 2, True)
+    assert (result["precision"], result["device"], result["attention"]) == ("fp32", "cpu", "fused")
+    assert len(result["step_s_all"]) == 2
+    assert result["step_s"] == pytest.approx(statistics.median(result["step_s_all"]))
+    assert set(result["breakdown_s"]) == set(phases)
+    assert all(v >= 0 and math.isfinite(v) for v in result["breakdown_s"].values())
+    if mode == "train-step":
+        assert all(math.isfinite(v) for v in result["loss"].values()) and "seg" in result["loss"]
+
+
+def test_bench_bf16_runs_and_matches_fp32(capsys):
+    bench.main(["train-step", "--tiny", "--steps", "1", "--warmup", "0", "--precision", "bf16"])
+    result = last_json(capsys)
+    assert_positive_finite(result)
+    assert result["precision"] == "bf16" and all(math.isfinite(v) for v in result["loss"].values())
+    # The classification losses under autocast stay close to fp32 on the same weights and batch.
+    gen = torch.Generator().manual_seed(5)
+    image, label = bench.random_batch(2, 64, 5, torch.device("cpu"), gen)
+    nets = [bench.build(num_classes=5, tiny=True, precision=p) for p in ("fp32", "bf16")]
+    losses = [bench.train_step(b, image, label) for b in nets]
+    for k in ("cls", "patch"):
+        torch.testing.assert_close(losses[1][k].float(), losses[0][k], rtol=2e-2, atol=2e-2, msg=k)
+
+
+def test_bench_compare_runs_each_path_in_its_own_process(capsys):
+    bench.main(["cam", "--tiny", "--steps", "1", "--warmup", "0", "--compare"])  # cam: the cheaper mode
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    summary = lines[-1]
+    assert [r["attention"] for r in lines[:-1]] == ["fused", "materialize"]
+    assert_positive_finite(summary, ("step_s", "images_per_s", "peak_mem_mb", "time_ratio", "mem_ratio"))
+    assert summary["fast"]["attention"] == "fused" and summary["reference"]["attention"] == "materialize"
+    assert summary["time_ratio"] == pytest.approx(summary["fast"]["step_s"] / summary["reference"]["step_s"])
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["train-step", "--steps", "0"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["train-step", "--precision", "fp16"])
+
+
+def _tiny_pair(cam_cfg: CAMConfig) -> tuple[bench.Bench, bench.Bench]:
+    fast = bench.build(num_classes=5, tiny=True, fused=True, cam_cfg=cam_cfg, alpha_init=0.3)
+    slow = bench.build(num_classes=5, tiny=True, fused=False, cam_cfg=cam_cfg, alpha_init=0.3)
+    slow.net.load_state_dict(fast.net.state_dict())
+    for b in (fast, slow):
+        b.net.double()
+        b.par.double()
+    return fast, slow
+
+
+def test_fast_and_materialising_paths_take_the_same_training_step():
+    """Pseudo labels, the three losses and every gradient agree (float64, eval-mode CAMs, no drop-path)."""
+    fast, slow = _tiny_pair(CAMConfig(train_mode=False))
+    gen = torch.Generator().manual_seed(3)
+    image, label = bench.random_batch(2, 64, 5, torch.device("cpu"), gen)
+    image = image.double()
+    results, grads = [], []
+    for b in (fast, slow):
+        results.append(bench.train_step(b, image, label))
+        grads.append({n: p.grad.clone() for n, p in b.net.named_parameters()})
+    rf, rs = results
+    assert torch.equal(rf["pseudo"], rs["pseudo"])
+    assert (rf["pseudo"] != 255).any()
+    for k in ("cls", "patch", "seg", "total"):
+        torch.testing.assert_close(rf[k], rs[k], rtol=1e-10, atol=1e-12, msg=k)
+    gf, gs = grads
+    assert gf.keys() == gs.keys()
+    for n in gf:
+        torch.testing.assert_close(gf[n], gs[n], rtol=1e-8, atol=1e-12, msg=lambda m, n=n: f"{n}: {m}")
+    # The optimiser step kept the two networks equal too.
+    for (n, pf), ps in zip(fast.net.named_parameters(), slow.net.parameters(), strict=True):
+        torch.testing.assert_close(pf, ps, rtol=1e-8, atol=1e-12, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_bench_step_is_the_lightning_training_step():
+    """The benchmark's loss equals `ClusterCAMLitModule.training_step`'s on the same batch and weights."""
+    from clustercam_pl.lit_module import ClusterCAMLitModule
+    from clustercam_pl.optim import OptimConfig
+
+    b = bench.build(num_classes=5, tiny=True, cam_cfg=CAMConfig(train_mode=False))
+    lit = ClusterCAMLitModule(b.net, b.cam_cfg, b.criterion, OptimConfig(), seg_start_epoch=0)
+    gen = torch.Generator().manual_seed(4)
+    image, label = bench.random_batch(2, 64, 5, torch.device("cpu"), gen)
+    _, lit_pseudo = lit.pseudo_labels(image, label)
+    with pytest.warns(UserWarning, match="log"):  # no trainer attached: self.log only warns
+        lit_loss = lit.training_step({"image": image, "cls_label": label}, 0).detach()
+    result = bench.train_step(b, image, label)
+    assert torch.equal(result["pseudo"], lit_pseudo)
+    torch.testing.assert_close(result["total"], lit_loss)
+
+
+@pytest.mark.parametrize("K", [3, 40])  # fewer and more classes than the head width 16
+def test_fused_propagation_equals_explicit_attention(K):
+    """The fast CAM path pads SDPA operands to one width; the product must not change."""
+    from clustercam_pl.models.clustercam import propagate_with_attention
+
+    B, nh, N, d = 2, 3, 24, 16
+    qk = [(torch.randn(B, nh, K + N, d), torch.randn(B, nh, K + N, d)) for _ in range(2)]
+    cam = torch.rand(B, K, N)
+    p2p = sum(((q @ k.transpose(-2, -1)) * d**-0.5).softmax(-1)[:, :, K:, K:].mean(1) for q, k in qk)
+    torch.testing.assert_close(propagate_with_attention(cam, qk, K), cam @ p2p.transpose(1, 2))
