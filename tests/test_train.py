@@ -77,9 +77,12 @@ def test_non_finite_loss_stops_with_step_and_terms(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_resume_at_epoch_boundary_equals_uninterrupted_run(tmp_path):
-    over = [*TINY_OVERRIDES, "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=4"]
+    # The interrupted part stops by max_steps at the end of epoch 0 with the same max_epochs (the
+    # schedule depends on it), and saves its checkpoint at the epoch end.
+    over = [*TINY_OVERRIDES, "trainer.max_epochs=2", "callbacks.step_checkpoint.every_n_train_steps=0",
+            "+callbacks.step_checkpoint.every_n_epochs=1", "optim.interval=epoch"]
     straight = train(compose_train(over, output_dir=tmp_path / "a"))
-    train(compose_train([*over, "trainer.max_epochs=1"], output_dir=tmp_path / "b"))
+    train(compose_train([*over, "trainer.max_steps=4"], output_dir=tmp_path / "b"))
     resumed = train(compose_train(over, output_dir=tmp_path / "b"))  # ckpt_path=auto finds last.ckpt
     assert straight["global_step"] == resumed["global_step"] == 8
     a = torch.load(tmp_path / "a/checkpoints/last.ckpt", weights_only=True)["state_dict"]
@@ -121,8 +124,8 @@ def test_sigkill_mid_epoch_then_resume_reaches_planned_steps(tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     run = tmp_path / "run"
-    args = [*TINY_OVERRIDES, "data.synthetic.num_train=64", "trainer.max_epochs=2",
-            "callbacks.step_checkpoint.every_n_train_steps=100", f"hydra.run.dir={run}"]
+    args = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
+            "callbacks.step_checkpoint.every_n_train_steps=1000", f"hydra.run.dir={run}"]
     proc = subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(run / "config.yaml", proc, 240)
@@ -132,10 +135,10 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert proc.returncode == 0, out
     assert "SIGTERM: saved" in out
     step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < step < 32
+    assert 0 < step < 600
     done = run_cli(args, REPO)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads((run / "metrics.json").read_text())["global_step"] == 32
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 600
 
 
 @pytest.mark.slow

@@ -40,7 +40,8 @@ def check_config(cfg: DictConfig) -> None:
                 f"net.cluster_grid={grid} is larger than the patch grid {side}x{side} of "
                 f"data.crop_size={crop} with net.patch_size={patch}"
             )
-    if _is_multirun() and str(cfg.trainer.get("strategy", "")) == "ddp" and _devices(cfg) > 1:
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if _is_multirun() and strategy.startswith("ddp") and "spawn" not in strategy and _devices(cfg) > 1:
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
         if launcher in ("basic", "joblib"):
             raise ValueError(

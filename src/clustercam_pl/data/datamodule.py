@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from clustercam_pl.data.labels import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES
 from clustercam_pl.data.layout import prepare_hint
@@ -69,6 +69,23 @@ def pad_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             masks[i, : sizes[i, 0], : sizes[i, 1]] = item["mask"]
         out["mask"] = masks
     return out
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation drawn from (seed, epoch); Lightning calls `set_epoch` before each epoch."""
+
+    def __init__(self, length: int, seed: int = 0) -> None:
+        self.length, self.seed, self.epoch = int(length), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
 
 
 def seed_worker(worker_id: int) -> None:
@@ -260,11 +277,14 @@ class WSSSDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.batch_size is not None
+        # One process: the order depends on (seed, epoch) only, so a run resumed at an epoch boundary
+        # sees the same batches as an uninterrupted one. Under DDP Lightning substitutes its
+        # DistributedSampler, which is seeded per epoch the same way.
         return self._loader(
             self.train_dataset,
             "train",
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochShuffleSampler(len(self.train_dataset), self.seed),
             drop_last=True,
             collate_fn=default_collate,
         )
