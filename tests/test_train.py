@@ -105,20 +105,21 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_reaches_planned_steps(tmp_path):
     run = tmp_path / "run"
-    args = [*TINY_OVERRIDES, "data.synthetic.num_train=64", "trainer.max_epochs=2",
+    args = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
             "callbacks.step_checkpoint.every_n_train_steps=3", f"hydra.run.dir={run}"]
     proc = subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(run / "checkpoints" / "step-0000006.ckpt", proc, 240)
-    proc.send_signal(signal.SIGKILL)  # mid-epoch: 16 steps per epoch
+    _wait_for(run / "checkpoints" / "last.ckpt", proc, 240)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)  # mid-epoch: 300 steps per epoch
     proc.wait(30)
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 6 <= saved < 32
+    assert 3 <= saved < 300
     done = run_cli(args, REPO)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "resuming from" in done.stdout + done.stderr
+    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in done.stdout + done.stderr
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["global_step"] == 32
+    assert metrics["global_step"] == 600
 
 
 @pytest.mark.slow
