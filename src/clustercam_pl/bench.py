@@ -32,9 +32,8 @@ import torch
 from torch import Tensor
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import multi_scale_cam
+from clustercam_pl.cam.generate import make_pseudo_labels
 from clustercam_pl.cam.par import PAR
-from clustercam_pl.cam.pseudo_label import denormalize, refine_pseudo_label
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, param_groups
@@ -172,23 +171,15 @@ def random_batch(
 
 def pseudo_labels(b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None) -> Tensor:
     """`ClusterCAMLitModule.pseudo_labels`, with a timer mark between the CAM passes and PAR."""
-    cfg = b.cam_cfg
-    with torch.no_grad():
-        was_training = b.net.training
-        b.net.train(cfg.train_mode and was_training)
-        try:
-            cams = multi_scale_cam(b.net, image, cfg.scales, cfg.flip)  # (B, K, H, W)
-        finally:
-            b.net.train(was_training)
-        if timer:
-            timer.mark("cam")
-        cams = cams * cls_label[:, :, None, None].to(cams.dtype)
-        image01 = denormalize(image, wrap_uint8=cfg.wrap_uint8)
-        pseudo = refine_pseudo_label(
-            b.par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale, cfg.ignore_index
-        )
-        if timer:
-            timer.mark("par")
+    was_training = b.net.training
+    b.net.train(b.cam_cfg.train_mode and was_training)
+    try:
+        mark = (lambda: timer.mark("cam")) if timer else None
+        pseudo = make_pseudo_labels(b.net, b.par, b.cam_cfg, image, cls_label, after_cams=mark)[1]
+    finally:
+        b.net.train(was_training)
+    if timer:
+        timer.mark("par")
     return pseudo  # (B, H, W)
 
 

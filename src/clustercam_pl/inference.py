@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import multi_scale_cam
+from clustercam_pl.cam.generate import make_pseudo_labels
 from clustercam_pl.cam.par import PAR
-from clustercam_pl.cam.pseudo_label import IMAGENET_MEAN, IMAGENET_STD, denormalize, refine_pseudo_label
+from clustercam_pl.cam.pseudo_label import IMAGENET_MEAN, IMAGENET_STD
 from clustercam_pl.lit_module import net_from_checkpoint
 from clustercam_pl.models import ClusterCAMNet, from_official_checkpoint, load_checkpoint_file
 
@@ -210,12 +210,7 @@ def cams_and_pseudo_labels(
     try:
         for idx, h, w in size_groups(image, image_size):
             x, lab = image[idx, :, :h, :w], cls_label[idx]  # (n, 3, h, w), (n, K)
-            cams = multi_scale_cam(net, x, cam.scales, cam.flip)  # (n, K, h, w)
-            cams = cams * lab[:, :, None, None].to(cams.dtype)  # absent classes zeroed
-            image01 = denormalize(x, wrap_uint8=cam.wrap_uint8)  # (n, 3, h, w) in [0, 1]
-            pseudo = refine_pseudo_label(
-                par, image01, cams, lab, cam.bg_high, cam.bg_low, cam.down_scale, cam.ignore_index
-            )  # (n, h, w)
+            cams, pseudo = make_pseudo_labels(net, par, cam, x, lab)  # (n, K, h, w), (n, h, w)
             cams_out[idx, :, :h, :w] = cams.float()
             labels_out[idx, :h, :w] = pseudo
     finally:

@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import multi_scale_cam
+from clustercam_pl.cam.generate import make_pseudo_labels
 from clustercam_pl.cam.par import PAR
-from clustercam_pl.cam.pseudo_label import denormalize, refine_pseudo_label
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet, load_imagenet_weights
@@ -98,19 +97,12 @@ class ClusterCAMLitModule(L.LightningModule):
     @torch.no_grad()
     def pseudo_labels(self, image: Tensor, cls_label: Tensor) -> tuple[Tensor, Tensor]:
         """Multi-scale CAMs (B, K, H, W) masked by the labels, and their refined pseudo labels (B, H, W)."""
-        cfg = self.cam_cfg
         was_training = self.net.training
-        self.net.train(cfg.train_mode and was_training)
+        self.net.train(self.cam_cfg.train_mode and was_training)
         try:
-            cams = multi_scale_cam(self.net, image, cfg.scales, cfg.flip)  # (B, K, H, W)
+            return make_pseudo_labels(self.net, self.par, self.cam_cfg, image, cls_label)
         finally:
             self.net.train(was_training)
-        cams = cams * cls_label[:, :, None, None].to(cams.dtype)
-        image01 = denormalize(image, wrap_uint8=cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
-        pseudo = refine_pseudo_label(
-            self.par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale, cfg.ignore_index
-        )
-        return cams, pseudo
 
     def seg_active(self) -> bool:
         return self.current_epoch >= self.hparams.seg_start_epoch

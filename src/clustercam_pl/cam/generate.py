@@ -5,12 +5,15 @@ Reference: DCVL-WSSS/ClusterCAM utils.py `multi_scale_cam2` (from ToCo).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.par import PAR
+from clustercam_pl.cam.pseudo_label import denormalize, refine_pseudo_label
 from clustercam_pl.models.clustercam import ClusterCAMNet
 
 
@@ -44,3 +47,27 @@ def multi_scale_cam(
         total = cam if total is None else total + cam
     total = total - total.amin(dim=(2, 3), keepdim=True)
     return total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
+
+
+@torch.no_grad()
+def make_pseudo_labels(
+    net: ClusterCAMNet,
+    par: PAR,
+    cfg: CAMConfig,
+    images: Tensor,
+    cls_label: Tensor,
+    after_cams: Callable[[], None] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Label-masked multi-scale CAMs (B, K, H, W) and their PAR-refined pseudo labels (B, H, W).
+
+    The one implementation of the pseudo-label step (training, export, benchmark); the network runs
+    in whatever mode the caller set. `after_cams` is called between the CAM passes and PAR (timers).
+    """
+    cams = multi_scale_cam(net, images, cfg.scales, cfg.flip)  # (B, K, H, W)
+    if after_cams is not None:
+        after_cams()
+    cams = cams * cls_label[:, :, None, None].to(cams.dtype)  # absent classes zeroed
+    image01 = denormalize(images, wrap_uint8=cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
+    pseudo = refine_pseudo_label(par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale,
+                                 cfg.ignore_index)
+    return cams, pseudo
