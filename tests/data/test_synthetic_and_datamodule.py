@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 from clustercam_pl.data.datamodule import WSSSDataModule, pad_collate
+from clustercam_pl.data.labels import mask_classes
 from clustercam_pl.data.synthetic import (
     MAX_CLASSES,
     SyntheticConfig,
     SyntheticWSSS,
     difficulty_knobs,
     make_sample,
-    mask_classes,
     save_preview,
 )
 from clustercam_pl.data.transforms import (

@@ -140,6 +140,12 @@ def read_label_file(
     return out
 
 
+def mask_classes(mask: np.ndarray, num_classes: int) -> list[int]:
+    """Classes present in a class-index mask (values 1..K -> 0..K-1; 0 and 255 are not classes)."""
+    present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,)
+    return np.flatnonzero(present[1 : num_classes + 1]).tolist()
+
+
 def multi_hot(indices: Iterable[int], num_classes: int) -> np.ndarray:
     """Class indices -> float32 (K,) multi-hot vector."""
     v = np.zeros(num_classes, dtype=np.float32)  # (K,)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, write_index_png
-from clustercam_pl.data.labels import COCO_CATEGORY_IDS, COCO_CLASSES, IGNORE_INDEX, write_label_file
+from clustercam_pl.data.labels import COCO_CATEGORY_IDS, COCO_CLASSES, IGNORE_INDEX, mask_classes, write_label_file
 from clustercam_pl.data.layout import Manifest, SplitInfo, relative_to_root, write_manifest, write_split_list
 from clustercam_pl.data.prepare_common import (
     Problem,
@@ -102,11 +102,6 @@ def coco_class_mask(h: int, w: int, anns: tuple[tuple[int, int, Any], ...]) -> n
     return out
 
 
-def _mask_labels(mask: np.ndarray) -> list[int]:
-    present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,)
-    return [int(v) - 1 for v in np.flatnonzero(present[1 : K + 1]) + 1]
-
-
 def _process(task: _Task) -> dict[str, Any]:
     """Check one image, then keep its finished mask or write it. Runs in a worker process."""
     res: dict[str, Any] = {"id": task.image_id, "problems": [], "mask": None, "written": False}
@@ -126,7 +121,7 @@ def _process(task: _Task) -> dict[str, Any]:
     if out.is_file():
         try:
             if image_size(out) == (h, w):
-                res["mask"] = _mask_labels(read_mask(out))
+                res["mask"] = mask_classes(read_mask(out), K)
                 return res
         except ImageReadError:
             pass  # unreadable leftover: rewrite it below
@@ -136,7 +131,7 @@ def _process(task: _Task) -> dict[str, Any]:
         res["problems"].append(Problem(task.image_id, task.image, f"bad annotation: {e}"))
         return res
     write_index_png(out, mask)
-    res["mask"] = _mask_labels(mask)
+    res["mask"] = mask_classes(mask, K)
     res["written"] = True
     return res
 

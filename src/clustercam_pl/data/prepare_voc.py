@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, write_index_png
-from clustercam_pl.data.labels import IGNORE_INDEX, VOC_CLASSES, write_label_file
+from clustercam_pl.data.labels import IGNORE_INDEX, VOC_CLASSES, mask_classes, write_label_file
 from clustercam_pl.data.layout import Manifest, SplitInfo, relative_to_root, write_manifest, write_split_list
 from clustercam_pl.data.prepare_common import (
     Problem,
@@ -131,7 +131,7 @@ def _process(task: _Task) -> dict[str, Any]:
             Problem(task.image_id, task.mask_src, f"mask values {bad.tolist()} outside 0..20 and 255")
         )
         return res
-    res["mask"] = [int(v) - 1 for v in np.flatnonzero(present[1 : len(VOC_CLASSES) + 1]) + 1]
+    res["mask"] = mask_classes(mask, len(VOC_CLASSES))
     write_index_png(task.out_mask, mask)
     return res
 

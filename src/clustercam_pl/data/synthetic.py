@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from clustercam_pl.data.labels import mask_classes
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "hexagon", "star", "crescent")
@@ -278,12 +279,6 @@ def make_sample(config: SyntheticConfig, seed: int, split: str, index: int) -> t
     """Render item ``index`` of ``split``; the same arguments always give the same arrays."""
     rng = np.random.default_rng([int(seed), SPLIT_CODES[split], int(index)])
     return render(config, rng)
-
-
-def mask_classes(mask: np.ndarray, num_classes: int) -> list[int]:
-    """Classes present in a mask (values 1..K -> 0..K-1)."""
-    present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,)
-    return [int(v) - 1 for v in np.flatnonzero(present[1 : num_classes + 1]) + 1]
 
 
 class SyntheticWSSS(Dataset):
