@@ -20,6 +20,7 @@ TINY_OVERRIDES = [
     "net.depth=2",
     "net.num_heads=2",
     "net.cam_layers=2",
+    "net.p2p_refine=true",  # the reference's CAM path (the synthetic experiment turns it off)
     "net.decoder_width=16",
     "data.synthetic.image_size=64",
     "data.synthetic.num_train=16",

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from clustercam_pl.lit_module import NonFiniteLossError
+from clustercam_pl.optim import OptimConfig, lr_at
 from clustercam_pl.train import train
 from helpers import TINY_OVERRIDES, compose_train
 
@@ -38,6 +39,22 @@ def test_synthetic_run_writes_metrics_and_checkpoints(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["clustercam"]["format"] == 1 and ckpt["global_step"] == 8
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
+    # 16 images / batch 4 = 4 steps per epoch; max_steps=5 stops in epoch 2 of 4. The learning rate
+    # after step 5 must be the per-epoch curve at epoch 5/4, not stretched over 5 steps / 4 epochs.
+    cfg = compose_train([*TINY_OVERRIDES, "trainer.max_epochs=4", "trainer.max_steps=5", "optim.interval=step",
+                         "optim.warmup_epochs=1"], output_dir=tmp_path)
+    train(cfg)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    optim = OptimConfig(**{k: v for k, v in cfg.optim.items() if k != "_target_"})
+    base = optim.base_lr(4)
+    expected = lr_at(5 / 4, base, 4, optim)
+    assert ckpt["global_step"] == 5
+    assert ckpt["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(expected, rel=1e-9)
+    # The old derivation: int(5 estimated steps / 4 epochs) = 1 step per epoch, so step 5 was "epoch 5".
+    assert expected != pytest.approx(lr_at(5.0, base, 4, optim), rel=1e-3)
 
 
 def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):

@@ -11,6 +11,7 @@ One training step reads like the method (reference: DCVL-WSSS/ClusterCAM engine.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -184,10 +185,23 @@ class ClusterCAMLitModule(L.LightningModule):
         if cfg.interval == "epoch":
             fn = lambda e: lr_at(e, base_lr, total_epochs, cfg) / base_lr  # noqa: E731
         else:
-            steps = max(int(self.trainer.estimated_stepping_batches / total_epochs), 1)
+            steps = self._optimizer_steps_per_epoch()
             fn = lambda s: lr_at(s / steps, base_lr, total_epochs, cfg) / base_lr  # noqa: E731
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": cfg.interval}}
+
+    def _optimizer_steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch, so a per-step schedule keeps the per-epoch curve's shape.
+
+        From the training batches per epoch, not from `estimated_stepping_batches / max_epochs`,
+        which is capped by `max_steps` and would stretch the schedule of a run cut short.
+        """
+        trainer = self.trainer
+        estimated = trainer.estimated_stepping_batches  # also sets up the train dataloader
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):  # iterable dataset without a length
+            return max(int(estimated / max(int(trainer.max_epochs or 1), 1)), 1)
+        return max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
 
     # ---------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 from clustercam_pl.data.datamodule import WSSSDataModule, pad_collate
 from clustercam_pl.data.labels import mask_classes
 from clustercam_pl.data.synthetic import (
+    CLASS_COLOURS,
     MAX_CLASSES,
     SyntheticConfig,
     SyntheticWSSS,
@@ -103,6 +104,22 @@ def test_synthetic_colour_does_not_give_the_class() -> None:
     centres = np.array([np.mean(v, 0) for v in means])  # (K, 3)
     spread = np.mean([np.std(v, 0).mean() for v in means])
     assert np.abs(centres - centres.mean(0)).max() < 0.25 * spread
+
+
+def test_synthetic_class_colours_name_the_class_and_change_nothing_else() -> None:
+    """With ``class_colours`` each class's pixels are its own two colours; layout and masks are unchanged."""
+    base = SyntheticConfig(num_val=40, color_jitter=0.0, noise=0.0)
+    coloured = dataclasses.replace(base, class_colours=True)
+    for i in range(base.num_val):
+        img_b, m_b = make_sample(base, 0, "val", i)
+        img_c, m_c = make_sample(coloured, 0, "val", i)
+        np.testing.assert_array_equal(m_b, m_c)
+        np.testing.assert_array_equal(img_b[m_b == 0], img_c[m_c == 0])  # background and distractors
+        for c in mask_classes(m_c, base.num_classes):
+            pix = img_c[m_c == c + 1].astype(float) / 255.0  # (P, 3)
+            # Every pixel is one of the class's two colours, each moved by at most the 0.08 jitter.
+            dist = np.abs(pix[:, None, :] - CLASS_COLOURS[c][None]).max(-1).min(-1)  # (P,)
+            assert dist.max() <= 0.08 + 1e-2, (i, c)
 
 
 def test_synthetic_config_errors() -> None:

@@ -17,13 +17,15 @@ blobs, then 1..``max_objects`` objects. Object classes differ in **shape and tex
 
 Colours are drawn per instance from one palette (uniform RGB, two colours per texture), so no pixel
 colour tells the class; distractor blobs (irregular outlines) reuse the class textures, so texture alone
-does not either. Objects have random size, position, rotation and texture phase/period; later objects
+does not either. With ``class_colours`` each class instead keeps its own two colours (jittered per
+instance), the easiest setting: a colour names the class, as in many real categories (sky, grass). Objects have random size, position, rotation and texture phase/period; later objects
 occlude earlier ones (the mask follows the occlusion), and a placement that would hide more than
 ``1 - min_visible`` of an earlier object is retried. The mask is exact: 0 background, c + 1 class c.
 The image-level label is the set of classes visible in the mask.
 
 Difficulty knobs (:func:`difficulty_knobs` returns them with defaults and meaning, for the README):
-``scale_range``, ``max_objects``, ``clutter``, ``color_jitter``, ``noise``, ``min_visible``; plus
+``scale_range``, ``max_objects``, ``clutter``, ``color_jitter``, ``noise``, ``min_visible``,
+``rotate_textures``, ``class_colours``; plus
 ``num_classes`` (1..8) and ``image_size`` (default 64; the model's patch size is 16).
 """
 
@@ -45,6 +47,21 @@ from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "hexagon", "star", "crescent")
 TEXTURES = ("stripes", "checker", "dots", "noise", "grid", "concentric", "waves", "crosshatch")
 MAX_CLASSES = len(SHAPES)
+# The two colours of each class's texture when ``class_colours`` is on: far apart in hue, and each
+# pair with a luminance gap so the texture shows. Distractors and background keep random colours.
+CLASS_COLOURS = np.array(
+    [
+        [[0.85, 0.10, 0.10], [1.00, 0.65, 0.55]],  # red
+        [[0.10, 0.25, 0.85], [0.60, 0.80, 1.00]],  # blue
+        [[0.10, 0.55, 0.10], [0.65, 0.95, 0.40]],  # green
+        [[0.95, 0.80, 0.05], [0.45, 0.30, 0.00]],  # yellow / brown
+        [[0.60, 0.10, 0.70], [0.95, 0.65, 1.00]],  # purple
+        [[0.00, 0.60, 0.65], [0.60, 1.00, 0.95]],  # teal
+        [[0.95, 0.45, 0.00], [0.30, 0.10, 0.00]],  # orange
+        [[0.10, 0.10, 0.10], [0.90, 0.90, 0.90]],  # black / white
+    ],
+    dtype=np.float64,
+)  # (MAX_CLASSES, 2, 3)
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
@@ -61,6 +78,7 @@ class SyntheticConfig:
     noise: float = 0.04
     min_visible: float = 0.4
     rotate_textures: bool = True
+    class_colours: bool = False
     num_train: int = 2000
     num_val: int = 200
     num_test: int = 200
@@ -112,6 +130,7 @@ def difficulty_knobs() -> dict[str, dict[str, Any]]:
         "noise": "std of Gaussian pixel noise (image in 0..1)",
         "min_visible": "minimum visible fraction of an occluded object (lower = harder occlusion)",
         "rotate_textures": "textures at a random angle (harder: orientation must be learned away)",
+        "class_colours": "each class keeps its own two colours (easiest: colour names the class)",
     }
     return {k: {"default": getattr(d, k), "help": h} for k, h in helps.items()}
 
@@ -200,13 +219,19 @@ class _Canvas:
         c, s = np.cos(angle), np.sin(angle)
         return c * dx + s * dy, -s * dx + c * dy
 
-    def textured(self, name: str, cx: float, cy: float, rng: np.random.Generator) -> np.ndarray:
-        """float (S, S, 3): texture ``name`` in two random colours, random angle/period/phase."""
+    def textured(
+        self, name: str, cx: float, cy: float, rng: np.random.Generator, colours: np.ndarray | None = None
+    ) -> np.ndarray:
+        """float (S, S, 3): texture ``name`` in two colours (random, or ``colours`` (2, 3) jittered),
+        random angle/period/phase."""
         angle = rng.uniform(0, np.pi)  # always drawn, so the knob changes nothing else
         x, y = self.local(cx + rng.uniform(-5, 5), cy + rng.uniform(-5, 5), angle if self.rotate else 0.0)
         period = rng.uniform(3.0, 6.0) * max(1.0, self.s / 96)
         t = _texture(name, x, y, period, rng)[..., None]  # (S, S, 1)
-        a, b = _two_colours(rng)
+        a, b = _two_colours(rng)  # always drawn, as above
+        jitter = rng.uniform(-0.08, 0.08, size=(2, 3))
+        if colours is not None:
+            a, b = np.clip(colours + jitter, 0.0, 1.0)
         return (1 - t) * a + t * b  # (S, S, 3)
 
 
@@ -256,7 +281,7 @@ def render(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarra
                 break
         else:
             continue  # no placement keeps the earlier objects visible enough: leave this one out
-        img[m] = cv.textured(TEXTURES[c], cx, cy, rng)[m]
+        img[m] = cv.textured(TEXTURES[c], cx, cy, rng, CLASS_COLOURS[c] if cfg.class_colours else None)[m]
         mask[m] = c + 1
         inst[m] = len(areas) + 1
         areas.append(int(m.sum()))
