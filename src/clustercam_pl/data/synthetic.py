@@ -18,15 +18,16 @@ blobs, then 1..``max_objects`` objects. Object classes differ in **shape and tex
 Colours are drawn per instance from one palette (uniform RGB, two colours per texture), so no pixel
 colour tells the class; distractor blobs (irregular outlines) reuse the class textures, so texture alone
 does not either. With ``class_colours`` each class instead keeps its own two colours (jittered per
-instance), the easiest setting: a colour names the class, as in many real categories (sky, grass). Objects have random size, position, rotation and texture phase/period; later objects
-occlude earlier ones (the mask follows the occlusion), and a placement that would hide more than
+instance), the easiest setting: a colour names the class, as in many real categories (sky, grass).
+
+Objects have random size, position, rotation and texture phase/period; later objects occlude
+earlier ones (the mask follows the occlusion), and a placement that would hide more than
 ``1 - min_visible`` of an earlier object is retried. The mask is exact: 0 background, c + 1 class c.
 The image-level label is the set of classes visible in the mask.
 
 Difficulty knobs (:func:`difficulty_knobs` returns them with defaults and meaning, for the README):
 ``scale_range``, ``max_objects``, ``clutter``, ``color_jitter``, ``noise``, ``min_visible``,
-``rotate_textures``, ``class_colours``; plus
-``num_classes`` (1..8) and ``image_size`` (default 64; the model's patch size is 16).
+``rotate_textures``, ``class_colours``; plus ``num_classes`` (1..8) and ``image_size`` (default 64).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def difficulty_knobs() -> dict[str, dict[str, Any]]:
     d = SyntheticConfig()
     helps = {
         "num_classes": "object classes K (1..8); each is a (shape, texture) pair",
-        "image_size": "square image side in pixels (patch size 16 -> 4x4 patches at 64)",
+        "image_size": "square image side in pixels (64 px = an 8x8 grid of 8 px patches)",
         "scale_range": "object diameter as a fraction of the image side (smaller = harder)",
         "max_objects": "objects per image are drawn from 1..max_objects (more = more overlap)",
         "clutter": "0..1: number of distractor blobs (up to 6) and contrast of the background texture",
