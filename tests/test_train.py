@@ -58,17 +58,22 @@ def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
 
 
 def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
-    from clustercam_pl.lit_module import net_from_checkpoint
+    from clustercam_pl.lit_module import module_from_checkpoint, net_from_checkpoint
     from clustercam_pl.models.weights import load_checkpoint_file
 
     train(compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1"], output_dir=tmp_path))
     path = tmp_path / "checkpoints" / "last.ckpt"
     net = net_from_checkpoint(load_checkpoint_file(path), str(path))
     assert net.num_classes == 4 and net.backbone.embed_dim == 32
+    # The whole module, with the run's CAM settings, for analysis (the notebook's loader).
+    module = module_from_checkpoint(path)
+    assert not module.training and module.cam_cfg.par_iters == 2 and module.hparams.seg_start_epoch == 1
+    for a, b in zip(module.net.state_dict().values(), net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_newer_checkpoint_format_is_refused(tmp_path):
-    from clustercam_pl.lit_module import net_from_checkpoint
+    from clustercam_pl.lit_module import module_from_checkpoint, net_from_checkpoint
 
     with pytest.raises(ValueError, match=r"x\.ckpt has checkpoint format 99, newer than this clustercam_pl reads"):
         net_from_checkpoint({"clustercam": {"format": 99, "net_config": {}}, "state_dict": {}}, "x.ckpt")

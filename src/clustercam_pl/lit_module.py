@@ -27,7 +27,7 @@ from clustercam_pl.cam.par import PAR
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet, load_imagenet_weights
-from clustercam_pl.models.weights import load_state_dict_checked
+from clustercam_pl.models.weights import load_checkpoint_file, load_state_dict_checked
 from clustercam_pl.optim import OptimConfig, lr_at, param_groups
 
 log = logging.getLogger(__name__)
@@ -229,3 +229,22 @@ def net_from_checkpoint(checkpoint: dict[str, Any], source: str) -> ClusterCAMNe
     sd = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
     load_state_dict_checked(net, sd, source)
     return net
+
+
+def module_from_checkpoint(path: str | Path) -> ClusterCAMLitModule:
+    """A `ClusterCAMLitModule` in eval mode from a framework checkpoint, for analysis and figures.
+
+    The network is rebuilt from the checkpoint's own network config, CAM/loss/optimiser settings from
+    its hyper-parameters; the file is read with `weights_only=True`.
+    """
+    ckpt = load_checkpoint_file(path)
+    net = net_from_checkpoint(ckpt, str(path))
+    hp = ckpt.get("hyper_parameters", {})
+    module = ClusterCAMLitModule(
+        net,
+        CAMConfig(**hp.get("cam", {})),
+        ClusterCAMLoss(**hp.get("loss", {})),
+        OptimConfig(**hp.get("optim", {})),
+        seg_start_epoch=hp.get("seg_start_epoch", 0),
+    )
+    return module.eval()

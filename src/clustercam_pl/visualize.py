@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from clustercam_pl.lit_module import ClusterCAMLitModule
 
 PANEL_ORDER = (
     "image", "mask", "patch_to_class", "cluster_to_class", "clustercam", "pseudo_label", "assignment"
@@ -183,31 +181,6 @@ def cluster_assignments(
             "alpha": float(net.backbone.blocks[b].st_attn.mix_param.detach().clamp(0, 1).item()),
         })
     return result
-
-
-def module_from_checkpoint(path: str | Path) -> ClusterCAMLitModule:
-    """A `ClusterCAMLitModule` in eval mode from a framework checkpoint, for analysis and figures.
-
-    The network is rebuilt from the checkpoint's own network config, CAM/loss/optimiser settings from
-    its hyper-parameters; the file is read with `weights_only=True`.
-    """
-    from clustercam_pl.cam.config import CAMConfig
-    from clustercam_pl.lit_module import ClusterCAMLitModule, net_from_checkpoint
-    from clustercam_pl.losses import ClusterCAMLoss
-    from clustercam_pl.models.weights import load_checkpoint_file
-    from clustercam_pl.optim import OptimConfig
-
-    ckpt = load_checkpoint_file(path)
-    net = net_from_checkpoint(ckpt, str(path))
-    hp = ckpt.get("hyper_parameters", {})
-    module = ClusterCAMLitModule(
-        net,
-        CAMConfig(**hp.get("cam", {})),
-        ClusterCAMLoss(**hp.get("loss", {})),
-        OptimConfig(**hp.get("optim", {})),
-        seg_start_epoch=hp.get("seg_start_epoch", 0),
-    )
-    return module.eval()
 
 
 # ---------------------------------------------------------------------------------------- drawing
