@@ -73,7 +73,7 @@ def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
 
 
 def test_newer_checkpoint_format_is_refused(tmp_path):
-    from clustercam_pl.lit_module import module_from_checkpoint, net_from_checkpoint
+    from clustercam_pl.lit_module import net_from_checkpoint
 
     with pytest.raises(ValueError, match=r"x\.ckpt has checkpoint format 99, newer than this clustercam_pl reads"):
         net_from_checkpoint({"clustercam": {"format": 99, "net_config": {}}, "state_dict": {}}, "x.ckpt")
@@ -113,6 +113,12 @@ def test_resume_at_epoch_boundary_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}")
 
 
+def start_cli(args: list[str]) -> subprocess.Popen:
+    """A training run in the background, stdout and stderr merged, to interrupt with a signal."""
+    return subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
     t = time.time()
     while not path.exists():
@@ -129,8 +135,7 @@ def test_sigkill_mid_epoch_then_resume_reaches_planned_steps(tmp_path):
     run = tmp_path / "run"
     args = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
             "callbacks.step_checkpoint.every_n_train_steps=3", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli(args)
     _wait_for(run / "checkpoints" / "last.ckpt", proc, 240)
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)  # mid-epoch: 300 steps per epoch
@@ -149,8 +154,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     run = tmp_path / "run"
     args = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
             "callbacks.step_checkpoint.every_n_train_steps=1000", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli(args)
     _wait_for(run / "config.yaml", proc, 240)
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
