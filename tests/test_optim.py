@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from clustercam_pl.models import ClusterCAMNet
-from clustercam_pl.optim import OptimConfig, lr_at, param_groups
+from clustercam_pl.optim import OptimConfig, adamw, lr_at, param_groups
 
 REF = OptimConfig()  # the reference: warm-up 5 from 1e-6, floor 1e-5, one-epoch lag
 
@@ -50,3 +51,22 @@ def test_param_groups_follow_the_reference_rule():
 def test_invalid_optim_config():
     with pytest.raises(ValueError, match="interval"):
         OptimConfig(interval="batch")
+
+
+def test_fused_adamw_takes_the_loop_implementations_steps():
+    """`optim.fused` changes the kernel, not the update: three steps on the same gradients agree to fp32 rounding."""
+    nets = [ClusterCAMNet(num_classes=3, embed_dim=32, depth=2, num_heads=2, pos_grid=4, decoder_width=8,
+                          cam_layers=2, alpha_init=0.5) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [adamw(nets[0], OptimConfig(lr=1e-2), 4), adamw(nets[1], OptimConfig(lr=1e-2, fused=False), 4)]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    before = [p.detach().clone() for p in nets[0].parameters()]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in before]
+        for net, opt in zip(nets, opts, strict=True):
+            for p, g in zip(net.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, p0 in zip(nets[0].parameters(), nets[1].parameters(), before, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(a, p0)  # every tensor moved (decay and no-decay groups)

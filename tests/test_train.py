@@ -57,6 +57,25 @@ def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
     assert expected != pytest.approx(lr_at(5.0, base, 4, optim), rel=1e-3)
 
 
+def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypatch):
+    # `model.compile=true` compiles once, before training, and the run trains through the compiled
+    # modules. Dynamo's `eager` backend keeps it fast (graph capture, no code generation);
+    # tests/models/test_network.py checks inductor's numbers.
+    from clustercam_pl.models import ClusterCAMNet
+
+    calls = []
+    original = ClusterCAMNet.compile_parts
+    monkeypatch.setattr(ClusterCAMNet, "compile_parts",
+                        lambda self, **kw: calls.append(kw) or original(self, backend="eager"))
+    cfg = compose_train([*TINY_OVERRIDES, "model.compile=true", "trainer.max_epochs=1", "model.seg_start_epoch=0",
+                         "data.synthetic.num_train=8"], output_dir=tmp_path)
+    summary = train(cfg)
+    assert calls == [{}] and summary["global_step"] == 2
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["compile"] is True
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"])
+
+
 def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
     from clustercam_pl.lit_module import module_from_checkpoint, net_from_checkpoint
     from clustercam_pl.models.weights import load_checkpoint_file

@@ -36,7 +36,7 @@ from clustercam_pl.cam.generate import make_pseudo_labels
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.models import ClusterCAMNet
-from clustercam_pl.optim import OptimConfig, param_groups
+from clustercam_pl.optim import OptimConfig, adamw
 
 # conf/net/vits.yaml and conf/net/tiny.yaml: the shapes the benchmark builds.
 VITS: dict[str, Any] = dict(
@@ -147,14 +147,9 @@ def build(
     net = ClusterCAMNet(num_classes=num_classes, fused_attention=fused, **shape)
     net = net.to(device).train()
     cam_cfg = cam_cfg or CAMConfig()  # conf/cam/default.yaml: the VOC reference settings
-    optim = OptimConfig()  # conf/optim/reference.yaml
-    groups = param_groups(net, optim.weight_decay, optim.decay_tokens)
-    opt = torch.optim.AdamW(groups, lr=optim.base_lr(9), betas=optim.betas, eps=optim.eps)
+    opt = adamw(net, OptimConfig(), global_batch=9)  # conf/optim/reference.yaml
     if compile_net:
-        # Compile the modules both the CAM passes and the training forward run through; compiling
-        # only `net` would leave `net.cam` (three of the four passes) eager.
-        for module in (net.backbone, net.head, net.decoder):
-            module.compile(dynamic=False)
+        net.compile_parts(dynamic=False)
     par = PAR(cam_cfg.par_dilations, cam_cfg.par_iters).to(device)
     return Bench(net, par, cam_cfg, ClusterCAMLoss(), opt, device, precision)
 

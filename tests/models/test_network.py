@@ -113,3 +113,41 @@ def test_no_cuda_calls_in_package():
     root = Path(clustercam_pl.__file__).parent
     offenders = [str(p) for p in root.rglob("*.py") if ".cuda(" in p.read_text()]
     assert not offenders, offenders
+
+
+def _train_outputs(net: ClusterCAMNet, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Forward outputs, the CAM, and every parameter's gradient of one summed loss."""
+    net.zero_grad(set_to_none=True)
+    out = net(x)
+    (out.cls_logits.sum() + out.patch_logits.sum() + out.seg_logits.square().mean()).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    return [out.cls_logits, out.patch_logits, out.seg_logits, net.cam(x)], grads
+
+
+def test_compile_parts_keeps_state_dict_keys_and_results():
+    """Dynamo's graph capture (the `eager` backend: no code generation) computes what eager does."""
+    torch.manual_seed(2)
+    ref = tiny(alpha_init=0.4)
+    net = tiny(alpha_init=0.4)
+    net.load_state_dict(ref.state_dict())
+    net.compile_parts(backend="eager")
+    assert net.compiled and list(net.state_dict()) == list(ref.state_dict())  # no `_orig_mod.` prefix
+    x = torch.randn(2, 3, 64, 48)
+    (outs, grads), (ref_outs, ref_grads) = _train_outputs(net, x), _train_outputs(ref, x)
+    for a, b in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_network_matches_eager():
+    """The real `torch.compile` (inductor, C++ kernels on CPU): outputs and gradients within fp32 tolerance."""
+    torch.manual_seed(3)
+    ref = ClusterCAMNet(num_classes=2, embed_dim=16, depth=1, num_heads=2, pos_grid=2, decoder_width=8,
+                        drop_path_rate=0.0, cam_layers=1, alpha_init=0.4)
+    net = ClusterCAMNet(**ref.config)
+    net.load_state_dict(ref.state_dict())
+    net.compile_parts(dynamic=False)
+    x = torch.randn(2, 3, 32, 32)
+    (outs, grads), (ref_outs, ref_grads) = _train_outputs(net, x), _train_outputs(ref, x)
+    for a, b in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,10 +81,21 @@ class ClusterCAMNet(nn.Module):
         feat = embed_dim + depth * num_heads * num_classes
         self.head = nn.Conv2d(feat, num_classes, kernel_size=3, padding=1)
         self.decoder = LargeFOV(feat, num_classes + 1, decoder_width, decoder_dilation)
+        self.compiled = False  # set by `compile_parts`
 
     @property
     def feature_channels(self) -> int:
         return self.head.in_channels
+
+    def compile_parts(self, **compile_kwargs: Any) -> None:
+        """`torch.compile` the backbone, CAM head and decoder in place (state-dict keys unchanged).
+
+        Compiling the whole module would leave `cam()`, three of the four passes of a training step,
+        eager. Each input size compiles its own graph (CAM scales, training crop, eval sizes).
+        """
+        for module in (self.backbone, self.head, self.decoder):
+            module.compile(**compile_kwargs)
+        self.compiled = True
 
     def _features(self, bb: BackboneOutput) -> Tensor:
         B, L, nh, K, N = bb.c2p.shape
