@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from clustercam_pl.lit_module import NonFiniteLossError
+from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, lr_at
 from clustercam_pl.train import train
 from helpers import TINY_OVERRIDES, compose_train
@@ -61,8 +62,6 @@ def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypa
     # `model.compile=true` compiles once, before training, and the run trains through the compiled
     # modules. Dynamo's `eager` backend keeps it fast (graph capture, no code generation);
     # tests/models/test_network.py checks inductor's numbers.
-    from clustercam_pl.models import ClusterCAMNet
-
     calls = []
     original = ClusterCAMNet.compile_parts
     monkeypatch.setattr(ClusterCAMNet, "compile_parts",
