@@ -45,12 +45,21 @@ def test_bench_reports_json(mode, phases, capsys):
     assert_positive_finite(result)
     assert (result["mode"], result["size"], result["batch"], result["tiny"]) == (mode, 64, 2, True)
     assert (result["precision"], result["device"], result["attention"]) == ("fp32", "cpu", "fused")
+    assert result["page_allocation"] == bench.page_allocation()
     assert len(result["step_s_all"]) == 2
     assert result["step_s"] == pytest.approx(statistics.median(result["step_s_all"]))
     assert set(result["breakdown_s"]) == set(phases)
     assert all(v >= 0 and math.isfinite(v) for v in result["breakdown_s"].values())
     if mode == "train-step":
         assert all(math.isfinite(v) for v in result["loss"].values()) and "seg" in result["loss"]
+
+
+def test_page_allocation_names_the_torch_and_kernel_settings(monkeypatch):
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert bench.page_allocation().startswith("THP_MEM_ALLOC_ENABLE=1 kernel_thp=")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    setting = bench.page_allocation()
+    assert setting.startswith("THP_MEM_ALLOC_ENABLE=0 kernel_thp=") and setting.split("=")[-1]
 
 
 def test_bench_bf16_runs_and_matches_fp32(capsys):

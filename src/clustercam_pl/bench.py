@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import platform
 import resource
 import statistics
@@ -98,6 +99,21 @@ def peak_mem_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def page_allocation() -> str:
+    """How large CPU tensors get their pages, which moves CPU step times by up to a third.
+
+    PyTorch asks for transparent huge pages when `THP_MEM_ALLOC_ENABLE=1`; the kernel's THP mode
+    decides whether it gets them (experiments/performance.md).
+    """
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        mode = "unknown"
+    torch_thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
+    return f"THP_MEM_ALLOC_ENABLE={int(torch_thp)} kernel_thp={mode}"
 
 
 def current_rss_mb() -> float:
@@ -317,6 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "classes": args.classes,
         "tiny": args.tiny,
         "torch": torch.__version__,
+        "page_allocation": page_allocation() if device.type == "cpu" else None,
     }
     if "total" in result:
         out["loss"] = {k: float(v) for k, v in result.items() if k != "pseudo"}
@@ -375,7 +392,7 @@ def compare(argv: Sequence[str], rounds: int = 1) -> dict[str, Any]:
             print(json.dumps(results[-1]), flush=True)
     fast, ref = merge_rounds(runs["fused"]), merge_rounds(runs["materialize"])
     keys = ("mode", "step_s", "step_s_min", "images_per_s", "peak_mem_mb", "size", "batch", "steps", "rounds",
-            "threads", "device", "precision", "compile", "classes", "tiny")
+            "threads", "device", "precision", "compile", "classes", "tiny", "page_allocation")
     summary = {k: fast[k] for k in keys}
     summary |= {
         "time_ratio": fast["step_s"] / ref["step_s"],
