@@ -182,13 +182,8 @@ def random_batch(
 
 def pseudo_labels(b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None) -> Tensor:
     """`ClusterCAMLitModule.pseudo_labels`, with a timer mark between the CAM passes and PAR."""
-    was_training = b.net.training
-    b.net.train(b.cam_cfg.train_mode and was_training)
-    try:
-        mark = (lambda: timer.mark("cam")) if timer else None
-        pseudo = make_pseudo_labels(b.net, b.par, b.cam_cfg, image, cls_label, after_cams=mark)[1]
-    finally:
-        b.net.train(was_training)
+    mark = (lambda: timer.mark("cam")) if timer else None
+    pseudo = make_pseudo_labels(b.net, b.par, b.cam_cfg, image, cls_label, after_cams=mark)[1]
     if timer:
         timer.mark("par")
     return pseudo  # (B, H, W)

@@ -104,15 +104,9 @@ class ClusterCAMLitModule(L.LightningModule):
             log.info("backbone initialised from %s", self.hparams.pretrained)
 
     # ------------------------------------------------------------------------------ CAM step
-    @torch.no_grad()
     def pseudo_labels(self, image: Tensor, cls_label: Tensor) -> tuple[Tensor, Tensor]:
         """Multi-scale CAMs (B, K, H, W) masked by the labels, and their refined pseudo labels (B, H, W)."""
-        was_training = self.net.training
-        self.net.train(self.cam_cfg.train_mode and was_training)
-        try:
-            return make_pseudo_labels(self.net, self.par, self.cam_cfg, image, cls_label)
-        finally:
-            self.net.train(was_training)
+        return make_pseudo_labels(self.net, self.par, self.cam_cfg, image, cls_label)
 
     def seg_active(self) -> bool:
         return self.current_epoch >= self.hparams.seg_start_epoch

@@ -6,8 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.generate import make_pseudo_labels
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.cam.pseudo_label import denormalize, refine_pseudo_label, valid_cams
+from clustercam_pl.models import ClusterCAMNet
 
 
 def test_denormalize_reproduces_reference_including_uint8_wrap(expected):
@@ -128,3 +131,20 @@ def test_validation_errors():
         refine_pseudo_label(PAR(), torch.rand(2, 3, 6, 8), cams, lab)
     with pytest.raises(ValueError, match=r"\(2, 4\)"):
         valid_cams(cams, torch.ones(2, 4))
+
+
+@pytest.mark.parametrize(
+    "train_mode, net_training, cam_training",
+    [(True, True, True), (False, True, False), (True, False, False), (False, False, False)],
+)
+def test_make_pseudo_labels_picks_the_cam_mode_and_restores_it(train_mode, net_training, cam_training):
+    """CAMs run in train mode (drop-path on) only for a training network with `cam.train_mode`."""
+    net = ClusterCAMNet(num_classes=2, embed_dim=16, depth=1, num_heads=2, pos_grid=2, decoder_width=8,
+                        cam_layers=1).train(net_training)
+    seen = []
+    net.backbone.register_forward_hook(lambda m, args, out: seen.append(m.training))
+    cfg = CAMConfig(scales=(1.0,), flip=False, par_iters=1, par_dilations=(1,), train_mode=train_mode)
+    cams, pseudo = make_pseudo_labels(net, PAR(cfg.par_dilations, cfg.par_iters), cfg, torch.randn(1, 3, 32, 32),
+                                      torch.tensor([[1.0, 0.0]]))
+    assert seen == [cam_training] and net.training == net_training
+    assert cams.shape == (1, 2, 32, 32) and pseudo.shape == (1, 32, 32)

@@ -60,10 +60,17 @@ def make_pseudo_labels(
 ) -> tuple[Tensor, Tensor]:
     """Label-masked multi-scale CAMs (B, K, H, W) and their PAR-refined pseudo labels (B, H, W).
 
-    The one implementation of the pseudo-label step (training, export, benchmark); the network runs
-    in whatever mode the caller set. `after_cams` is called between the CAM passes and PAR (timers).
+    The one implementation of the pseudo-label step (training, validation, export, benchmark). A
+    network in train mode makes its CAMs in train mode (drop-path on, as the reference) only if
+    `cfg.train_mode`, else in eval mode; a network in eval mode stays in it. The mode is restored.
+    `after_cams` is called between the CAM passes and PAR (timers).
     """
-    cams = multi_scale_cam(net, images, cfg.scales, cfg.flip)  # (B, K, H, W)
+    was_training = net.training
+    net.train(cfg.train_mode and was_training)
+    try:
+        cams = multi_scale_cam(net, images, cfg.scales, cfg.flip)  # (B, K, H, W)
+    finally:
+        net.train(was_training)
     if after_cams is not None:
         after_cams()
     cams = cams * cls_label[:, :, None, None].to(cams.dtype)  # absent classes zeroed
