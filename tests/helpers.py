@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "clustercam_pl" / "conf"
 
 # A few-second synthetic run: tiny net, tiny images, few batches, no loggers.
 TINY_OVERRIDES = [

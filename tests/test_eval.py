@@ -40,7 +40,7 @@ from helpers import CONF_DIR, TINY_OVERRIDES, compose_train, hydra_config
 
 REPO = Path(__file__).resolve().parents[1]
 # The generator settings of conf/data/synthetic.yaml, as the commands under test use them.
-CONF_SYNTHETIC = yaml.safe_load((Path(__file__).parents[1] / "conf/data/synthetic.yaml").read_text())["synthetic"]
+CONF_SYNTHETIC = yaml.safe_load((Path(__file__).parents[1] / "src/clustercam_pl/conf/data/synthetic.yaml").read_text())["synthetic"]
 SYN = {**CONF_SYNTHETIC, "num_classes": 4, "image_size": 64, "num_train": 4, "num_val": 4, "num_test": 3}
 DATA = ["data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_train=4",
         "data.synthetic.num_val=4", "data.synthetic.num_test=3", "data.val_batch_size=2", "device=cpu"]

@@ -32,7 +32,7 @@ from helpers import hydra_config
 REPO = Path(__file__).resolve().parents[1]
 N = 6
 # The generator settings of conf/data/synthetic.yaml, as the commands under test use them.
-CONF_SYNTHETIC = yaml.safe_load((Path(__file__).parents[1] / "conf/data/synthetic.yaml").read_text())["synthetic"]
+CONF_SYNTHETIC = yaml.safe_load((Path(__file__).parents[1] / "src/clustercam_pl/conf/data/synthetic.yaml").read_text())["synthetic"]
 SYN = {**CONF_SYNTHETIC, "num_classes": 4, "image_size": 64, "num_train": N, "num_val": 2, "num_test": 2}
 OVERRIDES = ["data=synthetic", "data.synthetic.image_size=64", f"data.synthetic.num_train={N}",
              "data.val_batch_size=2", "cam.par_iters=2", "cam.par_dilations=[1,2]", "device=cpu"]

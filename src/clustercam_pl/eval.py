@@ -373,7 +373,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="../../conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path="conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     summary = evaluate(cfg)
     return float("nan") if summary["miou"] is None else float(summary["miou"])

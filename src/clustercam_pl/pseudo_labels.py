@@ -304,7 +304,7 @@ def run_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(config_path="../../conf", config_name="pseudo_labels", version_base="1.3")
+@hydra.main(config_path="conf", config_name="pseudo_labels", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     summary = run_pseudo_labels(cfg)
     return float(summary.get("pseudo_miou", float("nan")))

@@ -94,7 +94,7 @@ def _best_path(trainer: L.Trainer) -> str | None:
     return str(cb.best_model_path) if cb is not None and cb.best_model_path else None
 
 
-@hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     summary = train(cfg)
     return float(summary.get(cfg.get("optimized_metric", "val/seg_miou"), float("nan")))
