@@ -15,7 +15,7 @@ import yaml
 from clustercam_pl.data.datamodule import WSSSDataModule
 from clustercam_pl.metrics import SegmentationIoU
 
-conf = yaml.safe_load((Path(__file__).parents[1] / "src/clustercam_pl/src/clustercam_pl/conf/data/synthetic.yaml").read_text())
+conf = yaml.safe_load((Path(__file__).parents[1] / "src/clustercam_pl/conf/data/synthetic.yaml").read_text())
 syn = dict(conf["synthetic"])
 for kv in sys.argv[1:]:
     k, v = kv.split("=", 1)
