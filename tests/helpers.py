@@ -10,7 +10,18 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "clustercam_pl" / "conf"
+from clustercam_pl.models import ClusterCAMNet, NetConfig
+from clustercam_pl.models.config import PRESET_DIR
+
+CONF_DIR = PRESET_DIR.parent  # the configs shipped inside the package
+
+# The one small network of the tests: conf/net/tiny.yaml shrunk to a few thousand weights.
+TEST_NET = dict(embed_dim=32, depth=2, num_heads=2, pos_grid=4, decoder_width=8, drop_path_rate=0.0)
+
+
+def tiny_net(num_classes: int = 4, **fields) -> ClusterCAMNet:
+    """`NetConfig.preset("tiny")` at test size; `fields` change any `NetConfig` field."""
+    return ClusterCAMNet(NetConfig.preset("tiny", num_classes=num_classes, **(TEST_NET | fields)))
 
 # A few-second synthetic run: tiny net, tiny images, few batches, no loggers.
 TINY_OVERRIDES = [
@@ -19,8 +30,8 @@ TINY_OVERRIDES = [
     "net.embed_dim=32",
     "net.depth=2",
     "net.num_heads=2",
-    "net.cam_layers=2",
-    "net.p2p_refine=true",  # the reference's CAM path (the synthetic experiment turns it off)
+    "cam.cam_layers=2",
+    "cam.p2p_refine=true",  # the reference's CAM path (the synthetic experiment turns it off)
     "net.decoder_width=16",
     "data.synthetic.image_size=64",
     "data.synthetic.num_train=16",

@@ -21,22 +21,24 @@ from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.crf import to_uint8_image
 from clustercam_pl.cam.par import PAR
-from clustercam_pl.data.imageio import voc_palette
-from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS, make_sample
-from clustercam_pl.eval import Protocol, evaluate, find_checkpoints
-from clustercam_pl.inference import (
-    cams_and_pseudo_labels,
+from clustercam_pl.checkpoint import (
+    find_checkpoints,
+    framework_section,
     load_checkpoint,
     load_network,
-    predict_segmentation,
-    to_uint8_image,
+    ours_to_reference,
 )
+from clustercam_pl.data.imageio import voc_palette
+from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS, make_sample
+from clustercam_pl.eval import evaluate, protocol_from_config
+from clustercam_pl.inference import predict_segmentation, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
-from clustercam_pl.models.weights import ours_to_reference
 from clustercam_pl.train import train
 from helpers import CONF_DIR, TINY_OVERRIDES, compose_train, hydra_config
+from helpers import tiny_net as make_tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
 # The generator settings of conf/data/synthetic.yaml, as the commands under test use them.
@@ -49,13 +51,12 @@ MS = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 def tiny_net(seed: int = 0) -> ClusterCAMNet:
     torch.manual_seed(seed)
-    return ClusterCAMNet(num_classes=4, embed_dim=32, depth=2, num_heads=2, pos_grid=4, cam_layers=2,
-                         decoder_width=16, decoder_dilation=1, drop_path_rate=0.0).eval()
+    return make_tiny_net(4, decoder_width=16).eval()
 
 
 def save_framework(net: ClusterCAMNet, path: Path, epoch: int = 1, step: int = 4) -> Path:
     """The layout `ClusterCAMLitModule` checkpoints have (the parts eval reads)."""
-    torch.save({"clustercam": {"format": 1, "net_config": dict(net.config)},
+    torch.save({"clustercam": framework_section(net, None),
                 "state_dict": {"net." + k: v for k, v in net.state_dict().items()},
                 "epoch": epoch, "global_step": step}, path)
     return path
@@ -156,16 +157,16 @@ def test_reference_checkpoint_evaluates_like_the_framework_one(tmp_path):
     ref = tmp_path / "checkpoint_66.pth"
     sd = {"module." + k: v for k, v in ours_to_reference(net.state_dict()).items()}
     torch.save({"model": sd, "epoch": 66}, ref)
-    # What shapes cannot tell (cam_layers, the decoder's dilation) comes from net_overrides.
-    over = ["+net_overrides.cam_layers=2", "+net_overrides.decoder_dilation=1"]
+    # What shapes cannot tell (the decoder's dilation) comes from net_overrides.
+    over = ["+net_overrides.decoder_dilation=1"]
     a = evaluate(compose_eval([*DATA, f"ckpt_path={fw}", "eval=ms"], tmp_path / "a"))
     b = evaluate(compose_eval([*DATA, f"ckpt_path={ref}", "eval=ms", *over], tmp_path / "b"))
     assert b["miou"] == a["miou"]
     assert b["checkpoints"][0]["kind"] == "reference" and b["checkpoints"][0]["epoch"] == 66
-    with pytest.raises(ValueError, match=r"checkpoint_66\.pth .*cam_layers must be in 1\.\.depth=2.*net_o"):
-        load_network(ref)
+    with pytest.raises(ValueError, match=r"^net_overrides \['cam_layers'\] are CAM settings now: pass cam\.cam_layers=\.\.\. instead$"):
+        load_network(ref, cam_layers=2)
     with pytest.raises(ValueError, match=r"ours\.ckpt is a framework checkpoint .*only apply to reference"):
-        load_network(fw, cam_layers=2)
+        load_network(fw, decoder_dilation=1)
 
 
 def test_several_checkpoints_report_last_and_best(tmp_path, capsys):
@@ -248,7 +249,7 @@ def test_clear_errors(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml")))
 def test_every_protocol_composes(name, tmp_path):
-    p = Protocol.from_config(compose_eval([f"eval={name}", "ckpt_path=x"], tmp_path).eval)
+    p = protocol_from_config(compose_eval([f"eval={name}", "ckpt_path=x"], tmp_path).eval)
     assert p.name == name
     assert p.scales == ((1.0,) if name.startswith("ss") else MS)
     assert p.flip == ("flip" in name) and (p.crf is not None) == name.endswith("crf")
@@ -292,7 +293,7 @@ def test_reference_fixture_through_the_inference_path(parity_dir, expected):
     seg = F.interpolate(expected["s1_seg_logits"], size=(160, 208), mode="bilinear", align_corners=False)
     torch.testing.assert_close(probs, seg.softmax(1), atol=1e-5, rtol=1e-4)
 
-    cams, pseudo = cams_and_pseudo_labels(ckpt.net, PAR(), expected["s0_image"], expected["cls_label"],
+    cams, pseudo = pseudo_labels_per_image(ckpt.net, PAR(), expected["s0_image"], expected["cls_label"],
                                           CAMConfig(train_mode=False))
     rel = (cams - expected["ms_cam_valid"]).norm() / expected["ms_cam_valid"].norm()
     assert rel < 1e-4

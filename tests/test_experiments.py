@@ -17,7 +17,7 @@ from wsss_fakes import make_coco_tree, make_voc_tree  # noqa: E402
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # Shrink the network and the run, keep everything else the experiment sets.
 SMALL = [
-    "net.embed_dim=32", "net.depth=2", "net.num_heads=2", "net.cam_layers=2", "net.decoder_width=16",
+    "net.embed_dim=32", "net.depth=2", "net.num_heads=2", "cam.cam_layers=2", "net.decoder_width=16",
     "model.pretrained=null", "model.seg_start_epoch=0", "trainer=cpu", "trainer.precision=32-true",
     "trainer.max_steps=2", "trainer.max_epochs=5", "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false", "logger=none", "data.num_workers=0", "cam.par_iters=2",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, adamw, lr_at, param_groups
+from helpers import tiny_net
 
 REF = OptimConfig()  # the reference: warm-up 5 from 1e-6, floor 1e-5, one-epoch lag
 
@@ -36,7 +36,7 @@ def test_reference_schedule_rises_after_warmup_and_corrected_one_decays():
 
 
 def test_param_groups_follow_the_reference_rule():
-    net = ClusterCAMNet(num_classes=3, embed_dim=32, depth=2, num_heads=2, pos_grid=4, cam_layers=2, decoder_width=8)
+    net = tiny_net(3)
     names = {id(p): n for n, p in net.named_parameters()}
     groups = {g["name"]: {names[id(p)] for p in g["params"]} for g in param_groups(net, 0.05)}
     assert "backbone.cls_token" in groups["decay"] and "backbone.pos_embed" in groups["decay"]
@@ -55,8 +55,7 @@ def test_invalid_optim_config():
 
 def test_fused_adamw_takes_the_loop_implementations_steps():
     """`optim.fused` changes the kernel, not the update: three steps on the same gradients agree to fp32 rounding."""
-    nets = [ClusterCAMNet(num_classes=3, embed_dim=32, depth=2, num_heads=2, pos_grid=4, decoder_width=8,
-                          cam_layers=2, alpha_init=0.5) for _ in range(2)]
+    nets = [tiny_net(3, alpha_init=0.5) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     opts = [adamw(nets[0], OptimConfig(lr=1e-2), 4), adamw(nets[1], OptimConfig(lr=1e-2, fused=False), 4)]
     assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]

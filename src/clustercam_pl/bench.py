@@ -4,9 +4,9 @@
     python -m clustercam_pl.bench cam [--device cuda --precision bf16]
 
 Random weights and random inputs (no data, no download), the `voc_vits` recipe's shapes (DeiT-S,
-K=20, CAMs at 1.0/0.75/1.25 with flips, PAR 10 iterations). The step does the work of
-`ClusterCAMLitModule.training_step` in its order (and Lightning's: zero_grad after the forward,
-then backward, then the optimiser step), so the numbers answer "how long does one step take".
+K=20, CAMs at 1.0/0.75/1.25 with flips, PAR 10 iterations; `--net` another preset). The timed step is
+`ClusterCAMLitModule.training_step` itself in Lightning's order (zero_grad after the forward, then
+backward, then the optimiser step), so the numbers answer "how long does one step take".
 Progress goes to stderr; the last stdout line is one JSON object. `--compare` runs the fast and the
 materialising attention path each in a fresh subprocess, so each process's peak RSS is its own.
 """
@@ -33,20 +33,12 @@ import torch
 from torch import Tensor
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import make_pseudo_labels
-from clustercam_pl.cam.par import PAR
+from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.losses import ClusterCAMLoss
-from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.models import ClusterCAMNet, NetConfig
+from clustercam_pl.models.config import preset_names
 from clustercam_pl.optim import OptimConfig, adamw
 
-# conf/net/vits.yaml and conf/net/tiny.yaml: the shapes the benchmark builds.
-VITS: dict[str, Any] = dict(
-    embed_dim=384, depth=12, num_heads=6, pos_grid=14, cam_layers=3, drop_path_rate=0.1
-)
-TINY: dict[str, Any] = dict(
-    embed_dim=96, depth=4, num_heads=4, pos_grid=4, cam_layers=2, drop_path_rate=0.0,
-    decoder_width=64, decoder_dilation=1,
-)
 PHASES = ("cam", "par", "forward", "backward_step")
 
 
@@ -129,15 +121,16 @@ def current_rss_mb() -> float:
 # ------------------------------------------------------------------------------------ the step
 @dataclass
 class Bench:
-    """What one benchmarked training step needs: the objects `ClusterCAMLitModule` would hold."""
+    """A `ClusterCAMLitModule` as `voc_vits` configures it, its optimiser, device and precision."""
 
-    net: ClusterCAMNet
-    par: PAR
-    cam_cfg: CAMConfig
-    criterion: ClusterCAMLoss
+    module: ClusterCAMLitModule
     opt: torch.optim.Optimizer
     device: torch.device
     precision: str = "fp32"
+
+    @property
+    def net(self) -> ClusterCAMNet:
+        return self.module.net
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
@@ -147,7 +140,7 @@ class Bench:
 
 def build(
     num_classes: int = 20,
-    tiny: bool = False,
+    net: str = "vits",
     fused: bool = True,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
@@ -156,18 +149,17 @@ def build(
     seed: int = 0,
     **net_overrides: Any,
 ) -> Bench:
-    """Network with random weights, PAR, losses and AdamW as `voc_vits` configures them."""
+    """The LightningModule with random weights (preset `net` of conf/net), as `voc_vits` trains it."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    shape = (TINY if tiny else VITS) | net_overrides
-    net = ClusterCAMNet(num_classes=num_classes, fused_attention=fused, **shape)
-    net = net.to(device).train()
+    cfg = NetConfig.preset(net, num_classes=num_classes, fused_attention=fused, **net_overrides)
     cam_cfg = cam_cfg or CAMConfig()  # conf/cam/default.yaml: the VOC reference settings
-    opt = adamw(net, OptimConfig(), global_batch=9)  # conf/optim/reference.yaml
+    module = ClusterCAMLitModule(ClusterCAMNet(cfg), cam_cfg, ClusterCAMLoss(), OptimConfig(), seg_start_epoch=0)
+    module = module.to(device).train()
+    opt = adamw(module.net, module.optim_cfg, global_batch=9)  # conf/optim/reference.yaml, batch 9
     if compile_net:
-        net.compile_parts(dynamic=False)
-    par = PAR(cam_cfg.par_dilations, cam_cfg.par_iters).to(device)
-    return Bench(net, par, cam_cfg, ClusterCAMLoss(), opt, device, precision)
+        module.net.compile_parts(dynamic=False)
+    return Bench(module, opt, device, precision)
 
 
 def random_batch(
@@ -180,46 +172,42 @@ def random_batch(
     return images.to(device), labels.to(device=device, dtype=torch.float32)
 
 
-def pseudo_labels(b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None) -> Tensor:
-    """`ClusterCAMLitModule.pseudo_labels`, with a timer mark between the CAM passes and PAR."""
-    mark = (lambda: timer.mark("cam")) if timer else None
-    pseudo = make_pseudo_labels(b.net, b.par, b.cam_cfg, image, cls_label, after_cams=mark)[1]
-    if timer:
-        timer.mark("par")
-    return pseudo  # (B, H, W)
+@contextlib.contextmanager
+def phases(b: Bench, timer: PhaseTimer | None):
+    """Let the LightningModule mark its phases (CAM passes, PAR, forward) on `timer` during a step."""
+    b.module.phase_hook = timer.mark if timer else None
+    try:
+        yield
+    finally:
+        b.module.phase_hook = None
 
 
 def train_step(
     b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None
 ) -> dict[str, Tensor]:
-    """One training step after the seg warm-up: pseudo labels, forward, three losses, backward, AdamW.
+    """One training step after the seg warm-up: `ClusterCAMLitModule.training_step`, backward, AdamW.
 
-    The order is Lightning's automatic optimisation around `ClusterCAMLitModule.training_step`
-    (autocast around the step body, `zero_grad` after it, backward outside autocast, then `step`),
-    so the previous step's gradients are alive during this step's forward, as in training.
-    Returns the detached losses and the pseudo label.
+    The order is Lightning's automatic optimisation (autocast around `training_step`, `zero_grad`
+    after it, backward outside autocast, then `step`), so the previous step's gradients are alive
+    during this step's forward, as in training. Returns the detached losses.
     """
-    with b.autocast():
-        pseudo = pseudo_labels(b, image, cls_label, timer)
-        out = b.net(image, with_seg=True)
-        losses = b.criterion(out.cls_logits, out.patch_logits, out.seg_logits, cls_label, pseudo)
-    if timer:
-        timer.mark("forward")
+    with phases(b, timer), b.autocast():
+        loss = b.module.training_step({"image": image, "cls_label": cls_label}, 0)
     b.opt.zero_grad(set_to_none=True)
-    losses["total"].backward()
+    loss.backward()
     b.opt.step()
     if timer:
         timer.mark("backward_step")
-    return {k: v.detach() for k, v in losses.items()} | {"pseudo": pseudo}
+    return {k: v.detach() for k, v in b.module.last_losses.items()}
 
 
 def cam_step(
     b: Bench, image: Tensor, cls_label: Tensor, timer: PhaseTimer | None = None
 ) -> dict[str, Tensor]:
     """What pseudo-label export does per batch: eval-mode multi-scale CAMs, then PAR pseudo labels."""
-    b.net.eval()
-    with b.autocast():
-        return {"pseudo": pseudo_labels(b, image, cls_label, timer)}
+    b.module.eval()
+    with phases(b, timer), b.autocast():
+        return {"pseudo": b.module.segmentation_targets(image, cls_label)[1]}
 
 
 # --------------------------------------------------------------------------------- measuring
@@ -287,8 +275,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         warnings.warn(
             "--compile on CPU: inductor compiles C++ kernels for every shape, expect minutes", stacklevel=2
         )
+    # The LightningModule logs through self.log, which without a Trainer only warns: not news here.
+    warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)`")
     fused = args.attention == "fused"
-    b = build(args.classes, args.tiny, fused, device, args.precision, args.compile)
+    b = build(args.classes, args.net, fused, device, args.precision, args.compile)
     gen = torch.Generator().manual_seed(1)
     n = args.warmup + args.steps
     batches = [random_batch(args.batch, args.size, args.classes, device, gen) for _ in range(n)]
@@ -327,6 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "compile": args.compile,
         "classes": args.classes,
         "tiny": args.tiny,
+        "net": args.net,
         "torch": torch.__version__,
         "page_allocation": page_allocation() if device.type == "cpu" else None,
     }
@@ -387,7 +378,7 @@ def compare(argv: Sequence[str], rounds: int = 1) -> dict[str, Any]:
             print(json.dumps(results[-1]), flush=True)
     fast, ref = merge_rounds(runs["fused"]), merge_rounds(runs["materialize"])
     keys = ("mode", "step_s", "step_s_min", "images_per_s", "peak_mem_mb", "size", "batch", "steps", "rounds",
-            "threads", "device", "precision", "compile", "classes", "tiny", "page_allocation")
+            "threads", "device", "precision", "compile", "classes", "tiny", "net", "page_allocation")
     summary = {k: fast[k] for k in keys}
     summary |= {
         "time_ratio": fast["step_s"] / ref["step_s"],
@@ -415,7 +406,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone, CAM head and decoder")
     p.add_argument("--classes", type=int, default=20)
-    p.add_argument("--tiny", action="store_true", help="embed 96, depth 4, 4 heads, 64 px: for tests")
+    p.add_argument("--net", default="vits", choices=preset_names(), help="network preset (conf/net)")
+    p.add_argument("--tiny", action="store_true", help="--net tiny at 64 px: for tests")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="profile one extra step; print its top ROWS operators to stderr")
     p.add_argument("--compare", action="store_true", help="also the materialising path; each in a subprocess")
@@ -423,6 +415,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="with --compare: alternate the two paths' processes this many times")
     p.add_argument("--attention", choices=["fused", "materialize"], default="fused", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.tiny:
+        args.net = "tiny"
     if args.size is None:
         args.size = 64 if args.tiny else 448
     if min(args.batch, args.steps, args.threads, args.classes, args.rounds) < 1 or args.warmup < 0:

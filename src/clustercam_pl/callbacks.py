@@ -1,45 +1,17 @@
-"""Training infrastructure: atomic checkpoints, preemption (SIGTERM) handling, CAM image logging."""
+"""Training callbacks: preemption (SIGTERM) handling, CAM image logging, per-epoch reseeding.
+
+Atomic checkpoint writing is `clustercam_pl.checkpoint.AtomicCheckpointIO`.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from lightning.fabric.utilities.types import _PATH
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file, flushed, then renamed over the target.
-
-    A kill during a save leaves the previous checkpoint intact (rename is atomic on POSIX); the
-    half-written temporary is removed or ignored. Loading uses `weights_only=True`.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-
-    def load_checkpoint(self, path: _PATH, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        from clustercam_pl.models.weights import load_checkpoint_file
-
-        return load_checkpoint_file(path)
 
 
 class PreemptionCheckpoint(L.Callback):

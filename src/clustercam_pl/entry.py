@@ -6,9 +6,7 @@ takes plain arguments.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,9 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from clustercam_pl.checkpoint import find_one_checkpoint
+from clustercam_pl.results import iou_table, scalar_metrics, write_metrics  # noqa: F401  (re-exported)
 
 log = logging.getLogger("clustercam_pl")
 
@@ -63,12 +64,18 @@ def _is_multirun() -> bool:
         return False
 
 
+def net_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """`net_overrides` as a plain dict (reference checkpoints only)."""
+    value = cfg.get("net_overrides")
+    return dict(OmegaConf.to_container(value, resolve=True)) if value is not None else {}
+
+
 def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
 def resolve_ckpt(cfg: DictConfig) -> str | None:
-    """`ckpt_path=auto` resumes <run dir>/checkpoints/last.ckpt when it exists; a path must exist."""
+    """`ckpt_path=auto` resumes <run dir>/checkpoints/last.ckpt when it exists; else a file or run folder."""
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, "", "none", "null"):
         return None
@@ -78,9 +85,7 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
             log.info("resuming from %s", last)
             return str(last)
         return None
-    if not Path(ckpt).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt} does not exist")
-    return str(ckpt)
+    return str(find_one_checkpoint(str(ckpt)))
 
 
 def attach_wandb_id(cfg: DictConfig) -> None:
@@ -105,28 +110,3 @@ def open_dict(cfg: DictConfig):
     from omegaconf import open_dict as _open_dict
 
     return _open_dict(cfg)
-
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        out[k] = f if math.isfinite(f) else float("nan")
-    return out
-
-
-def write_metrics(path: Path, metrics: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def iou_table(per_class: list[float], names: list[str]) -> str:
-    rows = [f"{'class':<16} {'IoU':>6}"]
-    rows += [f"{n:<16} {100 * v:6.2f}" for n, v in zip(names, per_class, strict=False)]
-    return "\n".join(rows)

@@ -1,370 +1,53 @@
 """Evaluate checkpoints: `python -m clustercam_pl.eval ckpt_path=... eval=<protocol> [split=val]`.
 
-Each named protocol (`conf/eval/`) is printed with its result: mIoU (VOC convention) and the
-per-class IoU table. Several checkpoints (a list, a glob, a folder) are each evaluated; the LAST (by
-epoch/step, else name order) and the BEST on the evaluated split are reported, and the summary says
-which one is quoted (`quote=last|best`). Choosing the best on the split that is scored is selection
-on the test data; the reference does exactly that (best of 30 checkpoints on val).
-
-`export=true` writes the predictions as the VOC evaluation server expects them and packs them
-(`export_voc_results`). `evaluate(cfg)` is importable (tests call it); `main` is the Hydra wrapper.
+`ckpt_path` takes a file, a list, a glob or a run folder. Each protocol (`conf/eval/`) is printed
+with its result: mIoU (VOC convention) and the per-class IoU table; with several checkpoints the last
+and the best are reported (`quote=last|best`). `export=true` writes and packs the predictions for the
+VOC evaluation server. The work is `clustercam_pl.evaluation`; `evaluate(cfg)` is importable (tests
+call it); `main` is the Hydra wrapper.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
-import math
-import os
-import re
-import tarfile
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.utils.data import DataLoader, Subset
 
-from clustercam_pl.data.imageio import write_index_png
-from clustercam_pl.entry import iou_table, run_dir, write_metrics
-from clustercam_pl.inference import (
-    CRFParams,
-    LoadedCheckpoint,
-    crf_refine,
-    crop_predictions,
-    load_checkpoint,
-    predict_segmentation,
-    require_crf,
-    resolve_device,
-)
-from clustercam_pl.metrics import SegmentationIoU
+from clustercam_pl.device import resolve_device
+from clustercam_pl.entry import net_overrides, run_dir, write_metrics
+from clustercam_pl.evaluation import Protocol, evaluate_checkpoints, report
 
 log = logging.getLogger("clustercam_pl.eval")
 
-CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt")
-SELECTION_NOTE = (
-    "best = highest mIoU on the evaluated split itself, i.e. checkpoint selection on the data that is "
-    "scored (optimistic); the reference quotes the best of 30 checkpoints (epochs 50-79) chosen on val"
-)
+
+def protocol_from_config(cfg: DictConfig) -> Protocol:
+    crf = cfg.get("crf")
+    crf = OmegaConf.to_container(crf, resolve=True) if crf is not None else None
+    return Protocol.from_values(cfg.name, list(cfg.scales), cfg.flip, crf)
 
 
-# -------------------------------------------------------------------------------------- protocol
-@dataclass(frozen=True)
-class Protocol:
-    """One evaluation protocol: input scales, flip, optional CRF."""
-
-    name: str
-    scales: tuple[float, ...]
-    flip: bool
-    crf: CRFParams | None
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> Protocol:
-        crf = cfg.get("crf")
-        try:
-            params = CRFParams(**OmegaConf.to_container(crf)) if crf else None
-        except TypeError as e:
-            raise ValueError(f"eval.crf: unknown key ({e}); allowed: {list(CRFParams().as_dict())}") from e
-        scales = tuple(float(s) for s in cfg.scales)
-        if not scales or any(s <= 0 for s in scales):
-            raise ValueError(f"eval.scales must be positive numbers, got {list(cfg.scales)}")
-        return cls(str(cfg.name), scales, bool(cfg.flip), params)
-
-    def describe(self) -> str:
-        scales = ", ".join(f"{s:g}" for s in self.scales)
-        parts = [
-            f"protocol {self.name}: scales [{scales}]"
-            + (" (input resized bilinearly, align_corners=True), max fusion of softmax"
-               if len(self.scales) > 1 else ", softmax of the decoder"),
-            "with horizontal flip" if self.flip else "no flip",
-        ]
-        if self.crf:
-            c = self.crf
-            parts.append(
-                f"dense CRF (Gaussian sxy {c.gauss_sxy:g} compat {c.gauss_compat:g}, bilateral sxy "
-                f"{c.bilat_sxy:g} srgb {c.bilat_srgb:g} compat {c.bilat_compat:g}, {c.n_iter} iterations)"
-            )
-        else:
-            parts.append("no CRF")
-        return ", ".join(parts)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "scales": list(self.scales), "flip": self.flip,
-                "crf": self.crf.as_dict() if self.crf else None}
-
-
-# ----------------------------------------------------------------------------------- checkpoints
-def _natural_key(path: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
-
-
-def find_checkpoints(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Checkpoint files from one path, a list of paths, a glob pattern or a folder (in name order).
-
-    A folder gives its `*.ckpt/*.pth/*.pt` files, or those of its `checkpoints/` subfolder (a run
-    folder). Errors name what matched nothing.
-    """
-    if spec is None or (isinstance(spec, str) and spec in ("", "???")):
-        raise ValueError("ckpt_path is not set: pass ckpt_path=<file|[a,b]|glob|folder>")
-    items = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
-    if not items:
-        raise ValueError("ckpt_path is an empty list")
-    found: list[Path] = []
-    for item in items:
-        text = os.fspath(item)
-        p = Path(text)
-        if p.is_dir():
-            files = sorted((f for f in p.iterdir() if f.suffix in CHECKPOINT_SUFFIXES and f.is_file()),
-                           key=lambda f: _natural_key(f.name))
-            if not files and (p / "checkpoints").is_dir():
-                files = find_checkpoints(p / "checkpoints")
-            if not files:
-                kinds = "/".join(CHECKPOINT_SUFFIXES)
-                raise FileNotFoundError(f"ckpt_path={text}: folder has no {kinds} files")
-            found += files
-        elif glob.has_magic(text):
-            matches = (Path(f) for f in glob.glob(text) if Path(f).is_file())
-            files = sorted(matches, key=lambda f: _natural_key(str(f)))
-            if not files:
-                raise FileNotFoundError(f"ckpt_path={text}: the pattern matches no file")
-            found += files
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise FileNotFoundError(f"ckpt_path={text} does not exist")
-    unique: dict[str, Path] = {}
-    for f in found:
-        unique.setdefault(str(f.resolve()), f)
-    return list(unique.values())
-
-
-def last_index(results: Sequence[dict[str, Any]]) -> int:
-    """The latest checkpoint: highest (epoch, step) where the files say, else the last in name order.
-
-    Files with training progress sort after files without; ties keep name order (so `last.ckpt`
-    and the step checkpoint it duplicates both qualify; the later name wins).
-    """
-    def key(i: int) -> tuple[int, int, int, list[Any]]:
-        r = results[i]
-        known = r["epoch"] is not None or r["global_step"] is not None
-        ep = r["epoch"] if r["epoch"] is not None else -1
-        st = r["global_step"] if r["global_step"] is not None else -1
-        return (int(known), ep, st, _natural_key(Path(r["path"]).name))
-    return max(range(len(results)), key=key)
-
-
-def best_index(results: Sequence[dict[str, Any]]) -> int | None:
-    """Highest mIoU (None when nothing was scored, e.g. a split without masks)."""
-    scored = [i for i, r in enumerate(results) if r["miou"] is not None and not math.isnan(r["miou"])]
-    return max(scored, key=lambda i: results[i]["miou"]) if scored else None
-
-
-# ------------------------------------------------------------------------------------------ data
-def build_loader(cfg: DictConfig, split: str, limit: int | None) -> tuple[Any, DataLoader, bool]:
-    """The datamodule, a loader over `split` (first `limit` images) and whether the split has masks."""
-    dm = instantiate(cfg.data, val_split=split, _convert_="all")
-    dm.setup("validate")
-    dataset = dm.val_dataset
-    has_masks = bool(getattr(dataset, "with_mask", False))
-    if limit is not None:
-        if int(limit) < 1:
-            raise ValueError(f"limit={limit} must be a positive number of images (or null for all)")
-        dm.val_dataset = Subset(dataset, range(min(int(limit), len(dataset))))
-    return dm, dm.val_dataloader(), has_masks
-
-
-# ---------------------------------------------------------------------------------------- export
-def voc_results_dir(root: str | os.PathLike, split: str = "test", comp: str = "comp6") -> Path:
-    """`<root>/results/VOC2012/Segmentation/<comp>_<split>_cls`: the server's folder layout."""
-    return Path(root) / "results" / "VOC2012" / "Segmentation" / f"{comp}_{split}_cls"
-
-
-def export_voc_results(root: str | os.PathLike, split: str = "test", comp: str = "comp6") -> Path:
-    """Pack `<root>/results/...` into `<root>/<comp>_<split>_results.tar.gz` for upload (atomically).
-
-    The archive's top folder is `results/`, as the VOC evaluation server expects; each PNG is an
-    indexed image with the VOC palette whose pixel values are class indices 0..20.
-    """
-    folder = voc_results_dir(root, split, comp)
-    pngs = sorted(folder.glob("*.png"))
-    if not pngs:
-        raise FileNotFoundError(f"no predictions to pack in {folder}")
-    archive = Path(root) / f"{comp}_{split}_results.tar.gz"
-    tmp = archive.with_name(archive.name + ".part")
-    with tarfile.open(tmp, "w:gz") as tar:
-        for png in pngs:
-            tar.add(png, arcname=str(png.relative_to(root)))
-    os.replace(tmp, archive)
-    return archive
-
-
-# ------------------------------------------------------------------------------------ evaluation
-def evaluate_network(
-    ckpt: LoadedCheckpoint,
-    loader: DataLoader,
-    protocol: Protocol,
-    device: torch.device,
-    has_masks: bool,
-    export_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Run one network over the loader; mIoU against the masks, PNGs into `export_dir` if given."""
-    net = ckpt.net.to(device).eval()
-    metric = SegmentationIoU(net.num_classes + 1).to(device) if has_masks else None
-    n_images, t0 = 0, time.perf_counter()
-    for batch in loader:
-        image = batch["image"].to(device)  # (B, 3, H, W), padded
-        size = batch.get("image_size")  # (B, 2) or None
-        probs = predict_segmentation(net, image, protocol.scales, protocol.flip, size)  # (B, K+1, H, W)
-        if protocol.crf is not None:
-            probs = crf_refine(image, probs, size, protocol.crf)
-        pred = probs.argmax(dim=1)  # (B, H, W); 0 in the padding, where masks are 255
-        if metric is not None:
-            metric.update(pred, batch["mask"].to(device))
-        if export_dir is not None:
-            for image_id, p in zip(batch["image_id"], crop_predictions(pred, size), strict=True):
-                write_index_png(export_dir / f"{image_id}.png", p.to(torch.uint8).cpu().numpy())
-        n_images += image.shape[0]
-    seconds = time.perf_counter() - t0
-    result: dict[str, Any] = {
-        "path": ckpt.path, "kind": ckpt.kind, "epoch": ckpt.epoch, "global_step": ckpt.global_step,
-        "images": n_images, "seconds": round(seconds, 3),
-        "images_per_s": round(n_images / seconds, 3) if seconds > 0 else None,
-        "miou": None, "per_class": None,
-    }
-    if metric is not None and n_images:
-        out = metric.compute()
-        result["miou"] = float(out["miou"])
-        result["per_class"] = [float(v) for v in out["per_class"].cpu()]
-    ckpt.net.cpu()
-    return result
-
-
-def _checkpoint_spec(value: Any) -> str | list[str]:
+def checkpoint_spec(value: Any) -> str | list[str]:
     if isinstance(value, ListConfig | list | tuple):
         return [str(v) for v in value]
     return str(value) if value is not None else ""
 
 
-def net_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """`net_overrides` as a plain dict (reference checkpoints only)."""
-    value = cfg.get("net_overrides")
-    return dict(OmegaConf.to_container(value, resolve=True)) if value is not None else {}
-
-
-def _fmt(miou: float | None) -> str:
-    return "   n/a" if miou is None or math.isnan(miou) else f"{100 * miou:6.2f}"
-
-
-def report(summary: dict[str, Any]) -> str:
-    """The printed result: protocol, per-checkpoint mIoU, last / best / quoted, per-class table."""
-    lines = [summary["protocol_text"],
-             f"data {summary['dataset']}, split {summary['split']}, {summary['num_images']} images, "
-             f"device {summary['device']}"]
-    ckpts = summary["checkpoints"]
-    if len(ckpts) > 1:
-        lines.append(f"{'checkpoint':<60} {'epoch':>5} {'step':>8} {'mIoU':>6}")
-        for r in ckpts:
-            ep = "-" if r["epoch"] is None else r["epoch"]
-            st = "-" if r["global_step"] is None else r["global_step"]
-            lines.append(f"{r['path'][-60:]:<60} {ep:>5} {st:>8} {_fmt(r['miou'])}")
-        lines.append(f"last: {summary['last']['path']}  mIoU {_fmt(summary['last']['miou'])}")
-        if summary["best"] is not None:
-            best = summary["best"]
-            lines.append(f"best: {best['path']}  mIoU {_fmt(best['miou'])}  ({SELECTION_NOTE})")
-    quoted = summary["quoted"]
-    if summary["miou"] is None:
-        lines.append(f"{quoted} checkpoint {summary['quoted_path']}: no masks on split {summary['split']}, "
-                     "nothing scored")
-    else:
-        lines.append(f"mIoU {_fmt(summary['miou'])} ({summary['protocol']['name']}, "
-                     f"split {summary['split']}, quoted: the {quoted} checkpoint {summary['quoted_path']})")
-        names = list(summary["per_class_iou"])
-        lines.append(iou_table([summary["per_class_iou"][n] for n in names], names))
-    if summary.get("export_archive"):
-        lines.append(f"VOC server export: {summary['export_archive']}")
-    return "\n".join(lines)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every checkpoint of `cfg.ckpt_path` with protocol `cfg.eval`; write eval_metrics.json."""
-    protocol = Protocol.from_config(cfg.eval)
-    if protocol.crf is not None:
-        require_crf()  # before any slow work
-    quote = str(cfg.get("quote", "last"))
-    if quote not in ("last", "best"):
-        raise ValueError(f"quote={quote!r} must be 'last' or 'best'")
-    paths = find_checkpoints(_checkpoint_spec(cfg.ckpt_path))
-    split = str(cfg.split)
-    export = bool(cfg.get("export", False))
-    if export and len(paths) > 1:
-        raise ValueError(
-            f"export=true writes the predictions of one checkpoint, but ckpt_path gives {len(paths)}: "
-            "pick one (e.g. the best on val from eval_metrics.json)"
-        )
+    protocol = protocol_from_config(cfg.eval)
     device = resolve_device(cfg.get("device", "auto"))
-    overrides = net_overrides(cfg)
     out_dir = run_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    dm, loader, has_masks = build_loader(cfg, split, cfg.get("limit"))
-    num_images = len(loader.dataset)
-    if not has_masks and not export:
-        log.warning("split %s has no masks: nothing will be scored (export=true writes predictions)", split)
-    export_dir = voc_results_dir(out_dir, split, str(cfg.export_comp)) if export else None
-    if export_dir is not None:
-        export_dir.mkdir(parents=True, exist_ok=True)
-
-    log.info("%s", protocol.describe())
-    results = []
-    for path in paths:
-        ckpt = load_checkpoint(path, **overrides)
-        if ckpt.net.num_classes != dm.num_classes:
-            raise ValueError(
-                f"{path} predicts {ckpt.net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
-                "pass the data config the network was trained with (e.g. data=synthetic and its options)"
-            )
-        result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir)
-        log.info("%s: mIoU %s (%d images, %.1f s)", path, _fmt(result["miou"]), result["images"],
-                 result["seconds"])
-        results.append(result)
-
-    names = ["background", *dm.class_names]
-    for r in results:
-        if r["per_class"] is not None:
-            r["per_class"] = dict(zip(names, r["per_class"], strict=True))
-    i_last, i_best = last_index(results), best_index(results)
-    i_quoted = i_best if quote == "best" and i_best is not None else i_last
-    if quote == "best" and i_best is None:
-        log.warning("quote=best, but nothing was scored on split %s: quoting the last checkpoint", split)
-        quote = "last"
-    quoted = results[i_quoted]
-    summary: dict[str, Any] = {
-        "protocol": protocol.as_dict(),
-        "protocol_text": protocol.describe(),
-        "dataset": dm.dataset,
-        "split": split,
-        "num_images": num_images,
-        "device": str(device),
-        "checkpoints": results,
-        "last": {k: results[i_last][k] for k in ("path", "miou")},
-        "best": None if i_best is None else {k: results[i_best][k] for k in ("path", "miou")},
-        "selection_note": SELECTION_NOTE,
-        "quoted": quote,
-        "quoted_path": quoted["path"],
-        "miou": quoted["miou"],
-        "per_class_iou": quoted["per_class"],
-        "run_dir": str(out_dir),
-    }
-    if export_dir is not None:
-        summary["export_archive"] = str(export_voc_results(out_dir, split, str(cfg.export_comp)))
-        if dm.dataset == "voc" and split == "test" and num_images != 1456:
-            log.warning("the VOC test set has 1456 images, this export has %d (limit=%s): the server will "
-                        "refuse it", num_images, cfg.get("limit"))
+    dm = instantiate(cfg.data, _convert_="all")
+    summary = evaluate_checkpoints(
+        checkpoint_spec(cfg.ckpt_path), dm, str(cfg.split), protocol, device, out_dir,
+        quote=str(cfg.get("quote", "last")),
+        limit=cfg.get("limit"), export_comp=str(cfg.export_comp) if cfg.get("export", False) else None,
+        net_overrides=net_overrides(cfg),
+    )
     text = report(summary)
     print(text, flush=True)
     (out_dir / "eval_report.txt").write_text(text + "\n")

@@ -2,38 +2,39 @@
 
 One training step reads like the method (reference: DCVL-WSSS/ClusterCAM engine.py `train_one_epoch`):
 
-    cams   = multi_scale_cam(net, image)                    # no grad, train mode by default
-    pseudo = refine_pseudo_label(PAR, image, cams * label)  # fg / bg / ignore=255
+    cams   = multi_scale_cam(net, image)                       # no grad, train mode by default
+    pseudo = refine_with_background(PAR, image, cams * label)  # fg / bg / ignore=255
     out    = net(image)
-    loss   = L_cls + L_patch + 0.1 * L_seg                  # L_seg from the warm-up epoch on
+    loss   = L_cls + L_patch + 0.1 * L_seg                     # L_seg from the warm-up epoch on
+
+Validation predicts and scores through `clustercam_pl.inference`, the functions `eval` and the
+pseudo-label export use, so in-training val and `eval=ss` give the same number for any val batch size.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from clustercam_pl import checkpoint as ckpt_io
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import make_pseudo_labels
+from clustercam_pl.cam.generate import check_cam_layers, pseudo_label_step
 from clustercam_pl.cam.par import PAR
+from clustercam_pl.inference import cam_prediction, predict, pseudo_labels_per_image, scored_pseudo_label
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
-from clustercam_pl.models import ClusterCAMNet, load_imagenet_weights
-from clustercam_pl.models.weights import load_checkpoint_file, load_state_dict_checked
+from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, adamw, lr_at
 
 log = logging.getLogger(__name__)
-
-# Bumped when the checkpoint layout changes; a newer file is refused with a clear message.
-CHECKPOINT_FORMAT = 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,6 +83,7 @@ class ClusterCAMLitModule(L.LightningModule):
             "check_finite": bool(check_finite),
             "compile": bool(compile),
         })
+        check_cam_layers(cam.cam_layers, net.cfg.depth)
         self.net, self.cam_cfg, self.criterion, self.optim_cfg = net, cam, loss, optim
         self.par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters)
         K = net.num_classes
@@ -90,6 +92,9 @@ class ClusterCAMLitModule(L.LightningModule):
         self.val_cam = SegmentationIoU(K + 1, ignore_index=cam.ignore_index)
         self.val_map = PerImageAveragePrecision()
         self.best_seg_miou: float = float("nan")
+        self.last_losses: dict[str, Tensor] = {}  # detached loss terms of the last training step
+        # Called with a phase name ("cam", "par", "forward") during a step: the benchmark's timer.
+        self.phase_hook: Callable[[str], None] | None = None
 
     # ----------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -100,13 +105,18 @@ class ClusterCAMLitModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Runs before a checkpoint is restored, so a resumed run overwrites these weights.
         if stage == "fit" and self.hparams.pretrained:
-            load_imagenet_weights(self.net, self.hparams.pretrained)
+            ckpt_io.load_imagenet_weights(self.net, self.hparams.pretrained)
             log.info("backbone initialised from %s", self.hparams.pretrained)
 
     # ------------------------------------------------------------------------------ CAM step
-    def pseudo_labels(self, image: Tensor, cls_label: Tensor) -> tuple[Tensor, Tensor]:
-        """Multi-scale CAMs (B, K, H, W) masked by the labels, and their refined pseudo labels (B, H, W)."""
-        return make_pseudo_labels(self.net, self.par, self.cam_cfg, image, cls_label)
+    def segmentation_targets(self, image: Tensor, cls_label: Tensor) -> tuple[Tensor, Tensor]:
+        """Multi-scale CAMs (B, K, H, W) masked by the labels, and the pseudo labels (B, H, W) the decoder learns."""
+        hook = self.phase_hook
+        out = pseudo_label_step(self.net, self.par, self.cam_cfg, image, cls_label,
+                                after_cams=(lambda: hook("cam")) if hook else None)
+        if hook:
+            hook("par")
+        return out
 
     def seg_active(self) -> bool:
         return self.current_epoch >= self.hparams.seg_start_epoch
@@ -115,20 +125,23 @@ class ClusterCAMLitModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         image, cls_label = batch["image"], batch["cls_label"]  # (B, 3, H, W), (B, K)
         use_seg = self.seg_active()
-        pseudo = self.pseudo_labels(image, cls_label)[1] if use_seg else None  # (B, H, W)
+        pseudo = self.segmentation_targets(image, cls_label)[1] if use_seg else None  # (B, H, W)
         out = self.net(image, with_seg=use_seg)
         losses = self.criterion(out.cls_logits, out.patch_logits, out.seg_logits, cls_label, pseudo)
+        if self.phase_hook:
+            self.phase_hook("forward")
         if self.hparams.check_finite and not torch.isfinite(losses["total"]):
             self._stop_on_non_finite(losses)
         B = image.shape[0]
-        self.log_dict({f"train/loss_{k}": v.detach() for k, v in losses.items()}, batch_size=B, prog_bar=False)
-        self.log("train/loss", losses["total"].detach(), batch_size=B, prog_bar=True)
+        self.last_losses = {k: v.detach() for k, v in losses.items()}
+        self.log_dict({f"train/loss_{k}": v for k, v in self.last_losses.items()}, batch_size=B, prog_bar=False)
+        self.log("train/loss", self.last_losses["total"], batch_size=B, prog_bar=True)
         self.log("train/alpha_mean", self._alpha_mean(), batch_size=B)
         return losses["total"]
 
     def _alpha_mean(self) -> Tensor:
-        alphas = [b.st_attn.mix_param for b in self.net.backbone.blocks if b.cluster]
-        return torch.cat(alphas).mean().detach() if alphas else torch.zeros((), device=self.device)
+        alphas = self.net.alphas()  # (L_c,)
+        return alphas.mean().detach() if alphas.numel() else torch.zeros((), device=self.device)
 
     def _stop_on_non_finite(self, losses: dict[str, Tensor]) -> None:
         terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -143,20 +156,17 @@ class ClusterCAMLitModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        image, cls_label = batch["image"], batch["cls_label"]
-        out = self.net(image)
-        self.val_map.update(out.cls_logits, cls_label)
+        image, cls_label, size = batch["image"], batch["cls_label"], batch.get("image_size")
+        pred = predict(self.net, image, image_size=size)  # the `eval=ss` prediction, per image size
+        self.val_map.update(pred.cls_logits, cls_label)
         mask = batch.get("mask")
         if mask is None:
             return
-        seg = F.interpolate(out.seg_logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        self.val_seg.update(seg.argmax(1), mask)
+        self.val_seg.update(pred.probs.argmax(1), mask)  # padding: 0 predicted, 255 in the mask
         if self.hparams.val_pseudo_labels:
-            cams, pseudo = self.pseudo_labels(image, cls_label)
-            # The ignore band counts as background: every pixel is scored (conservative).
-            self.val_pseudo.update(torch.where(pseudo == self.cam_cfg.ignore_index, 0, pseudo), mask)
-            bg = torch.full_like(cams[:, :1], self.cam_cfg.cam_background)
-            self.val_cam.update(torch.cat([bg, cams], dim=1).argmax(1), mask)
+            cams, pseudo = pseudo_labels_per_image(self.net, self.par, image, cls_label, self.cam_cfg, size)
+            self.val_pseudo.update(scored_pseudo_label(pseudo, self.cam_cfg.ignore_index), mask)
+            self.val_cam.update(cam_prediction(cams, self.cam_cfg.cam_background), mask)
 
     def on_validation_epoch_end(self) -> None:
         metrics = {"val/map": self.val_map.compute()}
@@ -207,40 +217,22 @@ class ClusterCAMLitModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["clustercam"] = {"format": CHECKPOINT_FORMAT, "net_config": dict(self.net.config)}
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None) if self._trainer else None
+        checkpoint["clustercam"] = ckpt_io.framework_section(self.net, names)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_format(checkpoint, "checkpoint")
-
-
-def check_checkpoint_format(checkpoint: dict[str, Any], source: str) -> None:
-    fmt = checkpoint.get("clustercam", {}).get("format")
-    if fmt is None:
-        raise ValueError(f"{source} is not a clustercam_pl checkpoint (no 'clustercam' section)")
-    if fmt > CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{source} has checkpoint format {fmt}, newer than this clustercam_pl reads ({CHECKPOINT_FORMAT}): "
-            "upgrade clustercam_pl"
-        )
-
-
-def net_from_checkpoint(checkpoint: dict[str, Any], source: str) -> ClusterCAMNet:
-    """Rebuild the network of a framework checkpoint (no Hydra config needed)."""
-    check_checkpoint_format(checkpoint, source)
-    net = ClusterCAMNet(**checkpoint["clustercam"]["net_config"])
-    sd = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-    load_state_dict_checked(net, sd, source)
-    return net
+        # Resuming a file of an earlier format: the state dict keys are unchanged, the rest migrates.
+        checkpoint.update(ckpt_io.migrate(checkpoint, "checkpoint"))
 
 
 def module_from_checkpoint(path: str | Path) -> ClusterCAMLitModule:
     """A `ClusterCAMLitModule` in eval mode from a framework checkpoint, for analysis and figures.
 
     The network is rebuilt from the checkpoint's own network config, CAM/loss/optimiser settings from
-    its hyper-parameters; the file is read with `weights_only=True`.
+    its hyper-parameters (migrated from earlier formats); the file is read with `weights_only=True`.
     """
-    ckpt = load_checkpoint_file(path)
-    net = net_from_checkpoint(ckpt, str(path))
+    ckpt = ckpt_io.migrate(ckpt_io.read_file(path), str(path))
+    net = ckpt_io.net_from_framework(ckpt, str(path))
     hp = ckpt.get("hyper_parameters", {})
     module = ClusterCAMLitModule(
         net,

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clustercam_pl.data.labels import IGNORE_INDEX
 
-def seg_loss(logits_up: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+
+def seg_loss(logits_up: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Balanced segmentation loss: ``0.5 * (CE over background pixels + CE over foreground pixels)``.
 
     Background and foreground are averaged separately so the (usually dominant) background does not
@@ -54,7 +56,7 @@ def clustercam_losses(
     w_cls: float = 1.0,
     w_patch: float = 1.0,
     w_seg: float = 0.1,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> dict[str, torch.Tensor]:
     """The ClusterCAM losses: a dict with ``cls``, ``patch``, ``seg`` (only with a pseudo label), ``total``.
 
@@ -63,7 +65,7 @@ def clustercam_losses(
         seg_logits: decoder logits (B, K + 1, h, w); bilinearly upsampled (align_corners=False) to
             the pseudo label's size here. Unused (may be None) without a pseudo label.
         cls_label: multi-hot labels (B, K).
-        pseudo_label: (B, H, W) label from :func:`clustercam_pl.cam.pseudo_label.refine_pseudo_label`,
+        pseudo_label: (B, H, W) label from :func:`clustercam_pl.cam.refine.refine_with_background`,
             or None before the segmentation branch is switched on.
     """
     if cls_logits.shape != cls_label.shape or patch_logits.shape != cls_label.shape:
@@ -90,7 +92,7 @@ def clustercam_losses(
 class ClusterCAMLoss(nn.Module):
     """:func:`clustercam_losses` with its weights bound, for configuration by instantiation."""
 
-    def __init__(self, w_cls: float = 1.0, w_patch: float = 1.0, w_seg: float = 0.1, ignore_index: int = 255):
+    def __init__(self, w_cls: float = 1.0, w_patch: float = 1.0, w_seg: float = 0.1, ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.w_cls, self.w_patch, self.w_seg = float(w_cls), float(w_patch), float(w_seg)
         self.ignore_index = int(ignore_index)

@@ -19,6 +19,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex, MultilabelAveragePrecision
 
+from clustercam_pl.data.labels import IGNORE_INDEX
+
 
 class SegmentationIoU(MulticlassJaccardIndex):
     """Dataset-level IoU per class and its NaN-aware mean; ``compute()`` returns ``{"miou", "per_class"}``.
@@ -32,7 +34,7 @@ class SegmentationIoU(MulticlassJaccardIndex):
     is NaN and skipped by the mean, as in the reference's ``np.nanmean``.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, validate_args: bool = True, **kwargs: Any):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, validate_args: bool = True, **kwargs: Any):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         super().__init__(
@@ -45,11 +47,33 @@ class SegmentationIoU(MulticlassJaccardIndex):
         )
 
     def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        confmat = self.confmat.double()  # (C, C): rows = ground truth, columns = prediction
-        tp = confmat.diagonal()
-        union = confmat.sum(0) + confmat.sum(1) - tp
-        per_class = torch.where(union > 0, tp / union.clamp_min(1), float("nan"))  # (C,)
-        return {"miou": per_class.nanmean().float(), "per_class": per_class.float()}
+        miou, per_class = iou_from_confmat(self.confmat)
+        return {"miou": miou.float(), "per_class": per_class.float()}
+
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_pred: int | None = None
+) -> torch.Tensor:
+    """int64 (C, C) counts, rows = target, columns = prediction, over pixels with 0 <= target < C
+    (and pred != ignore_pred when given): the reference's `Evaluator` convention."""
+    valid = (target >= 0) & (target < num_classes)  # (H, W)
+    if ignore_pred is not None:
+        valid &= pred != ignore_pred
+    idx = target[valid] * num_classes + pred[valid]
+    counts = torch.bincount(idx, minlength=num_classes * num_classes)  # (C * C,)
+    return counts.view(num_classes, num_classes)
+
+
+def iou_from_confmat(confmat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VOC-convention mIoU and per-class IoU (float64) of a (C, C) confusion matrix (rows: ground truth).
+
+    A class absent from both prediction and ground truth has IoU NaN and is left out of the mean.
+    """
+    cm = torch.as_tensor(confmat).double()
+    tp = cm.diagonal()
+    union = cm.sum(0) + cm.sum(1) - tp
+    per_class = torch.where(union > 0, tp / union.clamp_min(1), float("nan"))  # (C,)
+    return per_class.nanmean(), per_class
 
 
 class PerImageAveragePrecision(Metric):

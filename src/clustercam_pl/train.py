@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from clustercam_pl.callbacks import AtomicCheckpointIO
+from clustercam_pl.checkpoint import AtomicCheckpointIO
 from clustercam_pl.entry import (
     attach_wandb_id,
     check_config,
@@ -25,6 +25,7 @@ from clustercam_pl.entry import (
     scalar_metrics,
     write_metrics,
 )
+from clustercam_pl.models import ClusterCAMNet
 
 log = logging.getLogger("clustercam_pl.train")
 
@@ -34,7 +35,7 @@ REPORTED = ("val/seg_miou", "val/pseudo_miou", "val/cam_miou", "val/map")
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """Datamodule and LightningModule from a composed config (the network's K comes from the data)."""
     datamodule = instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only-loadable
-    net = instantiate(cfg.net, num_classes=datamodule.num_classes, _convert_="all")
+    net = ClusterCAMNet(instantiate(cfg.net, num_classes=datamodule.num_classes, _convert_="all"))
     # Objects are passed to the partial, not as instantiate kwargs (Hydra would turn them into configs).
     model = instantiate(cfg.model, _partial_=True)(
         net=net,

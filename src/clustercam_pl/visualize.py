@@ -8,8 +8,7 @@ objects without pyplot, so they never switch the backend of a notebook or a trai
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clustercam_pl.cam.pseudo_label import denormalize
+from clustercam_pl.cam.refine import denormalize
+from clustercam_pl.data.imageio import voc_palette as imageio_palette
+from clustercam_pl.models.utils import training_mode
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,32 +40,14 @@ PANEL_TITLES = {
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map (n, 3) uint8; index 255 (ignore) is white."""
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
+    """The PASCAL VOC colour map (n, 3) uint8 (`data.imageio.voc_palette`); index 255 (ignore) is white."""
+    pal = np.array(imageio_palette(n), dtype=np.uint8).reshape(n, 3)
     if n > 255:
         pal[255] = (255, 255, 255)
     return pal
 
 
 # -------------------------------------------------------------------------------------- computing
-@contextmanager
-def _eval_mode(net: nn.Module) -> Iterator[None]:
-    was_training = net.training
-    net.eval()
-    try:
-        yield
-    finally:
-        net.train(was_training)
-
-
 def _normalize_present(maps: Tensor, cls_label: Tensor) -> Tensor:
     """(B, K, H, W): each map min-max scaled to [0, 1], the classes absent from the image zeroed."""
     maps = maps - maps.amin(dim=(2, 3), keepdim=True)
@@ -96,14 +79,14 @@ def class_maps(module: Any, image: Tensor, cls_label: Tensor) -> dict[str, np.nd
     net = module.net
     H, W = image.shape[-2:]
     B, K = cls_label.shape
-    with _eval_mode(net):
-        out = net(image, with_seg=False, record=True)
-        recs = out.attention[-net.cam_layers:]
+    with training_mode(net, False):
+        out = net.forward_intermediates(image, with_seg=False)
+        recs = out.attention[-module.cam_cfg.cam_layers:]
         h, w = out.features.shape[-2:]
         c2p = sum(r.c2p.mean(1) for r in recs).reshape(B, K, h, w)  # (B, K, h, w)
         mapped = [r.c2clu_mapped for r in recs if r.c2clu_mapped is not None]
         c2clu = sum(m.mean(1) for m in mapped).reshape(B, K, h, w) if mapped else torch.zeros_like(c2p)
-        cams, pseudo = module.pseudo_labels(image, cls_label)  # (B, K, H, W), (B, H, W)
+        cams, pseudo = module.segmentation_targets(image, cls_label)  # (B, K, H, W), (B, H, W)
         last = out.attention[-1]
         assign = last.assign.argmax(-1).reshape(B, h, w) if last.assign is not None else torch.zeros(B, h, w)
 
@@ -161,9 +144,10 @@ def cluster_assignments(
     """
     depth = len(net.backbone.blocks)
     idx = [b % depth for b in blocks]
-    with _eval_mode(net):
-        out = net(image, with_seg=False, record=True)
+    with training_mode(net, False):
+        out = net.forward_intermediates(image, with_seg=False)
     h, w = out.features.shape[-2:]
+    alphas = net.alphas().detach()  # (L_c,) in block order
     result = []
     for b in idx:
         rec = out.attention[b]
@@ -178,7 +162,7 @@ def cluster_assignments(
             "hard": soft.argmax(1).cpu().numpy(),  # (B, h, w)
             "cluster_grid": tuple(rec.cluster_grid),
             "patch_grid": (h, w),
-            "alpha": float(net.backbone.blocks[b].st_attn.mix_param.detach().clamp(0, 1).item()),
+            "alpha": float(alphas[sum(blk.cluster for blk in net.backbone.blocks[:b])].clamp(0, 1)),
         })
     return result
 

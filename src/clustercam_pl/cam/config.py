@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from clustercam_pl.data.labels import IGNORE_INDEX
+
 
 @dataclass(frozen=True)
 class CAMConfig:
     """How training turns multi-scale ClusterCAMs into pseudo labels (reference defaults, VOC).
 
     Attributes:
+        cam_layers: how many last blocks' class-to-patch attention weight the CAM (reference 3).
+        p2p_refine: propagate CAMs with the patch-to-patch attention summed over all blocks.
         scales: CAM input scales; each is also run mirrored when `flip` (reference 1.0, 0.75, 1.25).
         flip: add the horizontal flip at every scale.
         bg_high, bg_low: constant background scores; a pixel is foreground where the high score
@@ -24,6 +28,8 @@ class CAMConfig:
         ignore_index: label value of ignored pixels.
     """
 
+    cam_layers: int = 3
+    p2p_refine: bool = True
     scales: Sequence[float] = (1.0, 0.75, 1.25)
     flip: bool = True
     bg_high: float = 0.5
@@ -33,12 +39,14 @@ class CAMConfig:
     down_scale: int = 2
     train_mode: bool = True
     wrap_uint8: bool = True
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     cam_bg: float = field(default=-1.0)  # background score of the un-refined CAM metric; <0: mean of high/low
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         object.__setattr__(self, "par_dilations", tuple(int(d) for d in self.par_dilations))
+        if self.cam_layers < 1:
+            raise ValueError(f"cam.cam_layers must be >= 1, got {self.cam_layers}")
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"cam.scales must be positive numbers, got {list(self.scales)}")
         if not self.bg_high > self.bg_low:

@@ -7,31 +7,64 @@ bilateral appearance kernel, run for a fixed number of mean-field iterations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
 import numpy as np
+import torch
+from torch import Tensor
 
-_MISSING = "dense CRF needs the optional dependency pydensecrf2: pip install 'clustercam_pl[crf]'"
+from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+CRF_MISSING = (
+    "this protocol uses the dense CRF, which needs the optional dependency pydensecrf2: "
+    "pip install 'clustercam_pl[crf]' (or pick a protocol without CRF: eval=ss, ms or ms_flip)"
+)
 
 
-def dense_crf(
-    image_uint8: np.ndarray,
-    probs: np.ndarray,
-    n_iter: int = 10,
-    gauss_sxy: float = 4,
-    gauss_compat: float = 3,
-    bilat_sxy: float = 83,
-    bilat_srgb: float = 5,
-    bilat_compat: float = 3,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class CRFParams:
+    """Dense CRF settings; the defaults are the reference's (``seg/tool/imutils.crf_inference_inf``)."""
+
+    n_iter: int = 10
+    gauss_sxy: float = 4
+    gauss_compat: float = 3
+    bilat_sxy: float = 83
+    bilat_srgb: float = 5
+    bilat_compat: float = 3
+
+    def __post_init__(self) -> None:
+        if self.n_iter < 0:
+            raise ValueError(f"eval.crf.n_iter must be >= 0, got {self.n_iter}")
+        for key in ("gauss_sxy", "bilat_sxy", "bilat_srgb"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"eval.crf.{key} must be > 0, got {getattr(self, key)}")
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def require_crf() -> None:
+    """Fail at once (before any checkpoint is read) when pydensecrf is missing, naming the extra."""
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+        import pydensecrf.utils  # noqa: F401
+    except ImportError as e:
+        raise ImportError(CRF_MISSING) from e
+
+
+def dense_crf(image_uint8: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
     """Refine class probabilities ``probs`` (C, H, W) on the RGB image ``image_uint8`` (H, W, 3).
 
     Returns the CRF marginals (C, H, W) as float32; take ``argmax(0)`` for the label map.
     pydensecrf is imported here so the package works without it.
     """
+    p = params or CRFParams()
     try:
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError as err:
-        raise ImportError(_MISSING) from err
+        raise ImportError(CRF_MISSING) from err
 
     if image_uint8.ndim != 3 or image_uint8.shape[2] != 3:
         raise ValueError(f"image_uint8 must be (H, W, 3), got shape {image_uint8.shape}")
@@ -40,8 +73,6 @@ def dense_crf(
             f"probs must be (C, H, W) matching the image's (H, W) = {image_uint8.shape[:2]}, "
             f"got {probs.shape}"
         )
-    if n_iter < 0:
-        raise ValueError(f"n_iter must be >= 0, got {n_iter}")
     n_labels, h, w = probs.shape
     # pydensecrf wants C-contiguous uint8 RGB and float32 unaries; it keeps a pointer to the image.
     image = np.ascontiguousarray(image_uint8, dtype=np.uint8)
@@ -49,7 +80,40 @@ def dense_crf(
 
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(unary)
-    crf.addPairwiseGaussian(sxy=gauss_sxy, compat=gauss_compat)
-    crf.addPairwiseBilateral(sxy=bilat_sxy, srgb=bilat_srgb, rgbim=image, compat=bilat_compat)
-    marginals = crf.inference(n_iter)
+    crf.addPairwiseGaussian(sxy=p.gauss_sxy, compat=p.gauss_compat)
+    crf.addPairwiseBilateral(sxy=p.bilat_sxy, srgb=p.bilat_srgb, rgbim=image, compat=p.bilat_compat)
+    marginals = crf.inference(p.n_iter)
     return np.asarray(marginals, dtype=np.float32).reshape(n_labels, h, w)
+
+
+def to_uint8_image(
+    image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
+    """ImageNet-normalised (3, H, W) -> uint8 (H, W, 3) RGB, rounded and clamped (never wrapped).
+
+    Rounding (not truncation) gives back the exact pixels of the decoded file: normalising and
+    de-normalising in float32 leaves errors of ~1e-5 levels either way. Clamping keeps an
+    out-of-range value at 0 or 255, where the reference's uint8 cast would wrap it around.
+    """
+    m = torch.tensor(mean, dtype=torch.float32, device=image.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=image.device).view(3, 1, 1)
+    levels = ((image.float() * s + m) * 255).round().clamp(0, 255)  # (3, H, W)
+    return np.ascontiguousarray(levels.to(torch.uint8).permute(1, 2, 0).cpu().numpy())  # (H, W, 3)
+
+
+def crf_refine(
+    image: Tensor, probs: Tensor, image_size: Tensor | None = None, params: CRFParams | None = None
+) -> Tensor:
+    """CRF marginals (B, C, H, W) of ``probs`` (B, C, H, W) on the images (B, 3, H, W), per image.
+
+    Each image is cropped to its ``image_size`` (padding is not part of the image); the padding of
+    the result is 0. Runs on the CPU (pydensecrf); the result comes back on ``probs.device``.
+    """
+    B, C, H, W = probs.shape
+    out = torch.zeros_like(probs, dtype=torch.float32)  # (B, C, H, W)
+    for i in range(B):
+        h, w = (int(image_size[i, 0]), int(image_size[i, 1])) if image_size is not None else (H, W)
+        rgb = to_uint8_image(image[i, :, :h, :w])  # (h, w, 3)
+        p = probs[i, :, :h, :w].float().cpu().numpy()  # (C, h, w)
+        out[i, :, :h, :w] = torch.from_numpy(dense_crf(rgb, p, params)).to(probs.device)
+    return out

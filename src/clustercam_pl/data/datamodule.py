@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
 from clustercam_pl.data.labels import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES
 from clustercam_pl.data.layout import prepare_hint
@@ -218,14 +218,17 @@ class WSSSDataModule(L.LightningDataModule):
             )
         return self.global_batch_size // world_size
 
-    def setup(self, stage: str | None = None) -> None:
-        """Derive the per-device batch, check the data root and build the datasets of ``stage``."""
-        self.batch_size = self.per_device_batch_size(self.world_size)
+    def _check_root(self) -> None:
         if self.dataset != "synthetic" and self.root is None:
             raise FileNotFoundError(
                 f"data_root is not set and ${DATA_ENV} is not defined for dataset {self.dataset!r}; "
                 f"{prepare_hint(self.dataset)}"
             )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Derive the per-device batch, check the data root and build the datasets of ``stage``."""
+        self.batch_size = self.per_device_batch_size(self.world_size)
+        self._check_root()
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._make(self.train_split, train=True)
             per_rank = len(self.train_dataset) // self.world_size
@@ -297,3 +300,19 @@ class WSSSDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    # ------------------------------------------------------------------ any split
+    def eval_dataset(self, split: str) -> Dataset:
+        """The evaluation dataset of any split (full images, masks where the split has them), built once."""
+        cache = self.__dict__.setdefault("_eval_datasets", {})
+        if split not in cache:
+            self._check_root()
+            cache[split] = self._make(split, train=False)
+        return cache[split]
+
+    def eval_loader(self, split: str, indices: Sequence[int] | None = None) -> DataLoader:
+        """A padded-batch loader (``val_batch_size``) over a split, or over the items ``indices`` of it."""
+        dataset = self.eval_dataset(split)
+        if indices is not None:
+            dataset = Subset(dataset, list(indices))
+        return self._loader(dataset, split, batch_size=self.val_batch_size, collate_fn=pad_collate)

@@ -36,9 +36,10 @@ import cv2
 import numpy as np
 import torch
 
+from clustercam_pl.data.labels import IGNORE_INDEX
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
 
 TRAIN_TRANSFORMS = ("reference", "plain", "none")
 

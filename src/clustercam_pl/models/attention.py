@@ -10,6 +10,7 @@ without renaming. The class names follow the paper.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,25 @@ def attend(
     return out, rows, None
 
 
+class Keep(enum.Enum):
+    """What an attention layer keeps beyond its output, for the caller's use of the forward pass.
+
+    NOTHING: training (the class-to-patch rows only); QK: the queries and keys, from which fused
+    CAM propagation recomputes patch-to-patch attention; P2P: the head-mean patch-to-patch matrix
+    (the materialising path's propagation); RECORD: every map, for analysis (`AttentionRecord`).
+    """
+
+    NOTHING = "nothing"
+    QK = "qk"
+    P2P = "p2p"
+    RECORD = "record"
+
+
+def materialize_for(keep: Keep, fused: bool) -> bool:
+    """Whether the full (T, T) softmax is formed: the materialising path, or to record/keep it."""
+    return not fused or keep in (Keep.P2P, Keep.RECORD)
+
+
 @dataclass
 class AttentionRecord:
     """What one block's attention saw, for parity tests, analysis and the notebook.
@@ -77,8 +97,20 @@ class AttentionOutput:
     delta: Tensor  # (B, T, C) residual update from the standard MHSA branch
     cluster_delta: Tensor | None  # (B, T, C) residual update from the cluster branch
     c2p_mixed: Tensor  # (B, nh, K, N) class-to-patch attention (mixed with clusters if present)
-    qk: tuple[Tensor, Tensor] | None  # (B, nh, T, d) each, kept for patch-to-patch CAM propagation
-    record: AttentionRecord | None
+    qk: tuple[Tensor, Tensor] | None = None  # (B, nh, T, d) each, with Keep.QK
+    p2p: Tensor | None = None  # (B, N, N) head-mean patch-to-patch attention, with Keep.P2P
+    record: AttentionRecord | None = None  # with Keep.RECORD
+
+
+def side_outputs(
+    keep: Keep, q: Tensor, k: Tensor, attn: Tensor | None, num_classes: int
+) -> tuple[tuple[Tensor, Tensor] | None, Tensor | None]:
+    """The (q, k) or head-mean patch-to-patch matrix (B, N, N) that `keep` asks for."""
+    if keep is Keep.QK:
+        return (q, k), None
+    if keep is Keep.P2P:
+        return None, attn[:, :, num_classes:, num_classes:].mean(dim=1)  # (B, N, N)
+    return None, None
 
 
 class PatchAttention(nn.Module):
@@ -88,23 +120,25 @@ class PatchAttention(nn.Module):
     features, so switching the cluster module off leaves a working multi-class-token ViT.
     """
 
-    def __init__(self, dim: int, num_heads: int, num_classes: int, qkv_bias: bool = True, eps: float = 1e-6):
+    def __init__(
+        self, dim: int, num_heads: int, num_classes: int, qkv_bias: bool = True, eps: float = 1e-6,
+        fused: bool = True,
+    ):
         super().__init__()
-        self.num_heads, self.num_classes = num_heads, num_classes
+        self.num_heads, self.num_classes, self.fused = num_heads, num_classes, fused
         self.scale = (dim // num_heads) ** -0.5
         self.norm1 = nn.LayerNorm(dim, eps=eps)  # DeiT's norm1 (eps 1e-6), not the cluster module's
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(
-        self, x: Tensor, grid: tuple[int, int], materialize: bool, keep_qk: bool, record: bool
-    ) -> AttentionOutput:
+    def forward(self, x: Tensor, grid: tuple[int, int], keep: Keep = Keep.NOTHING) -> AttentionOutput:
         K = self.num_classes
         q, k, v = split_heads(self.qkv(self.norm1(x)), self.num_heads)  # (B, nh, T, d)
-        out, rows, attn = attend(q, k, v, K, self.scale, materialize or record)
+        out, rows, attn = attend(q, k, v, K, self.scale, materialize_for(keep, self.fused))
         c2p = rows[..., K:]  # (B, nh, K, N)
-        rec = AttentionRecord(p2p=attn[:, :, K:, K:], c2p=c2p, c2p_mixed=c2p) if record else None
-        return AttentionOutput(self.proj(merge_heads(out)), None, c2p, (q, k) if keep_qk else None, rec)
+        qk, p2p = side_outputs(keep, q, k, attn, K)
+        rec = AttentionRecord(p2p=attn[:, :, K:, K:], c2p=c2p, c2p_mixed=c2p) if keep is Keep.RECORD else None
+        return AttentionOutput(self.proj(merge_heads(out)), None, c2p, qk, p2p, rec)
 
 
 class ClusterAttention(nn.Module):
@@ -123,6 +157,7 @@ class ClusterAttention(nn.Module):
         grid: (gh, gw) patch cell averaged into one initial cluster token; M = (h // gh) * (w // gw).
         iters: clustering iterations (reference code 3; the paper text says 10).
         alpha_init: initial mixing weight; None draws U[0, 1) as the reference does.
+        fused: fused attention outputs (see `attend`); False materialises every matrix.
         eps: LayerNorm eps of the four attention norms (reference: PyTorch default 1e-5).
     """
 
@@ -136,8 +171,10 @@ class ClusterAttention(nn.Module):
         alpha_init: float | None = None,
         qkv_bias: bool = True,
         eps: float = 1e-5,
+        fused: bool = True,
     ):
         super().__init__()
+        self.fused = fused
         if iters < 1:
             raise ValueError(f"cluster iters must be >= 1, got {iters}")
         if min(grid) < 1:
@@ -172,15 +209,14 @@ class ClusterAttention(nn.Module):
             z = (p @ s) / (1e-8 + s.sum(dim=1, keepdim=True))  # (B, C, M): S-weighted mean per cluster
         return s, z.transpose(1, 2)
 
-    def forward(
-        self, x: Tensor, grid: tuple[int, int], materialize: bool, keep_qk: bool, record: bool
-    ) -> AttentionOutput:
+    def forward(self, x: Tensor, grid: tuple[int, int], keep: Keep = Keep.NOTHING) -> AttentionOutput:
         K = self.num_classes
+        materialize = materialize_for(keep, self.fused)
         cls, pat = x[:, :K], x[:, K:]  # (B, K, C), (B, N, C)
 
         # Branch A: MHSA over [class; patch] tokens.
         q, k, v = split_heads(self.qkv(self.ln_pat(x)), self.num_heads)  # (B, nh, T, d)
-        out, rows, attn = attend(q, k, v, K, self.scale, materialize or record)
+        out, rows, attn = attend(q, k, v, K, self.scale, materialize)
         delta = self.proj(merge_heads(out))  # (B, T, C)
         c2p = rows[..., K:]  # (B, nh, K, N)
 
@@ -188,7 +224,7 @@ class ClusterAttention(nn.Module):
         s, z = self.cluster(pat, grid)  # (B, N, M), (B, M, C)
         u = torch.cat([self.ln_cls(cls), self.ln_st(z)], dim=1)  # (B, K + M, C)
         q2, k2, v2 = split_heads(self.qkv_stsa(u), self.num_heads)  # (B, nh, K + M, d)
-        out2, rows2, _ = attend(q2, k2, v2, K, self.scale, materialize)
+        out2, rows2, _ = attend(q2, k2, v2, K, self.scale, not self.fused)
         out2 = merge_heads(out2)  # (B, K + M, C)
         cls_out = self.proj_cls(out2[:, :K])  # (B, K, C)
         pat_out = s @ out2[:, K:]  # (B, N, C): no output projection, as in the reference
@@ -200,9 +236,8 @@ class ClusterAttention(nn.Module):
         c2p_mixed = (1 - alpha) * c2p + alpha * c2clu_mapped  # (B, nh, K, N)
 
         rec = None
-        if record:
+        if keep is Keep.RECORD:
             mh, mw = grid[0] // self.grid[0], grid[1] // self.grid[1]
             rec = AttentionRecord(attn[:, :, K:, K:], c2p, c2p_mixed, c2clu_mapped, s, (mh, mw))
-        return AttentionOutput(
-            delta, torch.cat([cls_out, pat_out], dim=1), c2p_mixed, (q, k) if keep_qk else None, rec
-        )
+        qk, p2p = side_outputs(keep, q, k, attn, K)
+        return AttentionOutput(delta, torch.cat([cls_out, pat_out], dim=1), c2p_mixed, qk, p2p, rec)

@@ -7,7 +7,6 @@ vision_transformer.py (`Block`). Token order is [K class tokens; N patch tokens,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +14,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
-from clustercam_pl.models.attention import AttentionRecord, ClusterAttention, PatchAttention
+from clustercam_pl.models.attention import AttentionOutput, ClusterAttention, Keep, PatchAttention
+from clustercam_pl.models.config import NetConfig
 
 
 class PatchEmbed(nn.Module):
@@ -37,37 +37,27 @@ class Block(nn.Module):
     each DropPath call draws its own mask, as in the reference.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        num_classes: int,
-        mlp_ratio: float,
-        drop_path: float,
-        cluster: bool,
-        cluster_grid: tuple[int, int],
-        cluster_iters: int,
-        alpha_init: float | None,
-        qkv_bias: bool = True,
-    ):
+    def __init__(self, cfg: NetConfig, drop_path: float, cluster: bool):
         super().__init__()
         self.cluster = cluster
+        dim, nh, K = cfg.embed_dim, cfg.num_heads, cfg.num_classes
         if cluster:
             self.st_attn = ClusterAttention(
-                dim, num_heads, num_classes, cluster_grid, cluster_iters, alpha_init, qkv_bias
+                dim, nh, K, cfg.cluster_grid, cfg.cluster_iters, cfg.alpha_init, cfg.qkv_bias,
+                fused=cfg.fused_attention,
             )
         else:
-            self.attn = PatchAttention(dim, num_heads, num_classes, qkv_bias)
+            self.attn = PatchAttention(dim, nh, K, cfg.qkv_bias, fused=cfg.fused_attention)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), act_layer=nn.GELU)
 
     @property
     def attention(self) -> ClusterAttention | PatchAttention:
         return self.st_attn if self.cluster else self.attn
 
-    def forward(self, x: Tensor, grid: tuple[int, int], materialize: bool, keep_qk: bool, record: bool):
-        a = self.attention(x, grid, materialize, keep_qk, record)
+    def forward(self, x: Tensor, grid: tuple[int, int], keep: Keep = Keep.NOTHING) -> tuple[Tensor, AttentionOutput]:
+        a = self.attention(x, grid, keep)
         x = x + self.drop_path(a.delta)
         if a.cluster_delta is not None:
             x = x + self.drop_path(a.cluster_delta)
@@ -82,59 +72,29 @@ class BackboneOutput:
     class_tokens: Tensor  # (B, K, C)
     patch_tokens: Tensor  # (B, C, h, w)
     c2p: Tensor  # (B, L, nh, K, N): every block's (mixed) class-to-patch attention
-    qk: list[tuple[Tensor, Tensor]] | None  # per block (B, nh, T, d) query and key, for propagation
-    records: list[AttentionRecord] | None
+    blocks: list[AttentionOutput]  # per block; side outputs filled as the entry asked (`Keep`)
 
 
 class ClusterViT(nn.Module):
-    """ViT with K class tokens and the cluster module in the chosen blocks.
+    """ViT with K class tokens and the cluster module in the chosen blocks (shapes from `NetConfig`).
 
-    Args:
-        num_classes: K, one class token per foreground class.
-        embed_dim, depth, num_heads, mlp_ratio, patch_size: the ViT shape (DeiT-S: 384, 12, 6, 4, 16).
-        pos_grid: side of the square position-embedding grid (14 for 224-pixel pre-training); other
-            inputs resample it on every forward, exactly as the reference does.
-        cluster_blocks: indices of the blocks that carry the cluster module (None: all).
-        cluster_grid, cluster_iters, alpha_init: see `ClusterAttention`.
-        drop_path_rate: stochastic depth, linear from 0 over the blocks (reference 0.1).
+    One forward, three uses: `forward` (training and prediction), `forward(x, Keep.QK)` or
+    `Keep.P2P` (what CAM propagation needs, see `ClusterCAMNet.cam_inputs`) and `Keep.RECORD`
+    (every attention map, see `ClusterCAMNet.forward_intermediates`).
     """
 
-    def __init__(
-        self,
-        num_classes: int = 20,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        mlp_ratio: float = 4.0,
-        patch_size: int = 16,
-        pos_grid: int = 14,
-        cluster_blocks: Sequence[int] | None = None,
-        cluster_grid: Sequence[int] = (2, 2),
-        cluster_iters: int = 3,
-        alpha_init: float | None = None,
-        drop_path_rate: float = 0.1,
-        qkv_bias: bool = True,
-    ):
+    def __init__(self, cfg: NetConfig):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        blocks = set(range(depth)) if cluster_blocks is None else {int(i) for i in cluster_blocks}
-        if bad := sorted(i for i in blocks if not 0 <= i < depth):
-            raise ValueError(f"cluster_blocks {bad} outside 0..{depth - 1}")
-        self.num_classes, self.embed_dim, self.depth, self.num_heads = num_classes, embed_dim, depth, num_heads
-        self.patch_size = patch_size
-        self.cluster_grid = (int(cluster_grid[0]), int(cluster_grid[1]))
-        self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, num_classes, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_classes + pos_grid * pos_grid, embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, num_classes, mlp_ratio, dpr[i], i in blocks, self.cluster_grid,
-                  cluster_iters, alpha_init, qkv_bias)
-            for i in range(depth)
-        )
+        self.cfg = cfg
+        self.num_classes, self.embed_dim, self.depth = cfg.num_classes, cfg.embed_dim, cfg.depth
+        self.num_heads, self.patch_size, self.cluster_grid = cfg.num_heads, cfg.patch_size, cfg.cluster_grid
+        K, C, g = cfg.num_classes, cfg.embed_dim, cfg.pos_grid
+        self.patch_embed = PatchEmbed(cfg.patch_size, 3, C)
+        self.cls_token = nn.Parameter(torch.zeros(1, K, C))
+        self.pos_embed = nn.Parameter(torch.zeros(1, K + g * g, C))
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        clusters = cfg.cluster_block_set
+        self.blocks = nn.ModuleList(Block(cfg, dpr[i], i in clusters) for i in range(cfg.depth))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -180,33 +140,27 @@ class ClusterViT(nn.Module):
         patch = patch.permute(0, 2, 3, 1).reshape(1, h * w, C)  # (1, N, C)
         return torch.cat([self.pos_embed[:, :K], patch], dim=1)
 
-    def forward(
-        self, x: Tensor, materialize: bool = False, keep_qk: bool = False, record: bool = False
-    ) -> BackboneOutput:
-        """x (B, 3, H, W) ImageNet-normalised.
+    def alphas(self) -> Tensor:
+        """The cluster weight alpha of every cluster block, (L_c,); empty without cluster blocks."""
+        mix = [b.st_attn.mix_param for b in self.blocks if b.cluster]
+        return torch.cat(mix) if mix else self.cls_token.new_zeros(0)
 
-        Args:
-            materialize: compute every attention matrix explicitly (the reference's way).
-            keep_qk: keep each block's queries and keys for patch-to-patch CAM propagation.
-            record: keep every block's attention maps and tokens (`AttentionRecord`).
-        """
+    def forward(self, x: Tensor, keep: Keep = Keep.NOTHING) -> BackboneOutput:
+        """x (B, 3, H, W) ImageNet-normalised; `keep` says what each block keeps besides its output."""
         B, _, H, W = x.shape
         grid = self.patch_grid(H, W)
         tokens = self.patch_embed(x)  # (B, N, C)
         tokens = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)  # (B, T, C)
         tokens = tokens + self.pos_embed_for(H, W, grid)
-        c2p, qk, records = [], [], []
+        outs = []
         for blk in self.blocks:
-            tokens, a = blk(tokens, grid, materialize, keep_qk, record)
-            c2p.append(a.c2p_mixed)
-            qk.append(a.qk)
-            records.append(a.record)
+            tokens, a = blk(tokens, grid, keep)
+            outs.append(a)
         K = self.num_classes
         patches = tokens[:, K:].transpose(1, 2).reshape(B, self.embed_dim, *grid)  # (B, C, h, w)
         return BackboneOutput(
             class_tokens=tokens[:, :K],
             patch_tokens=patches,
-            c2p=torch.stack(c2p, dim=1),  # (B, L, nh, K, N)
-            qk=qk if keep_qk else None,
-            records=records if record else None,
+            c2p=torch.stack([a.c2p_mixed for a in outs], dim=1),  # (B, L, nh, K, N)
+            blocks=outs,
         )

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from clustercam_pl.cam.par import PAR
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from clustercam_pl.data.labels import IGNORE_INDEX
+from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def denormalize(
@@ -61,7 +60,7 @@ def valid_cams(cams: torch.Tensor, cls_label: torch.Tensor) -> torch.Tensor:
     return cams * cls_label.to(cams.dtype)[:, :, None, None]  # (B, K, H, W)
 
 
-def refine_pseudo_label(
+def refine_with_background(
     par: PAR,
     image01: torch.Tensor,
     cams: torch.Tensor,
@@ -69,7 +68,7 @@ def refine_pseudo_label(
     high: float = 0.5,
     low: float = 0.3,
     down_scale: int = 2,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     compact: bool = True,
 ) -> torch.Tensor:
     """Refined pseudo label (B, H, W) int64: 0 = background, c + 1 = class c, ``ignore_index`` = unsure.

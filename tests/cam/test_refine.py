@@ -1,4 +1,4 @@
-"""Pseudo labels: denormalisation and refine_pseudo_label against the reference fixture and by hand."""
+"""Pseudo labels: denormalisation and refine_with_background against the reference fixture and by hand."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import make_pseudo_labels
 from clustercam_pl.cam.par import PAR
-from clustercam_pl.cam.pseudo_label import denormalize, refine_pseudo_label, valid_cams
-from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.cam.refine import denormalize, refine_with_background, valid_cams
 
 
 def test_denormalize_reproduces_reference_including_uint8_wrap(expected):
@@ -38,7 +35,7 @@ def test_denormalize_wrap_versus_clamp():
 
 def test_refine_matches_reference_fixture(expected):
     for compact in (True, False):
-        label = refine_pseudo_label(
+        label = refine_with_background(
             PAR(),
             expected["denorm_image"],
             expected["ms_cam_valid"],
@@ -86,7 +83,7 @@ def test_masking_equals_channel_selection_on_random_maps():
     par = PAR(dilations=(1, 2, 4), num_iter=4)
     want = _per_image_selection(par, image, cams, cls_label, 0.45, 0.25)
     for compact in (True, False):
-        got = refine_pseudo_label(par, image, cams, cls_label, 0.45, 0.25, compact=compact)
+        got = refine_with_background(par, image, cams, cls_label, 0.45, 0.25, compact=compact)
         assert torch.equal(got, want)
     assert (want[1] == 0).all()  # no class: all background
 
@@ -99,7 +96,7 @@ def test_hand_built_cams_give_expected_labels():
     cams[0, 1] = 1.0  # class 1 confident everywhere but absent from the label
     cls_label = torch.tensor([[1.0, 0.0, 1.0]])
     # PAR that changes nothing: isolate the thresholding logic
-    label = refine_pseudo_label(
+    label = refine_with_background(
         PAR(num_iter=0), torch.rand(1, 3, h, w), valid_cams(cams, cls_label), cls_label, high=0.5, low=0.3
     )
     # left: class 0 (id 1) clearly; right: fg under low (0.4 > 0.3) but bg under high (0.5 > 0.4) -> ignore
@@ -107,7 +104,7 @@ def test_hand_built_cams_give_expected_labels():
     assert (label[0, 2:-2, 10:15] == 255).all()
     assert not (label == 2).any()  # absent class never assigned even if its CAM was not zeroed first
     # a pixel with all CAMs 0 is background under both thresholds
-    label0 = refine_pseudo_label(PAR(num_iter=0), torch.rand(1, 3, h, w), torch.zeros(1, 3, h, w), cls_label)
+    label0 = refine_with_background(PAR(num_iter=0), torch.rand(1, 3, h, w), torch.zeros(1, 3, h, w), cls_label)
     assert (label0 == 0).all()
 
 
@@ -115,7 +112,7 @@ def test_absent_classes_never_assigned_with_par():
     torch.manual_seed(3)
     cams = torch.rand(4, 6, 32, 32)  # NOT label-masked on purpose
     cls_label = (torch.rand(4, 6) > 0.6).float()
-    label = refine_pseudo_label(PAR(), torch.rand(4, 3, 32, 32), cams, cls_label)
+    label = refine_with_background(PAR(), torch.rand(4, 3, 32, 32), cams, cls_label)
     for i in range(4):
         allowed = {0, 255} | {int(c) + 1 for c in torch.nonzero(cls_label[i])[:, 0]}
         assert set(label[i].unique().tolist()) <= allowed
@@ -124,27 +121,10 @@ def test_absent_classes_never_assigned_with_par():
 def test_validation_errors():
     cams, lab, img = torch.rand(2, 3, 8, 8), torch.ones(2, 3), torch.rand(2, 3, 8, 8)
     with pytest.raises(ValueError, match=r"high=0.3 and low=0.5"):
-        refine_pseudo_label(PAR(), img, cams, lab, high=0.3, low=0.5)
+        refine_with_background(PAR(), img, cams, lab, high=0.3, low=0.5)
     with pytest.raises(ValueError, match=r"\(2, 4\)"):
-        refine_pseudo_label(PAR(), img, cams, torch.ones(2, 4))
+        refine_with_background(PAR(), img, cams, torch.ones(2, 4))
     with pytest.raises(ValueError, match=r"\(2, 3, 6, 8\)"):
-        refine_pseudo_label(PAR(), torch.rand(2, 3, 6, 8), cams, lab)
+        refine_with_background(PAR(), torch.rand(2, 3, 6, 8), cams, lab)
     with pytest.raises(ValueError, match=r"\(2, 4\)"):
         valid_cams(cams, torch.ones(2, 4))
-
-
-@pytest.mark.parametrize(
-    "train_mode, net_training, cam_training",
-    [(True, True, True), (False, True, False), (True, False, False), (False, False, False)],
-)
-def test_make_pseudo_labels_picks_the_cam_mode_and_restores_it(train_mode, net_training, cam_training):
-    """CAMs run in train mode (drop-path on) only for a training network with `cam.train_mode`."""
-    net = ClusterCAMNet(num_classes=2, embed_dim=16, depth=1, num_heads=2, pos_grid=2, decoder_width=8,
-                        cam_layers=1).train(net_training)
-    seen = []
-    net.backbone.register_forward_hook(lambda m, args, out: seen.append(m.training))
-    cfg = CAMConfig(scales=(1.0,), flip=False, par_iters=1, par_dilations=(1,), train_mode=train_mode)
-    cams, pseudo = make_pseudo_labels(net, PAR(cfg.par_dilations, cfg.par_iters), cfg, torch.randn(1, 3, 32, 32),
-                                      torch.tensor([[1.0, 0.0]]))
-    assert seen == [cam_training] and net.training == net_training
-    assert cams.shape == (1, 2, 32, 32) and pseudo.shape == (1, 32, 32)

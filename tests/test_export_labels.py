@@ -20,14 +20,16 @@ from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.checkpoint import framework_section
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
+from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig
-from clustercam_pl.pseudo_labels import run_pseudo_labels
 from helpers import hydra_config
+from helpers import tiny_net as make_tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
 N = 6
@@ -41,8 +43,7 @@ IDS = [f"synthetic_train_{i:06d}" for i in range(N)]
 
 def tiny_net() -> ClusterCAMNet:
     torch.manual_seed(0)
-    return ClusterCAMNet(num_classes=4, embed_dim=32, depth=2, num_heads=2, pos_grid=4, cam_layers=2,
-                         decoder_width=16, decoder_dilation=1, drop_path_rate=0.1).eval()
+    return make_tiny_net(4, decoder_width=16, drop_path_rate=0.1).eval()
 
 
 @pytest.fixture
@@ -50,17 +51,17 @@ def ckpt(tmp_path: Path) -> Path:
     net = tiny_net()
     path = tmp_path / "last.ckpt"
     sd = {"net." + k: v for k, v in net.state_dict().items()}
-    torch.save({"clustercam": {"format": 1, "net_config": dict(net.config)}, "state_dict": sd,
-                "epoch": 1, "global_step": 4}, path)
+    torch.save({"clustercam": framework_section(net, None), "state_dict": sd, "epoch": 1, "global_step": 4,
+                "hyper_parameters": {"cam": {"cam_layers": 2, "p2p_refine": True}}}, path)
     return path
 
 
 def run(ckpt: Path, out: Path, *extra: str) -> dict:
     with hydra_config():
-        cfg = compose("pseudo_labels", overrides=[*OVERRIDES, f"ckpt_path={ckpt}", f"out_dir={out}", *extra])
+        cfg = compose("export_labels", overrides=[*OVERRIDES, f"ckpt_path={ckpt}", f"out_dir={out}", *extra])
     with open_dict(cfg):
         cfg.paths.output_dir = str(out.parent / "run")
-    return run_pseudo_labels(cfg)
+    return export_pseudo_labels(cfg)
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -77,13 +78,13 @@ def test_export_writes_labels_cams_and_scores_them(ckpt, tmp_path, capsys):
     assert sorted(p.name for p in (out / "cams").iterdir()) == [f"{i}.npz" for i in IDS]
 
     # The labels are the LightningModule's pseudo labels with the network in eval mode.
-    cam = CAMConfig(par_iters=2, par_dilations=(1, 2))
+    cam = CAMConfig(cam_layers=2, par_iters=2, par_dilations=(1, 2))
     module = ClusterCAMLitModule(tiny_net(), cam, ClusterCAMLoss(), OptimConfig()).eval()
     ds = SyntheticWSSS("train", SyntheticConfig.from_dict(SYN), seed=0, with_mask=True)
     pseudo_metric, cam_metric = SegmentationIoU(5), SegmentationIoU(5)
     for i, image_id in enumerate(IDS):
         item = ds[i]
-        cams, pseudo = module.pseudo_labels(item["image"][None], item["cls_label"][None])
+        cams, pseudo = module.segmentation_targets(item["image"][None], item["cls_label"][None])
         label = read_label(out / "labels" / f"{image_id}.png")
         np.testing.assert_array_equal(label, pseudo[0].numpy())
         with np.load(out / "cams" / f"{image_id}.npz") as z:
@@ -149,7 +150,7 @@ def test_other_settings_are_refused_unless_overwrite(ckpt, tmp_path):
 def test_sigkill_then_rerun_completes(ckpt, tmp_path):
     out = tmp_path / "pl"
     n = 40
-    args = [sys.executable, "-m", "clustercam_pl.pseudo_labels", *OVERRIDES, f"data.synthetic.num_train={n}",
+    args = [sys.executable, "-m", "clustercam_pl.export_labels", *OVERRIDES, f"data.synthetic.num_train={n}",
             "data.val_batch_size=1", f"ckpt_path={ckpt}", f"out_dir={out}",
             f"hydra.run.dir={tmp_path / 'run'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}

@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clustercam_pl.cam.generate import single_scale_cam
 from clustercam_pl.models import ClusterCAMNet
-
-TINY = dict(embed_dim=32, depth=2, num_heads=2, pos_grid=4, decoder_width=16, drop_path_rate=0.0, cam_layers=2)
+from helpers import tiny_net
 
 
 def tiny(num_classes=3, **kw) -> ClusterCAMNet:
-    return ClusterCAMNet(num_classes=num_classes, **(TINY | kw))
+    return tiny_net(num_classes, **kw)
+
+
+def cam(net: ClusterCAMNet, x: torch.Tensor) -> torch.Tensor:
+    return single_scale_cam(net, x, cam_layers=2)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (80, 48), (70, 99), (33, 65)])
@@ -23,7 +27,7 @@ def test_shapes_for_odd_and_non_square_inputs(size):
     assert out.cls_logits.shape == (2, 3) and out.patch_logits.shape == (2, 3)
     assert out.seg_logits.shape == (2, 4, h, w)
     assert out.features.shape == (2, 32 + 2 * 2 * 3, h, w)
-    assert net.cam(torch.randn(1, 3, H, W)).shape == (1, 3, h, w)
+    assert cam(net, torch.randn(1, 3, H, W)).shape == (1, 3, h, w)
 
 
 @pytest.mark.parametrize("K", [1, 80])
@@ -31,12 +35,12 @@ def test_class_counts(K):
     net = tiny(num_classes=K).eval()
     out = net(torch.randn(1, 3, 64, 64))
     assert out.cls_logits.shape == (1, K) and out.seg_logits.shape == (1, K + 1, 4, 4)
-    assert net.cam(torch.randn(1, 3, 64, 64)).shape == (1, K, 4, 4)
+    assert cam(net, torch.randn(1, 3, 64, 64)).shape == (1, K, 4, 4)
     assert torch.isfinite(out.seg_logits).all()
 
 
 def test_feature_width_follows_depth_and_heads():
-    net = ClusterCAMNet(num_classes=5, embed_dim=48, depth=3, num_heads=4, pos_grid=4, decoder_width=8, cam_layers=2)
+    net = tiny(num_classes=5, embed_dim=48, depth=3, num_heads=4)
     assert net.feature_channels == 48 + 3 * 4 * 5
     assert net(torch.randn(1, 3, 64, 64)).features.shape[1] == net.feature_channels
 
@@ -63,7 +67,7 @@ def test_fused_path_equals_materialising_path(cluster_blocks):
         out = net(x)
         loss = out.cls_logits.square().sum() + out.patch_logits.square().sum() + out.seg_logits.square().mean()
         loss.backward()
-        outs.append((out, {n: p.grad.clone() for n, p in net.named_parameters()}, net.cam(x)))
+        outs.append((out, {n: p.grad.clone() for n, p in net.named_parameters()}, cam(net, x)))
     (of, gf, cf), (os_, gs, cs) = outs
     for a, b in [(of.cls_logits, os_.cls_logits), (of.seg_logits, os_.seg_logits), (cf, cs)]:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -73,7 +77,7 @@ def test_fused_path_equals_materialising_path(cluster_blocks):
 
 def test_recorded_attention_is_consistent():
     net = tiny(alpha_init=0.25).eval()
-    out = net(torch.randn(1, 3, 64, 64), record=True)
+    out = net.forward_intermediates(torch.randn(1, 3, 64, 64))
     rec = out.attention[0]
     N = 16
     assert rec.p2p.shape == (1, 2, N, N) and rec.assign.shape == (1, N, 4) and rec.cluster_grid == (2, 2)
@@ -85,9 +89,9 @@ def test_drop_path_makes_train_mode_stochastic_and_eval_deterministic():
     net = tiny(drop_path_rate=0.5)
     x = torch.randn(2, 3, 64, 64)
     net.train()
-    assert not torch.equal(net.cam(x), net.cam(x))
+    assert not torch.equal(cam(net, x), cam(net, x))
     net.eval()
-    assert torch.equal(net.cam(x), net.cam(x))
+    assert torch.equal(cam(net, x), cam(net, x))
 
 
 def test_input_smaller_than_a_cluster_cell_is_a_clear_error():
@@ -97,12 +101,27 @@ def test_input_smaller_than_a_cluster_cell_is_a_clear_error():
 
 
 def test_constructor_validation():
-    with pytest.raises(ValueError, match="cam_layers"):
-        tiny(cam_layers=3)
-    with pytest.raises(ValueError, match=r"cluster_blocks \[5\]"):
+    with pytest.raises(ValueError, match=r"net\.cluster_blocks \[5\] outside 0\.\.1 \(net\.depth=2\)"):
         tiny(cluster_blocks=[5])
-    with pytest.raises(ValueError, match="cluster iters"):
+    with pytest.raises(ValueError, match=r"net\.cluster_iters must be a positive integer, got 0"):
         tiny(cluster_iters=0)
+    with pytest.raises(ValueError, match=r"\['cam_layers'\] are CAM settings now: pass them to CAMConfig \(config key cam\.cam_layers\)"):
+        tiny(cam_layers=2)
+
+
+def test_record_argument_is_forward_intermediates():
+    net = tiny(alpha_init=0.25).eval()
+    x = torch.randn(1, 3, 64, 64)
+    a, b = net(x, record=True), net.forward_intermediates(x)
+    assert len(a.attention) == len(b.attention) == 2
+    torch.testing.assert_close(a.attention[1].p2p, b.attention[1].p2p, rtol=0, atol=0)
+    assert net(x).attention is None
+
+
+def test_alphas_are_the_cluster_blocks_mixing_weights():
+    net = tiny(cluster_blocks=[1], alpha_init=0.25)
+    assert net.alphas().tolist() == [0.25]
+    assert tiny(cluster_blocks=[]).alphas().numel() == 0
 
 
 def test_no_cuda_calls_in_package():
@@ -121,7 +140,7 @@ def _train_outputs(net: ClusterCAMNet, x: torch.Tensor) -> tuple[list[torch.Tens
     out = net(x)
     (out.cls_logits.sum() + out.patch_logits.sum() + out.seg_logits.square().mean()).backward()
     grads = [p.grad.clone() for p in net.parameters()]
-    return [out.cls_logits, out.patch_logits, out.seg_logits, net.cam(x)], grads
+    return [out.cls_logits, out.patch_logits, out.seg_logits, single_scale_cam(net, x, cam_layers=1)], grads
 
 
 def test_compile_parts_keeps_state_dict_keys_and_results():
@@ -142,9 +161,8 @@ def test_compile_parts_keeps_state_dict_keys_and_results():
 def test_inductor_compiled_network_matches_eager():
     """The real `torch.compile` (inductor, C++ kernels on CPU): outputs and gradients within fp32 tolerance."""
     torch.manual_seed(3)
-    ref = ClusterCAMNet(num_classes=2, embed_dim=16, depth=1, num_heads=2, pos_grid=2, decoder_width=8,
-                        drop_path_rate=0.0, cam_layers=1, alpha_init=0.4)
-    net = ClusterCAMNet(**ref.config)
+    ref = tiny(num_classes=2, embed_dim=16, depth=1, pos_grid=2, alpha_init=0.4)
+    net = ClusterCAMNet(ref.cfg)
     net.load_state_dict(ref.state_dict())
     net.compile_parts(dynamic=False)
     x = torch.randn(2, 3, 32, 32)

@@ -1,0 +1,71 @@
+"""Export pseudo labels and CAMs: `python -m clustercam_pl.export_labels ckpt_path=... [split=train_aug]`.
+
+Writes `clustercam_pl.label_export`'s layout (labels/<id>.png, cams/<id>.npz, meta.json and the
+mIoU where the split has masks), resumable. CAM settings come from `conf/cam`; `cam.cam_layers` and
+`cam.p2p_refine` are null here and then taken from the checkpoint (what the run trained with; the
+reference's 3 / true for reference checkpoints). `export_pseudo_labels(cfg)` is importable; `main` is
+the Hydra wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint
+from clustercam_pl.device import resolve_device
+from clustercam_pl.entry import net_overrides, run_dir, write_metrics
+from clustercam_pl.label_export import export_split
+
+log = logging.getLogger("clustercam_pl.export_labels")
+
+FROM_CHECKPOINT = ("cam_layers", "p2p_refine")
+
+
+def cam_settings(cfg: DictConfig, ckpt: LoadedCheckpoint) -> CAMConfig:
+    """`cfg.cam`, with the settings left null filled from the checkpoint's own CAM settings."""
+    values = OmegaConf.to_container(cfg.cam, resolve=True)
+    values.pop("_target_", None)
+    for key in FROM_CHECKPOINT:
+        if values.get(key) is None:
+            if key in ckpt.cam:
+                values[key] = ckpt.cam[key]
+            else:
+                values.pop(key)
+    return CAMConfig(**values)
+
+
+def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
+    """Write (or complete) the pseudo labels and CAMs of a split; return and write the metrics."""
+    device = resolve_device(cfg.get("device", "auto"))
+    dm = instantiate(cfg.data, _convert_="all")
+    split = str(cfg.split) if cfg.get("split") else dm.train_split
+    path = find_one_checkpoint(cfg.ckpt_path)
+    ckpt = load_checkpoint(path, **net_overrides(cfg))
+    cam = cam_settings(cfg, ckpt)
+    default_out = Path(str(cfg.paths.root_dir)) / "outputs" / "pseudo_labels" / f"{dm.dataset}_{split}"
+    out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else default_out
+    summary = export_split(ckpt, dm, split, cam, out_dir, device, int(cfg.get("cam_downscale", 4)),
+                           cfg.get("limit"), bool(cfg.get("overwrite", False)))
+    print(summary["text"], flush=True)
+    try:
+        write_metrics(run_dir(cfg) / "pseudo_label_metrics.json", summary)
+    except Exception as e:  # outside a Hydra run paths.output_dir may not resolve
+        log.debug("no run folder for the metrics: %s", e)
+    return summary
+
+
+@hydra.main(config_path="conf", config_name="export_labels", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    summary = export_pseudo_labels(cfg)
+    return float(summary.get("pseudo_miou", float("nan")))
+
+
+if __name__ == "__main__":
+    main()

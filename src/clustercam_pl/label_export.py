@@ -1,0 +1,291 @@
+"""Pseudo labels and CAMs of a whole split on disk, resumable, scored where the split has masks.
+
+For every image (network in eval mode):
+
+    <out_dir>/labels/<id>.png   palette PNG: 0 background, c + 1 class c, 255 ignore (PAR-refined)
+    <out_dir>/cams/<id>.npz     cams float16 (n, H/d, W/d): the multi-scale CAMs of the n labelled
+                                classes `classes` (int16, 0-based), min-max normalised, at 1/d size
+                                (d = cam_downscale, area-averaged); image_size (H, W); and, where
+                                the split has masks, this image's confusion matrices (rows: mask)
+    <out_dir>/meta.json         checkpoint fingerprint and settings; a rerun with others is refused
+    <out_dir>/pseudo_label_metrics.json
+
+Resumable: every file is written to `<name>.part` and renamed, so a killed run leaves only `.part`
+files, which a rerun deletes; an image is done when both of its files exist and read back. The
+mIoU sums the per-image confusion matrices stored in the npz files, so resumed images count
+without being recomputed. Plain arguments only (the entry point is `clustercam_pl.export_labels`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.par import PAR
+from clustercam_pl.checkpoint import LoadedCheckpoint
+from clustercam_pl.data.imageio import write_index_png
+from clustercam_pl.inference import (
+    cam_prediction,
+    crop_predictions,
+    pseudo_labels_per_image,
+    scored_pseudo_label,
+)
+from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
+from clustercam_pl.results import iou_table, write_metrics
+
+log = logging.getLogger("clustercam_pl.export_labels")
+
+META_FORMAT = 1
+CONFMAT_KEYS = ("confmat_pseudo", "confmat_pseudo_valid", "confmat_cam")
+
+
+# ----------------------------------------------------------------------------------------- files
+def output_paths(out_dir: Path, image_id: str) -> tuple[Path, Path]:
+    return out_dir / "labels" / f"{image_id}.png", out_dir / "cams" / f"{image_id}.npz"
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Compressed npz written to `<name>.part`, then renamed: never half-written under its own name."""
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def read_done(out_dir: Path, image_id: str, num_classes: int) -> dict[str, np.ndarray] | None:
+    """The stored confusion matrices of a finished image ({} without masks); None if not (fully) done."""
+    png, npz = output_paths(out_dir, image_id)
+    if not (png.is_file() and npz.is_file()):
+        return None
+    try:
+        with Image.open(png) as im:
+            im.size  # noqa: B018  (reads the header: a truncated or foreign file fails here)
+        with np.load(npz) as z:
+            out = {k: np.asarray(z[k]) for k in CONFMAT_KEYS if k in z.files}
+            _ = z["image_size"]
+    except Exception as e:  # anything unreadable is redone, never trusted
+        log.warning("redoing %s: its output does not read back (%s: %s)", image_id, type(e).__name__, e)
+        return None
+    if any(v.shape != (num_classes, num_classes) for v in out.values()):
+        log.warning("redoing %s: stored confusion matrices are not %dx%d", image_id, num_classes, num_classes)
+        return None
+    return out
+
+
+def remove_partials(out_dir: Path) -> int:
+    """Delete the `.part` files an interrupted run left behind (they are never read)."""
+    n = 0
+    for sub in ("labels", "cams"):
+        for f in (out_dir / sub).glob("*.part"):
+            f.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours."""
+    path = out_dir / "meta.json"
+    if path.is_file() and not overwrite:
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(meta) if k != "checkpoint" and old.get(k) != meta.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"{out_dir} holds pseudo labels made with other settings ({detail}). "
+                "Pass another out_dir=..., or overwrite=true to redo every image there."
+            )
+    write_metrics(path, meta)
+
+
+def dataset_ids(dataset: Any) -> list[str]:
+    """Image ids in item order, without decoding images where the dataset lists them."""
+    ids = getattr(dataset, "ids", None)
+    return list(ids) if ids is not None else [dataset[i]["image_id"] for i in range(len(dataset))]
+
+
+def cam_meta(cam: CAMConfig) -> dict[str, Any]:
+    return asdict(cam) | {"scales": list(cam.scales), "par_dilations": list(cam.par_dilations)}
+
+
+# ----------------------------------------------------------------------------------------- batch
+def process_batch(
+    batch: dict[str, Any], net: torch.nn.Module, par: PAR, cam: CAMConfig, device: torch.device,
+    out_dir: Path, cam_downscale: int,
+) -> list[dict[str, np.ndarray]]:
+    """Pseudo labels and CAMs of one batch, written to disk; returns each image's confusion matrices."""
+    image, cls_label = batch["image"].to(device), batch["cls_label"].to(device)  # (B, 3, H, W), (B, K)
+    size = batch.get("image_size")
+    cams, pseudo = pseudo_labels_per_image(net, par, image, cls_label, cam, size)  # (B, K, H, W), (B, H, W)
+    C = net.num_classes + 1
+    masks = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
+    stats = []
+    for i, (image_id, label, mask) in enumerate(
+        zip(batch["image_id"], crop_predictions(pseudo, size), masks, strict=True)
+    ):
+        h, w = label.shape
+        present = torch.nonzero(cls_label[i] > 0).flatten()  # (n,)
+        cam_i = cams[i, present, :h, :w]  # (n, h, w)
+        small = (max(h // cam_downscale, 1), max(w // cam_downscale, 1))
+        cam_small = F.interpolate(cam_i[None], size=small, mode="area")[0] if cam_downscale > 1 else cam_i
+        arrays: dict[str, np.ndarray] = {
+            "cams": cam_small.cpu().numpy().astype(np.float16),  # (n, h/d, w/d)
+            "classes": present.cpu().numpy().astype(np.int16),
+            "image_size": np.array([h, w], dtype=np.int32),
+        }
+        if mask is not None:
+            mask = mask.to(device)
+            counts = {
+                "confmat_pseudo": confusion_matrix(scored_pseudo_label(label, cam.ignore_index), mask, C),
+                "confmat_pseudo_valid": confusion_matrix(label, mask, C, ignore_pred=cam.ignore_index),
+                "confmat_cam": confusion_matrix(cam_prediction(cams[i, :, :h, :w], cam.cam_background), mask, C),
+            }
+            arrays |= {k: v.cpu().numpy() for k, v in counts.items()}
+        png, npz = output_paths(out_dir, image_id)
+        write_npz(npz, **arrays)  # the CAM first: an image counts as done when both exist
+        write_index_png(png, label.to(torch.uint8).cpu().numpy())
+        stats.append({k: arrays[k] for k in CONFMAT_KEYS if k in arrays})
+    return stats
+
+
+# ------------------------------------------------------------------------------------------- run
+def export_split(
+    ckpt: LoadedCheckpoint,
+    datamodule: Any,
+    split: str,
+    cam: CAMConfig,
+    out_dir: Path,
+    device: torch.device,
+    cam_downscale: int = 4,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write (or complete) the pseudo labels and CAMs of `split`; return the summary (mIoU with masks).
+
+    `datamodule` is a `WSSSDataModule` (its `eval_dataset` / `eval_loader` give the split).
+    """
+    if cam_downscale < 1:
+        raise ValueError(f"cam_downscale={cam_downscale} must be >= 1")
+    dm = datamodule
+    dataset = dm.eval_dataset(split)
+    info = getattr(dataset, "info", None)
+    if info is not None and not info.has_labels:
+        raise ValueError(f"split {split!r} of {dm.root} has no image-level labels: pseudo labels need them")
+    has_masks = bool(getattr(dataset, "with_mask", False))
+    ids = dataset_ids(dataset)
+    if limit is not None:
+        if int(limit) < 1:
+            raise ValueError(f"limit={limit} must be a positive number of images (or null for all)")
+        ids = ids[: int(limit)]
+    net = ckpt.net
+    if net.num_classes != dm.num_classes:
+        raise ValueError(
+            f"{ckpt.path} predicts {net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
+            "pass the data config the network was trained with"
+        )
+    for sub in ("labels", "cams"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": META_FORMAT, "checkpoint": ckpt.path, "checkpoint_sha256": file_sha256(ckpt.path),
+        "dataset": dm.dataset, "split": split, "cam": cam_meta(cam), "cam_downscale": cam_downscale,
+        "network_mode": "eval",
+    }
+    check_meta(out_dir, meta, overwrite)
+    if removed := remove_partials(out_dir):
+        log.info("removed %d partial file(s) left by an interrupted run", removed)
+    if cam.train_mode:
+        log.info("CAMs are made in eval mode (deterministic); cam.train_mode=true applies to training only")
+
+    C = net.num_classes + 1
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    if not overwrite:
+        for image_id in ids:
+            done = read_done(out_dir, image_id, C)
+            if done is not None and (done or not has_masks):
+                stats[image_id] = done
+    todo = [i for i, image_id in enumerate(ids) if image_id not in stats]
+    log.info("%s %s: %d images, %d already done, %d to do -> %s", dm.dataset, split, len(ids), len(stats),
+             len(todo), out_dir)
+
+    net = net.to(device).eval()
+    par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters).to(device)
+    t0 = time.perf_counter()
+    if todo:
+        every = max(len(todo) // 10, 1)
+        n = 0
+        for batch in dm.eval_loader(split, todo):
+            for image_id, s in zip(batch["image_id"], process_batch(
+                    batch, net, par, cam, device, out_dir, cam_downscale), strict=True):
+                stats[image_id] = s
+            before, n = n, n + len(batch["image_id"])
+            if n // every != before // every or n == len(todo):
+                rate = n / (time.perf_counter() - t0)
+                log.info("%d / %d images (%.2f images/s, ~%.0f s left)", n, len(todo), rate,
+                         (len(todo) - n) / rate)
+    seconds = time.perf_counter() - t0
+
+    summary: dict[str, Any] = {
+        "checkpoint": ckpt.path, "checkpoint_kind": ckpt.kind, "dataset": dm.dataset, "split": split,
+        "out_dir": str(out_dir), "num_images": len(ids), "computed": len(todo),
+        "resumed": len(ids) - len(todo), "seconds": round(seconds, 3),
+        "images_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+        "cam": meta["cam"], "cam_downscale": cam_downscale,
+    }
+    if has_masks and ids:
+        summary |= score_confmats(stats, ids, ["background", *dm.class_names])
+    summary["text"] = report(summary, cam, dm.dataset, split, ["background", *dm.class_names])
+    write_metrics(out_dir / "pseudo_label_metrics.json", summary)
+    return summary
+
+
+def score_confmats(
+    stats: dict[str, dict[str, np.ndarray]], ids: Sequence[str], names: Sequence[str]
+) -> dict[str, Any]:
+    """mIoU and per-class IoU of the summed per-image confusion matrices (pseudo, pseudo without the
+    ignore band, CAM), and the fraction of pixels in the ignore band."""
+    out: dict[str, Any] = {}
+    for key, metric in (("confmat_pseudo", "pseudo_miou"), ("confmat_pseudo_valid", "pseudo_miou_valid"),
+                        ("confmat_cam", "cam_miou")):
+        total = sum(stats[i][key] for i in ids)
+        miou, per_class = iou_from_confmat(torch.from_numpy(np.asarray(total)))
+        out[metric] = float(miou)
+        out[f"{metric}_per_class"] = dict(zip(names, per_class.tolist(), strict=True))
+        if metric == "pseudo_miou_valid":
+            scored_all = sum(stats[i]["confmat_pseudo"] for i in ids).sum()
+            out["ignored_fraction"] = float(1 - total.sum() / max(scored_all, 1))
+    return out
+
+
+def report(summary: dict[str, Any], cam: CAMConfig, dataset: str, split: str, names: Sequence[str]) -> str:
+    head = f"{dataset} {split}: {summary['num_images']} images in {summary['out_dir']}"
+    if "pseudo_miou" not in summary:
+        return head + " (no masks: no mIoU)"
+    lines = [
+        f"pseudo-label mIoU {100 * summary['pseudo_miou']:.2f} (ignore band scored as background), "
+        f"{100 * summary['pseudo_miou_valid']:.2f} on the {100 * (1 - summary['ignored_fraction']):.1f}% "
+        f"of pixels not ignored; CAM mIoU {100 * summary['cam_miou']:.2f} (background score "
+        f"{cam.cam_background:g})"
+    ]
+    per = summary["pseudo_miou_per_class"]
+    lines.append(iou_table([per[n] for n in names], list(names)))
+    return head + "\n" + "\n".join(lines)

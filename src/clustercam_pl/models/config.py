@@ -1,0 +1,149 @@
+"""`NetConfig`: every shape of the ClusterCAM network in one frozen, validated object.
+
+The network, `conf/net/*.yaml`, the benchmark, the tests, reference checkpoints (shapes read off the
+tensors) and framework checkpoints (stored as a dict) all describe a network with this one class.
+The named presets are the files of `conf/net/` (one home for Hydra and for Python callers):
+`NetConfig.preset("tiny", num_classes=3)` reads `conf/net/tiny.yaml` without Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "conf" / "net"
+
+# Keys of format-1 checkpoints' network config that are CAM settings now (`CAMConfig`).
+CAM_KEYS_OF_FORMAT_1 = ("cam_layers", "p2p_refine")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The ClusterCAM network's shape (reference DeiT-S values as defaults).
+
+    Attributes:
+        num_classes: K foreground classes: K class tokens, the decoder predicts K + 1 with background.
+        embed_dim, depth, num_heads, mlp_ratio, patch_size: the ViT (DeiT-S: 384, 12, 6, 4, 16).
+        pos_grid: side of the square position-embedding grid of pre-training (14 for 224 pixels);
+            other input sizes resample it on every forward, as the reference does.
+        cluster_blocks: indices of the blocks with the cluster module; None = every block, () = none
+            (the MCTformer-style baseline).
+        cluster_grid: (gh, gw) patches averaged into one initial cluster token.
+        cluster_iters: clustering iterations (reference code 3; the paper text says 10).
+        alpha_init: initial cluster weight of every block; None draws U[0, 1) per block (reference).
+        drop_path_rate: stochastic depth, linear from 0 over the blocks (reference 0.1).
+        qkv_bias: bias of the query/key/value projections (DeiT: yes).
+        fused_attention: fused SDPA for attention outputs with only the K class rows explicit (fast);
+            False materialises every attention matrix as the reference does. Same numbers.
+        decoder_width, decoder_dilation: the LargeFOV decoder (512, 5).
+    """
+
+    num_classes: int = 20
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    pos_grid: int = 14
+    cluster_blocks: tuple[int, ...] | None = None
+    cluster_grid: tuple[int, int] = (2, 2)
+    cluster_iters: int = 3
+    alpha_init: float | None = None
+    drop_path_rate: float = 0.1
+    qkv_bias: bool = True
+    fused_attention: bool = True
+    decoder_width: int = 512
+    decoder_dilation: int = 5
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: normalise once)
+        if self.cluster_blocks is not None:
+            set_("cluster_blocks", tuple(sorted({int(i) for i in self.cluster_blocks})))
+        set_("cluster_grid", tuple(int(g) for g in self.cluster_grid))
+        positive = ("num_classes", "embed_dim", "depth", "num_heads", "patch_size", "pos_grid",
+                    "cluster_iters", "decoder_width", "decoder_dilation")
+        for key in positive:
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"net.{key} must be a positive integer, got {getattr(self, key)}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"net.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"net.embed_dim={self.embed_dim} is not divisible by net.num_heads={self.num_heads}")
+        if len(self.cluster_grid) != 2 or min(self.cluster_grid) < 1:
+            raise ValueError(f"net.cluster_grid must be two positive integers, got {list(self.cluster_grid)}")
+        if bad := [i for i in (self.cluster_blocks or ()) if not 0 <= i < self.depth]:
+            raise ValueError(f"net.cluster_blocks {bad} outside 0..{self.depth - 1} (net.depth={self.depth})")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"net.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.alpha_init is not None and not 0 <= self.alpha_init <= 1:
+            raise ValueError(f"net.alpha_init must be in [0, 1] or null (random), got {self.alpha_init}")
+
+    # ------------------------------------------------------------------------------ derived
+    @property
+    def cluster_block_set(self) -> frozenset[int]:
+        return frozenset(range(self.depth) if self.cluster_blocks is None else self.cluster_blocks)
+
+    @property
+    def feature_channels(self) -> int:
+        """Width of F' = [patch features; every block's class-to-patch attention per head and class]."""
+        return self.embed_dim + self.depth * self.num_heads * self.num_classes
+
+    # ---------------------------------------------------------------------------- to / from
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, not tuples), so checkpoints load with `weights_only=True`."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "network config") -> NetConfig:
+        """Build from a stored dict; unknown keys are an error that names them."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if moved := [k for k in values if k in CAM_KEYS_OF_FORMAT_1]:
+            raise ValueError(
+                f"{source}: {moved} are CAM settings now: pass them to CAMConfig (config key cam.{moved[0]})"
+            )
+        if unknown := sorted(set(values) - fields):
+            raise ValueError(f"{source}: unknown network setting(s) {unknown}; known: {sorted(fields)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> NetConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> NetConfig:
+        """A named preset (`conf/net/<name>.yaml`) with `overrides` applied."""
+        return cls.from_dict(preset_values(name) | overrides, source=f"net preset {name!r}")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The values of `conf/net/<name>.yaml`, following its `defaults` list (no Hydra needed)."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown network preset {name!r}; known: {preset_names()} (files in {PRESET_DIR})")
+    raw = yaml.safe_load(path.read_text()) or {}
+    values: dict[str, Any] = {}
+    for parent in raw.pop("defaults", []):
+        if parent != "_self_":
+            values |= preset_values(str(parent))
+    raw.pop("_target_", None)
+    return values | raw
+
+
+def as_config(config: NetConfig | Mapping[str, Any] | None, fields: Mapping[str, Any]) -> NetConfig:
+    """`config` (a NetConfig, a dict or None for the defaults) with `fields` applied."""
+    if config is None:
+        config = NetConfig()
+    elif isinstance(config, Mapping):
+        config = NetConfig.from_dict(config)
+    elif not isinstance(config, NetConfig):
+        raise TypeError(f"expected a NetConfig, got {type(config).__name__}")
+    return NetConfig.from_dict(config.to_dict() | dict(fields)) if fields else config
+

@@ -1,0 +1,230 @@
+"""clustercam_pl.checkpoint: every kind in (reference, framework of every format, ImageNet), the path
+resolver, atomic writes, and clear errors for files that do not fit."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from clustercam_pl.checkpoint import (
+    AtomicCheckpointIO,
+    from_official_checkpoint,
+    imagenet_state_dict,
+    load_imagenet_weights,
+    load_state_dict_checked,
+    ours_to_reference,
+    reference_to_ours,
+)
+from clustercam_pl.models import ClusterCAMNet
+from helpers import tiny_net
+
+
+def test_reference_round_trip_with_and_without_wrapper(tmp_path):
+    net = tiny_net(4, depth=3, num_heads=4, decoder_dilation=5)  # the dilation shapes cannot tell
+    ref = ours_to_reference(net.state_dict())
+    variants = {
+        "wrapped": {"model": {"module." + k: v for k, v in ref.items()}, "epoch": 3},
+        "plain": ref,
+    }
+    x = torch.randn(1, 3, 64, 48)
+    net.eval()
+    for name, obj in variants.items():
+        torch.save(obj, tmp_path / f"{name}.pth")
+        loaded = from_official_checkpoint(tmp_path / f"{name}.pth").eval()
+        assert loaded.backbone.num_heads == 4 and loaded.backbone.depth == 3 and loaded.num_classes == 4
+        torch.testing.assert_close(loaded(x).seg_logits, net(x).seg_logits)
+
+
+def test_reference_final_norm_is_accepted_and_ignored(parity_dir):
+    sd = torch.load(parity_dir / "official_checkpoint.pth", weights_only=True)["model"]
+    assert "module.norm.weight" in sd  # the reference saves it; we do not build it
+    from_official_checkpoint(sd)
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path, parity_dir):
+    data = (parity_dir / "official_checkpoint.pth").read_bytes()
+    bad = tmp_path / "half.pth"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*half\.pth.*truncated"):
+        from_official_checkpoint(bad)
+
+
+def test_checkpoint_for_another_class_count_names_tensor_and_shapes(parity_dir):
+    sd = torch.load(parity_dir / "official_checkpoint.pth", weights_only=True)["model"]
+    sd = reference_to_ours({k.removeprefix("module."): v for k, v in sd.items()})
+    net = ClusterCAMNet(num_classes=20, embed_dim=48, depth=12, num_heads=6, decoder_width=512)
+    with pytest.raises(ValueError, match=r"shape mismatch backbone\.cls_token: checkpoint \(1, 3, 48\) vs model \(1, 20, 48\)"):
+        load_state_dict_checked(net, sd, "official_checkpoint.pth")
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    p = tmp_path / "evil.pth"
+    torch.save({"model": Evil()}, p)
+    out = tmp_path / "evil.tensors.pth"
+    expected = (f"refusing to read {p}: it holds Python code that would run on load (it would call print), and "
+                "checkpoints are read with weights_only=True. Only if you trust the file, convert it once to plain "
+                f"tensors and pass the copy: python -c \"import torch; torch.save(torch.load('{p}', weights_only=False), "
+                f"'{out}')\"")
+    with pytest.raises(ValueError) as err:
+        from_official_checkpoint(p)
+    assert str(err.value) == expected
+
+
+def _timm_vit(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    path = tmp_path / "vit.pth"
+    torch.save({"model": vit.state_dict()}, path)
+    return vit, path
+
+
+@pytest.mark.parametrize("cluster_blocks", [None, [1]])
+def test_imagenet_init_maps_deit_weights_as_the_reference(tmp_path, cluster_blocks):
+    vit, path = _timm_vit(tmp_path)
+    net = tiny_net(3, cluster_blocks=cluster_blocks)
+    load_imagenet_weights(net, path)
+    v = vit.state_dict()
+    bb = net.backbone
+    torch.testing.assert_close(bb.cls_token, v["cls_token"].expand(1, 3, 32))
+    assert bb.pos_embed.shape == (1, 3 + 16, 32)  # 2x2 grid resampled to 4x4
+    torch.testing.assert_close(bb.pos_embed[:, :3], v["pos_embed"][:, :1].expand(1, 3, 32))
+    blk1 = bb.blocks[1].st_attn
+    for ln in (blk1.ln_pat, blk1.ln_pat2, blk1.ln_cls, blk1.ln_st):
+        torch.testing.assert_close(ln.weight, v["blocks.1.norm1.weight"])
+    torch.testing.assert_close(blk1.qkv_stsa.weight, v["blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(blk1.proj_cls.bias, v["blocks.1.attn.proj.bias"])
+    torch.testing.assert_close(bb.blocks[0].mlp.fc2.weight, v["blocks.0.mlp.fc2.weight"])
+    if cluster_blocks == [1]:
+        torch.testing.assert_close(bb.blocks[0].attn.qkv.weight, v["blocks.0.attn.qkv.weight"])
+
+
+def test_imagenet_init_from_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    vit, _ = _timm_vit(tmp_path)
+    save_file(vit.state_dict(), tmp_path / "vit.safetensors")
+    assert set(imagenet_state_dict(tmp_path / "vit.safetensors")) == set(vit.state_dict())
+
+
+def test_offline_hub_name_fails_fast_with_instructions(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"pass its path instead"):
+        imagenet_state_dict("deit_tiny_patch16_224")
+    assert time.perf_counter() - t < 20
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        imagenet_state_dict(tmp_path / "nope.pth")
+
+
+# ------------------------------------------------------------------ atomic writes
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from clustercam_pl.checkpoint import AtomicCheckpointIO
+    io, path = AtomicCheckpointIO(), sys.argv[1]
+    big = torch.zeros(60_000_000)  # 240 MB: each save takes long enough to be killed mid-way
+    for version in range(1000):
+        big[0] = version
+        io.save_checkpoint({"version": version, "weights": big}, path)
+        print(version, flush=True)
+""")
+
+
+def test_kill_during_save_leaves_previous_checkpoint_readable(tmp_path):
+    path = tmp_path / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "0"  # first checkpoint complete
+        deadline = time.time() + 60
+        while not list(tmp_path.glob(".last.ckpt.tmp-*")):  # the next save is under way
+            assert time.time() < deadline, "no save in progress seen"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    ckpt = AtomicCheckpointIO().load_checkpoint(path)
+    assert ckpt["weights"][0] == ckpt["version"] >= 0
+    assert ckpt["weights"].numel() == 60_000_000
+
+
+def test_save_replaces_and_leaves_no_temporary(tmp_path):
+    io = AtomicCheckpointIO()
+    for v in range(2):
+        io.save_checkpoint({"v": torch.tensor(v)}, tmp_path / "c.ckpt")
+    assert int(io.load_checkpoint(tmp_path / "c.ckpt")["v"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"]
+
+
+# ------------------------------------------------------------ files written by earlier versions
+FIXTURES = Path(__file__).parent / "fixtures"
+FORMAT1 = FIXTURES / "format1_synthetic_tiny.ckpt"
+FORMAT1_EXPECTED = json.loads((FIXTURES / "format1_synthetic_tiny.json").read_text())
+
+
+def test_format1_checkpoint_migrates_on_read():
+    from clustercam_pl.checkpoint import load_checkpoint, migrate, read_file
+
+    raw = read_file(FORMAT1)
+    assert raw["clustercam"]["format"] == 1 and raw["clustercam"]["net_config"]["cam_layers"] == 2
+    new = migrate(raw, str(FORMAT1))
+    assert new["clustercam"]["format"] == 2 and "p2p_refine" not in new["clustercam"]["net_config"]
+    assert new["hyper_parameters"]["cam"]["cam_layers"] == 2 and new["hyper_parameters"]["cam"]["p2p_refine"] is False
+    assert raw["clustercam"]["format"] == 1  # the input is not changed
+    loaded = load_checkpoint(FORMAT1)
+    assert loaded.kind == "framework" and loaded.cam["p2p_refine"] is False and loaded.class_names is None
+    assert loaded.net.cfg.patch_size == 8 and loaded.net.cfg.depth == 2
+
+
+def test_format1_checkpoint_evaluates_and_exports_as_before(tmp_path):
+    from hydra import compose
+
+    from clustercam_pl.eval import evaluate
+    from clustercam_pl.export_labels import export_pseudo_labels
+    from helpers import hydra_config
+
+    data = [*FORMAT1_EXPECTED["data_overrides"], "device=cpu"]
+    with hydra_config():
+        ev = compose("eval", overrides=[*data, f"ckpt_path={FORMAT1}", "eval=ss"])
+        ex = compose("export_labels", overrides=[*data, f"ckpt_path={FORMAT1}", "split=val", "cam.par_iters=2",
+                                                 f"out_dir={tmp_path / 'pl'}"])
+    for cfg, sub in ((ev, "eval"), (ex, "export")):
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / sub)
+    summary = evaluate(ev)
+    assert summary["miou"] == pytest.approx(FORMAT1_EXPECTED["eval_ss_val_miou"], abs=1e-7)
+    assert summary["per_class_iou"] == pytest.approx(FORMAT1_EXPECTED["eval_ss_val_per_class"], abs=1e-7)
+    exported = export_pseudo_labels(ex)  # p2p_refine=false and cam_layers=2 come from the old file
+    expected = FORMAT1_EXPECTED["pseudo_labels_val_par_iters2"]
+    assert exported["pseudo_miou"] == pytest.approx(expected["pseudo_miou"], abs=1e-7)
+    assert exported["cam_miou"] == pytest.approx(expected["cam_miou"], abs=1e-7)
+
+
+def test_format1_checkpoint_resumes_training(tmp_path):
+    from clustercam_pl.train import train
+    from helpers import compose_train
+
+    overrides = ["+experiment=synthetic", "logger=none", "net.embed_dim=16", "net.depth=2", "net.num_heads=2",
+                 "cam.cam_layers=2", "net.decoder_width=8", *FORMAT1_EXPECTED["data_overrides"][1:],
+                 "data.global_batch_size=4", "data.val_batch_size=2", "cam.par_iters=2", "trainer.max_epochs=3",
+                 "trainer.enable_progress_bar=false", "model.seg_start_epoch=1", f"ckpt_path={FORMAT1}"]
+    summary = train(compose_train(overrides, output_dir=tmp_path))
+    assert summary["epoch"] == 3 and summary["global_step"] == 6  # resumed at step 4, one epoch of 2 steps
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["clustercam"]["format"] == 2 and resumed["global_step"] == 6
