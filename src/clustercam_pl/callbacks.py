@@ -12,6 +12,8 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from clustercam_pl.run_folder import temporary_path
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temporary_path(path)  # a later start removes it if this process dies mid-save
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)

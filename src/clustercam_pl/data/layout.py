@@ -36,7 +36,7 @@ PREPARE_COMMANDS = {
 def prepare_hint(dataset: str) -> str:
     """The command that (re)creates a prepared root, for error messages."""
     cmd = PREPARE_COMMANDS.get(dataset, "python -m clustercam_pl.prepare --help")
-    return f"prepare it with `{cmd}` and point data_root at DATA_ROOT"
+    return f"prepare it with `{cmd}` and pass `data.data_root=DATA_ROOT`"
 
 
 @dataclass(frozen=True)
