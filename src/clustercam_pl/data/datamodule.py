@@ -214,7 +214,7 @@ class WSSSDataModule(L.LightningDataModule):
         """``global_batch_size / world_size``; ValueError naming both when it does not divide."""
         if self.global_batch_size % world_size:
             raise ValueError(
-                f"global_batch_size={self.global_batch_size} is not divisible by the world size {world_size} "
+                f"data.global_batch_size={self.global_batch_size} is not divisible by the world size {world_size} "
                 f"(devices x nodes); choose a multiple of {world_size}"
             )
         return self.global_batch_size // world_size
@@ -224,7 +224,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.batch_size = self.per_device_batch_size(self.world_size)
         if self.dataset != "synthetic" and self.root is None:
             raise FileNotFoundError(
-                f"data_root is not set and ${DATA_ENV} is not defined for dataset {self.dataset!r}; "
+                f"data.data_root is not set and ${DATA_ENV} is not defined for data.dataset={self.dataset}; "
                 f"{prepare_hint(self.dataset)}"
             )
         if stage in (None, "fit") and self.train_dataset is None:
