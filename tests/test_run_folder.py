@@ -57,7 +57,7 @@ def busy_message(folder: Path, owner: dict) -> str:
     return (
         f"run folder {folder} is in use by another training (pid {owner['pid']} on host {owner['host']}, "
         f"started {owner['started']}); wait for it to end or stop it, or train into another folder with "
-        f"hydra.run.dir=NEW_FOLDER. If that process is gone, remove the lock with: rm {folder / LOCK_NAME}"
+        "hydra.run.dir=NEW_FOLDER."
     )
 
 
@@ -93,6 +93,30 @@ def test_the_lock_of_a_killed_owner_is_taken_over_and_released(tmp_path, caplog)
     assert not (tmp_path / LOCK_NAME).exists()
     with RunFolderLock(tmp_path):  # free again
         pass
+
+
+def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
+    """File systems without flock (some network mounts): a live pid of this host, or any other host, refuses."""
+    import clustercam_pl.run_folder as rf
+
+    monkeypatch.setattr(rf, "_try_flock", lambda fd: "unsupported")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for owner in ({"pid": sleeper.pid, "host": socket.gethostname(), "started": "then"},
+                      {"pid": dead_pid(), "host": "elsewhere", "started": "then"}):
+            (tmp_path / LOCK_NAME).write_text(json.dumps(owner))
+            with pytest.raises(RunFolderError) as e:
+                RunFolderLock(tmp_path).acquire()
+            assert str(e.value) == (
+                busy_message(tmp_path, owner) + f" If that process is gone, remove the lock with: rm {tmp_path / LOCK_NAME}"
+            )
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}))
+    with RunFolderLock(tmp_path):  # its process has ended: taken over
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_temporaries_of_dead_writers_are_removed_others_kept(tmp_path):

@@ -127,7 +127,7 @@ class RunFolderLock:
                 state = _try_flock(fd)
                 previous = _read_owner(fd)
                 if state == "held" or (state == "unsupported" and _owner_running(previous)):
-                    raise RunFolderError(self._busy_message(previous))
+                    raise RunFolderError(self._busy_message(previous, by_pid=state == "unsupported"))
                 if not _same_file(fd, self.path):  # released (unlinked) between our open and lock: retry
                     os.close(fd)
                     continue
@@ -140,7 +140,7 @@ class RunFolderLock:
                 "run folder %s: took over the lock of pid %s on %s (started %s), which no longer runs",
                 self.folder, previous.get("pid"), previous.get("host"), previous.get("started"),
             )
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
         os.fsync(fd)
@@ -157,12 +157,17 @@ class RunFolderLock:
             os.close(self._fd)
             self._fd = None
 
-    def _busy_message(self, owner: dict) -> str:
-        where = f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')}"
+    def _busy_message(self, owner: dict, by_pid: bool) -> str:
+        """Who owns the folder and what to do; `by_pid`: judged from the recorded pid (no flock here),
+        so the owner may be gone without this process being able to tell."""
+        if owner:
+            where = f"pid {owner.get('pid')} on host {owner.get('host')}, started {owner.get('started')}"
+        else:
+            where = "a process that is starting right now"
+        gone = f" If that process is gone, remove the lock with: rm {self.path}" if by_pid else ""
         return (
             f"run folder {self.folder} is in use by another training ({where}); wait for it to end or stop "
-            f"it, or train into another folder with hydra.run.dir=NEW_FOLDER. If that process is gone, "
-            f"remove the lock with: rm {self.path}"
+            f"it, or train into another folder with hydra.run.dir=NEW_FOLDER.{gone}"
         )
 
 
