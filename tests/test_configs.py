@@ -57,7 +57,7 @@ def test_unknown_experiment_lists_the_known_ones():
 
 def test_cluster_grid_larger_than_patch_grid_is_refused(tmp_path):
     cfg = compose_train([*TINY_OVERRIDES, "net.cluster_grid=[9,9]"], output_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"net.cluster_grid=\[9, 9\] is larger than the patch grid 8x8 of data.crop_size=64"):
+    with pytest.raises(ValueError, match=r"net.cluster_grid=\[9, 9\] is larger than the patch grid 8x8 of data.synthetic.image_size=64"):
         check_config(cfg)
 
 

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from clustercam_pl.models import ClusterCAMNet, NetConfig
 from clustercam_pl.models.config import CAM_KEYS_OF_FORMAT_1
+from clustercam_pl.run_folder import temporary_path
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` to a temporary file, flushed, then renamed: the target is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)  # a later training start removes it if this process dies mid-save
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clustercam_pl.checkpoint import find_one_checkpoint
+from clustercam_pl.checks import check_range
+from clustercam_pl.data.datamodule import DEFAULT_CROP
 from clustercam_pl.results import iou_table, scalar_metrics, write_metrics  # noqa: F401  (re-exported)
 
 log = logging.getLogger("clustercam_pl")
@@ -30,16 +32,25 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
 
 def check_config(cfg: DictConfig) -> None:
     """Errors a run would otherwise hit late (or never notice), raised before anything is built."""
+    check_range("trainer.max_epochs", cfg.trainer.get("max_epochs"), ge=1, integer=True)  # the lr schedule's length
     grid = list(cfg.net.cluster_grid)
-    crop = cfg.data.get("crop_size") or (cfg.data.get("synthetic") or {}).get("image_size")
-    patch = cfg.net.patch_size
+    patch = int(cfg.net.patch_size)
+    side_key, crop = _training_side(cfg.data)
+    if crop is not None and crop % patch:
+        lower, upper = crop // patch * patch, (crop // patch + 1) * patch
+        sizes = f"{side_key}={lower} or {side_key}={upper}" if lower >= 16 else f"{side_key}={upper}"
+        raise ValueError(
+            f"{side_key}={crop} is not a multiple of net.patch_size={patch}: the network would see "
+            f"{crop // patch}x{crop // patch} patches and their CAMs would be stretched over {crop} pixels, "
+            f"misaligning the pseudo labels with the image; use {sizes}"
+        )
     blocks = cfg.net.cluster_blocks
     if crop is not None and (blocks is None or len(blocks) > 0):
-        side = int(crop) // int(patch)
+        side = crop // patch
         if grid[0] > side or grid[1] > side:
             raise ValueError(
                 f"net.cluster_grid={grid} is larger than the patch grid {side}x{side} of "
-                f"data.crop_size={crop} with net.patch_size={patch}"
+                f"{side_key}={crop} with net.patch_size={patch}"
             )
     strategy = str(cfg.trainer.get("strategy", ""))
     if _is_multirun() and strategy.startswith("ddp") and "spawn" not in strategy and _devices(cfg) > 1:
@@ -50,6 +61,18 @@ def check_config(cfg: DictConfig) -> None:
                 f"{launcher} launcher re-launches the sweep in every rank. Use trainer=ddp_spawn, "
                 "trainer.devices=1 per job, or hydra/launcher=submitit_slurm."
             )
+
+
+def _training_side(data: DictConfig) -> tuple[str, int | None]:
+    """The config key that sets the side of the square training images, and its value (None: images
+    keep their own sizes, `train_transform=none` on VOC / COCO)."""
+    crop = data.get("crop_size")
+    if data.get("dataset") == "synthetic" and (crop is None or data.get("train_transform") == "none"):
+        size = (data.get("synthetic") or {}).get("image_size")
+        return "data.synthetic.image_size", None if size is None else int(size)
+    if data.get("train_transform") == "none":
+        return "data.crop_size", None
+    return "data.crop_size", DEFAULT_CROP if crop is None else int(crop)
 
 
 def _devices(cfg: DictConfig) -> int:

@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clustercam_pl.checks import check_range
 from clustercam_pl.data.labels import IGNORE_INDEX
 
 
@@ -92,8 +95,12 @@ def clustercam_losses(
 class ClusterCAMLoss(nn.Module):
     """:func:`clustercam_losses` with its weights bound, for configuration by instantiation."""
 
+    group: ClassVar[str] = "loss"  # the config group it is built from: messages name `loss.<argument>`
+
     def __init__(self, w_cls: float = 1.0, w_patch: float = 1.0, w_seg: float = 0.1, ignore_index: int = IGNORE_INDEX):
         super().__init__()
+        for name, w in (("w_cls", w_cls), ("w_patch", w_patch), ("w_seg", w_seg)):
+            check_range(f"{self.group}.{name}", w, ge=0)
         self.w_cls, self.w_patch, self.w_seg = float(w_cls), float(w_patch), float(w_seg)
         self.ignore_index = int(ignore_index)
 

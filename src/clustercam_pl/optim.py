@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from clustercam_pl.checks import check_range
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,28 @@ class OptimConfig:
     interval: str = "epoch"
     fused: bool = True
 
+    group: ClassVar[str] = "optim"  # the config group it is built from: messages name `optim.<field>`
+
     def __post_init__(self) -> None:
+        g = self.group
         if self.interval not in ("epoch", "step"):
-            raise ValueError(f"optim.interval must be 'epoch' or 'step', got {self.interval!r}")
-        if self.lr < 0 or self.lr_per_512 <= 0 and self.lr == 0:
-            raise ValueError(f"invalid learning rate: lr={self.lr}, lr_per_512={self.lr_per_512}")
+            raise ValueError(f"{g}.interval must be 'epoch' or 'step', got {self.interval!r}")
+        lr, per_512 = self.lr, self.lr_per_512
+        numbers = all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in (lr, per_512))
+        if not numbers or lr < 0 or per_512 < 0 or lr == per_512 == 0:
+            raise ValueError(
+                f"invalid learning rate: {g}.lr={lr!r}, {g}.lr_per_512={per_512!r}; valid: {g}.lr > 0 "
+                f"(absolute), or {g}.lr=0 to use {g}.lr_per_512 > 0 (lr = lr_per_512 * global batch / 512)"
+            )
+        check_range(f"{g}.weight_decay", self.weight_decay, ge=0)
+        if len(self.betas) != 2:
+            raise ValueError(f"{g}.betas={list(self.betas)} must be two numbers, e.g. {g}.betas=[0.9,0.999]")
+        for i, beta in enumerate(self.betas):
+            check_range(f"{g}.betas[{i}]", beta, ge=0, lt=1)
+        check_range(f"{g}.eps", self.eps, gt=0)
+        check_range(f"{g}.warmup_epochs", self.warmup_epochs, ge=0)
+        check_range(f"{g}.warmup_lr", self.warmup_lr, ge=0)
+        check_range(f"{g}.min_lr", self.min_lr, ge=0)
 
     def base_lr(self, global_batch: int) -> float:
         return self.lr if self.lr > 0 else self.lr_per_512 * global_batch / 512

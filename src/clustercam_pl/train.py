@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -26,6 +27,7 @@ from clustercam_pl.entry import (
     write_metrics,
 )
 from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.run_folder import claim_run_folder
 
 log = logging.getLogger("clustercam_pl.train")
 
@@ -60,6 +62,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+    if not trainer.is_global_zero:  # the run folder's lock is rank 0's
+        return _fit(cfg, trainer, datamodule, model)
+    ckpt_dirs = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)} | {out_dir / "checkpoints"}
+    with claim_run_folder(out_dir, sorted(ckpt_dirs)):
+        return _fit(cfg, trainer, datamodule, model)
+
+
+def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
+         model: L.LightningModule) -> dict[str, Any]:
+    out_dir = run_dir(cfg)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

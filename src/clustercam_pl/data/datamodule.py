@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
+from clustercam_pl.checks import check_range
 from clustercam_pl.data.labels import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES
 from clustercam_pl.data.layout import prepare_hint
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
@@ -124,6 +125,8 @@ class WSSSDataModule(L.LightningDataModule):
         check_files: check in ``setup`` that every listed image/mask exists (main process, clear error).
     """
 
+    group: ClassVar[str] = "data"  # the config group it is built from: messages name `data.<argument>`
+
     def __init__(
         self,
         dataset: str = "synthetic",
@@ -145,14 +148,13 @@ class WSSSDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset not in DEFAULT_SPLITS:
-            raise ValueError(f"dataset must be one of {sorted(DEFAULT_SPLITS)}, got {dataset!r}")
+            raise ValueError(f"data.dataset must be one of {sorted(DEFAULT_SPLITS)}, got {dataset!r}")
         if train_transform not in TRAIN_TRANSFORMS:
-            raise ValueError(f"train_transform must be one of {TRAIN_TRANSFORMS}, got {train_transform!r}")
-        if global_batch_size < 1 or val_batch_size < 1 or num_workers < 0:
-            raise ValueError(
-                f"need global_batch_size >= 1, val_batch_size >= 1, num_workers >= 0; got "
-                f"{global_batch_size}, {val_batch_size}, {num_workers}"
-            )
+            raise ValueError(f"data.train_transform must be one of {TRAIN_TRANSFORMS}, got {train_transform!r}")
+        g = self.group
+        check_range(f"{g}.global_batch_size", global_batch_size, ge=1, integer=True)
+        check_range(f"{g}.val_batch_size", val_batch_size, ge=1, integer=True)
+        check_range(f"{g}.num_workers", num_workers, ge=0, integer=True)
         self.save_hyperparameters(logger=False)
         self.dataset = dataset
         self.data_root = data_root
@@ -171,8 +173,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.synthetic_config = SyntheticConfig.from_dict(synthetic) if dataset == "synthetic" else None
         if crop_size is None:
             crop_size = self.synthetic_config.image_size if self.synthetic_config else DEFAULT_CROP
-        if crop_size < 16:
-            raise ValueError(f"crop_size must be >= 16, got {crop_size}")
+        check_range(f"{g}.crop_size", crop_size, ge=16, integer=True)
         self.crop_size = crop_size
         self.batch_size: int | None = None  # per device, set in setup()
         self.train_dataset: Dataset | None = None
@@ -213,7 +214,7 @@ class WSSSDataModule(L.LightningDataModule):
         """``global_batch_size / world_size``; ValueError naming both when it does not divide."""
         if self.global_batch_size % world_size:
             raise ValueError(
-                f"global_batch_size={self.global_batch_size} is not divisible by the world size {world_size} "
+                f"data.global_batch_size={self.global_batch_size} is not divisible by the world size {world_size} "
                 f"(devices x nodes); choose a multiple of {world_size}"
             )
         return self.global_batch_size // world_size
@@ -221,7 +222,7 @@ class WSSSDataModule(L.LightningDataModule):
     def _check_root(self) -> None:
         if self.dataset != "synthetic" and self.root is None:
             raise FileNotFoundError(
-                f"data_root is not set and ${DATA_ENV} is not defined for dataset {self.dataset!r}; "
+                f"data.data_root is not set and ${DATA_ENV} is not defined for data.dataset={self.dataset}; "
                 f"{prepare_hint(self.dataset)}"
             )
 

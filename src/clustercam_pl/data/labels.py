@@ -146,6 +146,19 @@ def mask_classes(mask: np.ndarray, num_classes: int) -> list[int]:
     return np.flatnonzero(present[1 : num_classes + 1]).tolist()
 
 
+def mask_values_outside(mask: np.ndarray, num_classes: int) -> list[int]:
+    """Values of a uint8 class-index mask that are neither 0..K nor IGNORE_INDEX (sorted; [] if none).
+
+    Such a mask must never be scored: the confusion matrix would break or silently drop those pixels.
+    """
+    if int(mask.max()) <= num_classes:  # a mask without ignore pixels: one max
+        return []
+    present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,) values present
+    present[: num_classes + 1] = False
+    present[IGNORE_INDEX] = False
+    return np.flatnonzero(present).tolist()
+
+
 def multi_hot(indices: Iterable[int], num_classes: int) -> np.ndarray:
     """Class indices -> float32 (K,) multi-hot vector."""
     v = np.zeros(num_classes, dtype=np.float32)  # (K,)

@@ -36,7 +36,7 @@ PREPARE_COMMANDS = {
 def prepare_hint(dataset: str) -> str:
     """The command that (re)creates a prepared root, for error messages."""
     cmd = PREPARE_COMMANDS.get(dataset, "python -m clustercam_pl.prepare --help")
-    return f"prepare it with `{cmd}` and point data_root at DATA_ROOT"
+    return f"prepare it with `{cmd}` and pass `data.data_root=DATA_ROOT`"
 
 
 @dataclass(frozen=True)
@@ -130,14 +130,14 @@ def read_manifest(root: str | os.PathLike[str] | None, dataset: str) -> Manifest
         ValueError: the manifest is for another dataset or malformed.
     """
     if root is None:
-        raise FileNotFoundError(f"data_root is not set for dataset {dataset!r}; {prepare_hint(dataset)}")
+        raise FileNotFoundError(f"data.data_root is not set for data.dataset={dataset}; {prepare_hint(dataset)}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data_root {root} does not exist; {prepare_hint(dataset)}")
+        raise FileNotFoundError(f"data.data_root={root} does not exist; {prepare_hint(dataset)}")
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: data_root {root} is not a prepared {dataset} root, or its preparation "
+            f"{path} not found: data.data_root={root} is not a prepared {dataset} root, or its preparation "
             f"did not finish (the manifest is written last; rerun it); {prepare_hint(dataset)}"
         )
     try:
@@ -148,7 +148,7 @@ def read_manifest(root: str | os.PathLike[str] | None, dataset: str) -> Manifest
         raise ValueError(f"{path} is not a {MANIFEST_FORMAT} manifest")
     if doc.get("dataset") != dataset:
         raise ValueError(
-            f"{path} describes dataset {doc.get('dataset')!r}, but dataset={dataset!r} was asked"
+            f"{path} describes dataset {doc.get('dataset')!r}, but data.dataset={dataset} was asked"
         )
     splits = {name: SplitInfo(**s) for name, s in doc["splits"].items()}
     return Manifest(

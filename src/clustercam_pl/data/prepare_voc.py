@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, write_index_png
-from clustercam_pl.data.labels import IGNORE_INDEX, VOC_CLASSES, mask_classes, write_label_file
+from clustercam_pl.data.labels import IGNORE_INDEX, VOC_CLASSES, mask_classes, mask_values_outside, write_label_file
 from clustercam_pl.data.layout import Manifest, SplitInfo, relative_to_root, write_manifest, write_split_list
 from clustercam_pl.data.prepare_common import (
     Problem,
@@ -45,9 +45,6 @@ from clustercam_pl.data.prepare_common import (
 
 MASK_DIR = "SegmentationClassAug"
 TRAIN_SPLITS = ("train_aug", "train")
-_ALLOWED = np.zeros(256, dtype=bool)
-_ALLOWED[: len(VOC_CLASSES) + 1] = True
-_ALLOWED[IGNORE_INDEX] = True
 
 
 @dataclass(frozen=True)
@@ -124,11 +121,10 @@ def _process(task: _Task) -> dict[str, Any]:
             )
         )
         return res
-    present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,) values present
-    bad = np.flatnonzero(present & ~_ALLOWED)
-    if bad.size:
+    bad = mask_values_outside(mask, len(VOC_CLASSES))
+    if bad:
         res["problems"].append(
-            Problem(task.image_id, task.mask_src, f"mask values {bad.tolist()} outside 0..20 and 255")
+            Problem(task.image_id, task.mask_src, f"mask values {bad} outside 0..20 and {IGNORE_INDEX}")
         )
         return res
     res["mask"] = mask_classes(mask, len(VOC_CLASSES))

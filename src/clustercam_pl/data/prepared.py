@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from clustercam_pl.data.imageio import ImageReadError, read_mask, read_rgb
-from clustercam_pl.data.labels import multi_hot, read_label_file
+from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside, multi_hot, read_label_file
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_manifest, read_split_list
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 
@@ -123,8 +123,8 @@ class PreparedSegmentation(Dataset):
             )
         msg = f"label file {self.label_file}: " + "; ".join(problems)
         if not skip:
-            raise ValueError(msg + " (pass skip_unlabeled=True to drop them)")
-        log.warning("%s: skipped (skip_unlabeled=True)", msg)
+            raise ValueError(msg + " (pass data.skip_unlabeled=true to drop them)")
+        log.warning("%s: skipped (data.skip_unlabeled=true)", msg)
         bad = set(missing) | set(empty)
         kept = [i for i in ids if i not in bad]
         if not kept:
@@ -150,6 +150,16 @@ class PreparedSegmentation(Dataset):
                 f"are missing: {_preview(missing, 3)}; {prepare_hint(self.dataset_name)}"
             )
 
+    def _check_mask_values(self, mask: np.ndarray, path: Path) -> None:
+        """Refuse a mask with values outside the class range (e.g. a file edited after prepare)."""
+        bad = mask_values_outside(mask, self.num_classes)
+        if bad:
+            raise ImageReadError(
+                f"mask {path} has values {bad} outside 0..{self.num_classes} and {IGNORE_INDEX} "
+                f"(0 background, c + 1 class c, {IGNORE_INDEX} ignore); fix or replace the file, or re-create "
+                f"the root {self.manifest.root}: {prepare_hint(self.dataset_name)}"
+            )
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -163,6 +173,7 @@ class PreparedSegmentation(Dataset):
             mask = read_mask(mask_path)  # (H, W) uint8
             if mask.shape != image.shape[:2]:
                 raise ImageReadError(f"mask {mask_path} is {mask.shape}, its image is {image.shape[:2]}")
+            self._check_mask_values(mask, mask_path)
         img_t, mask_t = apply_transform(self.transform, image, mask)
         label = multi_hot(self.labels.get(image_id, ()), self.num_classes)
         item: dict[str, Any] = {"image": img_t, "cls_label": torch.from_numpy(label), "image_id": image_id}

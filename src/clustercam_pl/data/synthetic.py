@@ -36,12 +36,13 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from clustercam_pl.checks import check_range
 from clustercam_pl.data.labels import mask_classes
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 
@@ -84,25 +85,25 @@ class SyntheticConfig:
     num_val: int = 200
     num_test: int = 200
 
+    group: ClassVar[str] = "data.synthetic"  # where it sits in the config: messages name `data.synthetic.<field>`
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale_range", tuple(float(s) for s in self.scale_range))
+        g = self.group
+        check_range(f"{g}.num_classes", self.num_classes, ge=1, le=MAX_CLASSES, integer=True)
+        check_range(f"{g}.image_size", self.image_size, ge=16, integer=True)
+        if len(self.scale_range) != 2:
+            raise ValueError(f"{g}.scale_range={list(self.scale_range)} must be two numbers [low, high]")
         lo, hi = self.scale_range
-        checks = {
-            "num_classes": 1 <= self.num_classes <= MAX_CLASSES,
-            "image_size": self.image_size >= 16,
-            "scale_range": 0.05 <= lo <= hi <= 1.0,
-            "max_objects": 1 <= self.max_objects <= 6,
-            "clutter": 0.0 <= self.clutter <= 1.0,
-            "color_jitter": 0.0 <= self.color_jitter <= 0.9,
-            "noise": 0.0 <= self.noise <= 0.5,
-            "min_visible": 0.0 <= self.min_visible <= 1.0,
-            "num_train": self.num_train >= 0,
-            "num_val": self.num_val >= 0,
-            "num_test": self.num_test >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"synthetic {name}={getattr(self, name)!r} is out of range")
+        check_range(f"{g}.scale_range[0]", lo, ge=0.05, le=1.0)
+        check_range(f"{g}.scale_range[1]", hi, ge=lo, le=1.0)
+        check_range(f"{g}.max_objects", self.max_objects, ge=1, le=6, integer=True)
+        check_range(f"{g}.clutter", self.clutter, ge=0.0, le=1.0)
+        check_range(f"{g}.color_jitter", self.color_jitter, ge=0.0, le=0.9)
+        check_range(f"{g}.noise", self.noise, ge=0.0, le=0.5)
+        check_range(f"{g}.min_visible", self.min_visible, ge=0.0, le=1.0)
+        for split in SPLIT_CODES:
+            check_range(f"{g}.num_{split}", getattr(self, f"num_{split}"), ge=0, integer=True)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> SyntheticConfig:

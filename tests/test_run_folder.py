@@ -1,0 +1,220 @@
+"""Run-folder ownership at training start: the lock (live owner refused, a killed owner's taken over),
+leftover checkpoint temporaries of dead writers, unwritable folders; then the same through `train`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from clustercam_pl.run_folder import (
+    LOCK_NAME,
+    RunFolderError,
+    RunFolderLock,
+    check_writable,
+    claim_run_folder,
+    remove_dead_temporaries,
+    temporary_path,
+)
+from clustercam_pl.train import train
+from helpers import TINY_OVERRIDES, compose_train
+from test_train import REPO, _wait_for, run_cli, start_cli
+
+HOLDER = """
+import sys, time
+from clustercam_pl.run_folder import RunFolderLock
+RunFolderLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that owns `folder` until it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def busy_message(folder: Path, owner: dict) -> str:
+    return (
+        f"run folder {folder} is in use by another training (pid {owner['pid']} on host {owner['host']}, "
+        f"started {owner['started']}); wait for it to end or stop it, or train into another folder with "
+        "hydra.run.dir=NEW_FOLDER."
+    )
+
+
+def test_a_live_owner_is_refused_by_name(tmp_path):
+    proc = hold_lock(tmp_path)
+    try:
+        owner = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert owner["pid"] == proc.pid and owner["host"] == socket.gethostname()
+        with pytest.raises(RunFolderError) as e:
+            RunFolderLock(tmp_path).acquire()
+        assert str(e.value) == busy_message(tmp_path, owner)
+        assert json.loads((tmp_path / LOCK_NAME).read_text()) == owner  # the owner's record untouched
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_lock_of_a_killed_owner_is_taken_over_and_released(tmp_path, caplog):
+    proc = hold_lock(tmp_path)
+    owner = json.loads((tmp_path / LOCK_NAME).read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / LOCK_NAME).is_file()  # a SIGKILL leaves the file
+    with caplog.at_level(logging.WARNING, logger="clustercam_pl.run_folder"), RunFolderLock(tmp_path) as lock:
+        assert lock.held
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+        with pytest.raises(RunFolderError, match=rf"\(pid {os.getpid()} on host "):
+            RunFolderLock(tmp_path).acquire()  # even this process cannot own it twice
+    assert caplog.messages == [
+        f"run folder {tmp_path}: took over the lock of pid {proc.pid} on {owner['host']} "
+        f"(started {owner['started']}), which no longer runs"
+    ]
+    assert not (tmp_path / LOCK_NAME).exists()
+    with RunFolderLock(tmp_path):  # free again
+        pass
+
+
+def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
+    """File systems without flock (some network mounts): a live pid of this host, or any other host, refuses."""
+    import clustercam_pl.run_folder as rf
+
+    monkeypatch.setattr(rf, "_try_flock", lambda fd: "unsupported")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for owner in ({"pid": sleeper.pid, "host": socket.gethostname(), "started": "then"},
+                      {"pid": dead_pid(), "host": "elsewhere", "started": "then"}):
+            (tmp_path / LOCK_NAME).write_text(json.dumps(owner))
+            with pytest.raises(RunFolderError) as e:
+                RunFolderLock(tmp_path).acquire()
+            assert str(e.value) == (
+                busy_message(tmp_path, owner) + f" If that process is gone, remove the lock with: rm {tmp_path / LOCK_NAME}"
+            )
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "started": "x"}))
+    with RunFolderLock(tmp_path):  # its process has ended: taken over
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_temporaries_of_dead_writers_are_removed_others_kept(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    dead = temporary_path(ckpts / "last.ckpt", dead_pid())
+    live = temporary_path(ckpts / "best.ckpt")  # this process: a writer that still runs
+    for p in (dead, live, ckpts / "last.ckpt", ckpts / ".notes.tmp-x"):
+        p.write_bytes(b"x")
+    assert dead.name.startswith(".last.ckpt.tmp-")
+    assert remove_dead_temporaries([ckpts, tmp_path / "absent"]) == [dead]
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted([live.name, "last.ckpt", ".notes.tmp-x"])
+
+
+@contextmanager
+def unprivileged():
+    """Run as user nobody for a moment when the tests run as root (root writes into any folder)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_unwritable_folders_are_named_before_training():
+    with tempfile.TemporaryDirectory() as tmp:  # under /tmp: user nobody can reach it (tmp_path's parents are 0700)
+        Path(tmp).chmod(0o755)
+        _check_unwritable(Path(tmp) / "run")
+
+
+def _check_unwritable(run: Path) -> None:
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints").chmod(0o555)
+    run.chmod(0o777)
+    expected = (
+        f"cannot write into {run / 'checkpoints'} (Permission denied): a training needs its run folder and its "
+        "checkpoint folder writable; fix the permissions, or train into another folder with hydra.run.dir=NEW_FOLDER"
+    )
+    with unprivileged(), pytest.raises(RunFolderError) as e:
+        claim_run_folder(run, [run / "checkpoints"])
+    assert str(e.value) == expected
+    assert not (run / LOCK_NAME).exists()  # the refused start gave the folder back
+    run.chmod(0o555)
+    with unprivileged(), pytest.raises(RunFolderError, match=rf"^cannot write into {run} \(Permission denied\)"):
+        check_writable(run)
+
+
+def test_train_refuses_a_folder_in_use_before_writing_into_it(tmp_path):
+    proc = hold_lock(tmp_path)
+    try:
+        owner = json.loads((tmp_path / LOCK_NAME).read_text())
+        with pytest.raises(RunFolderError) as e:
+            train(compose_train(TINY_OVERRIDES, output_dir=tmp_path))
+        assert str(e.value) == busy_message(tmp_path, owner)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # nothing written: no config.yaml
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under `folder` but Hydra's own (.hydra/, the log it appends to): mtime, size, bytes."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+    }
+
+
+@pytest.mark.slow
+def test_second_training_on_a_folder_is_refused_and_a_killed_ones_lock_taken_over(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY_OVERRIDES, "data.synthetic.num_train=400", "trainer.max_epochs=1",
+            "callbacks.step_checkpoint.every_n_train_steps=2", f"hydra.run.dir={run}"]
+    first = start_cli(args)
+    try:
+        _wait_for(run / "checkpoints" / "last.ckpt", first, 240)
+        first.send_signal(signal.SIGSTOP)  # frozen: its files cannot change while the second tries
+        time.sleep(0.5)  # let a save that was under way finish its rename
+        before = _files(run)
+        owner = json.loads((run / LOCK_NAME).read_text())
+        assert owner["pid"] == first.pid
+        second = run_cli(args, REPO, timeout=200)
+        assert second.returncode != 0
+        assert busy_message(run, owner) in second.stdout + second.stderr
+        assert _files(run) == before  # config.yaml, checkpoints, csv/metrics.csv: as the first left them
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.send_signal(signal.SIGCONT)
+        first.wait(30)
+    leftover = temporary_path(run / "checkpoints" / "last.ckpt", first.pid)  # as a kill mid-save leaves it
+    leftover.write_bytes(b"half a checkpoint")
+    third = run_cli([*args, "trainer.max_steps=1"], REPO, timeout=200)  # resumes past max_steps: ends at once
+    out = third.stdout + third.stderr
+    assert third.returncode == 0, out
+    assert f"took over the lock of pid {first.pid} on {owner['host']}" in out
+    assert not leftover.exists() and f"removed 1 temporary file(s) of killed checkpoint writers: {leftover}" in out
+    assert not (run / LOCK_NAME).exists()
