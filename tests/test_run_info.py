@@ -64,3 +64,24 @@ def test_train_writes_env_json_and_logs_it(tmp_path, caplog):
     warning = next(r for r in caplog.records if "reference batch" in r.getMessage())
     assert warning.levelno == logging.WARNING and warning.getMessage() == info["batch"]["note"]
     assert "data.global_batch_size=16" in warning.getMessage()
+
+
+def test_record_env_for_an_entry_point_without_training(tmp_path):
+    """What eval / pseudo_labels / predict call: no optimiser, no reference batch in their configs."""
+    from omegaconf import OmegaConf
+
+    from clustercam_pl.entry import record_env
+
+    info = record_env(OmegaConf.create({"task_name": "eval"}), tmp_path, accelerator="cpu")
+    assert json.loads((tmp_path / "env.json").read_text()) == json.loads(json.dumps(info))
+    assert info["batch"] == {"per_device": None, "global": None, "reference": None, "note": None}
+    assert info["devices"]["accelerator"] == "cpu" and info["overrides"] == []
+
+
+def test_bench_console_script_exits_zero(monkeypatch, capsys):
+    """A console script exits with what its function returns; bench.main returns a dict (exit status 1)."""
+    from clustercam_pl.scripts import bench
+
+    monkeypatch.setattr("sys.argv", ["clustercam-bench", "cam", "--tiny", "--steps", "1", "--warmup", "0"])
+    assert bench() == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step_s"] > 0
