@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -265,8 +266,6 @@ def _axis(values: Iterable[str]) -> tuple[list[str], bool]:
 
 
 def _natural_key_str(s: str) -> list[Any]:
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
