@@ -142,3 +142,10 @@ def test_bench_times_the_lightning_modules_own_training_step():
     assert [name for name, _ in timer.marks[1:]] == list(bench.PHASES)
     assert set(result) == {"cls", "patch", "seg", "total"} and b.module.phase_hook is None
     assert all(torch.equal(result[k], v) for k, v in b.module.last_losses.items())
+
+
+def test_bench_console_script_exits_zero(monkeypatch, capsys):
+    """A console script exits with what its function returns; `bench.main` returns a dict (exit status 1)."""
+    monkeypatch.setattr("sys.argv", ["clustercam-bench", "cam", "--tiny", "--steps", "1", "--warmup", "0"])
+    assert bench.cli() == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step_s"] > 0

@@ -13,11 +13,11 @@ from pathlib import Path
 import clustercam_pl
 
 PKG = Path(clustercam_pl.__file__).parent
-ENTRY_POINTS = {"train", "eval", "export_labels", "pseudo_labels", "prepare", "bench", "entry"}
+ENTRY_POINTS = {"train", "eval", "export_labels", "pseudo_labels", "prepare", "bench", "summarize", "entry"}
 
 # Each module's layer (lower = closer to the data); a module may import from its own layer or below.
 LAYERS: dict[str, int] = {
-    "results": 0, "device": 0, "checks": 0, "run_folder": 0, "data": 0,
+    "conf": 0, "results": 0, "device": 0, "checks": 0, "run_folder": 0, "run_info": 0, "data": 0,
     "models": 1,
     "checkpoint": 2,
     "cam": 3,
@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "inference": 5,
     "lit_module": 6,
     "callbacks": 7, "visualize": 7,
-    "evaluation": 8, "label_export": 8,
+    "evaluation": 8, "label_export": 8, "sweep": 8,
     **dict.fromkeys(ENTRY_POINTS, 9),
 }
 # Function-level imports that point up the layers: thin aliases kept for earlier user scripts.

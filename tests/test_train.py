@@ -196,6 +196,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 4  # 16 images over 2 ranks, global batch 4 = 2 per rank: 4 steps
+    env = json.loads((run / "env.json").read_text())  # written once, by rank 0
+    assert env["world_size"] == 2 and env["batch"]["per_device"] == 2 and env["batch"]["global"] == 4
 
 
 @pytest.mark.slow

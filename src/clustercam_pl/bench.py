@@ -437,5 +437,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def cli() -> int:
+    """`clustercam-bench`: a console script exits with what its function returns, so 0, not the dict."""
+    main()
+    return 0
+
+
 if __name__ == "__main__":
     main()

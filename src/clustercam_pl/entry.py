@@ -7,6 +7,7 @@ takes plain arguments.
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from clustercam_pl import run_info
 from clustercam_pl.checkpoint import find_one_checkpoint
 from clustercam_pl.checks import check_range
 from clustercam_pl.data.datamodule import DEFAULT_CROP
 from clustercam_pl.results import iou_table, scalar_metrics, write_metrics  # noqa: F401  (re-exported)
+from clustercam_pl.sweep import parse_override
 
 log = logging.getLogger("clustercam_pl")
 
@@ -127,6 +130,69 @@ def attach_wandb_id(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.logger.wandb.id = run_id
         cfg.logger.wandb.resume = "allow"
+        sweep = sweep_job()
+        if sweep is not None:  # the jobs of one sweep: one wandb group, the swept keys in the run config
+            name, values = sweep
+            if not cfg.logger.wandb.get("group"):
+                cfg.logger.wandb.group = name
+            cfg.logger.wandb.config = {"sweep": name, **{f"sweep/{k}": v for k, v in values.items()}}
+
+
+def task_overrides() -> list[str]:
+    """This run's command-line overrides as Hydra recorded them ([] outside a Hydra run)."""
+    try:
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except ValueError:
+        return []
+
+
+def sweep_job() -> tuple[str, dict[str, str]] | None:
+    """Inside a --multirun job: the sweep's name (its folder's) and this job's values of the swept keys.
+
+    Swept keys: the sweep overrides of the command line (``a=1,2``, ``range(...)``) as the launcher saved
+    them in <sweep dir>/multirun.yaml, and the sweeper's ``params`` (optuna's search space).
+    """
+    if not _is_multirun():
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hc = HydraConfig.get()
+    swept = set((hc.sweeper.get("params") or {}).keys())
+    spec = Path(hc.sweep.dir) / "multirun.yaml"
+    if spec.is_file():
+        task = OmegaConf.load(spec).hydra.overrides.task
+        swept |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
+    values = dict(parse_override(o) for o in task_overrides())
+    return Path(hc.sweep.dir).name, {k: v for k, v in values.items() if k in swept}
+
+
+def record_env(
+    cfg: DictConfig,
+    out_dir: Path,
+    *,
+    accelerator: str,
+    world_size: int = 1,
+    global_batch: int | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
+    """Write <out_dir>/env.json (run_info.collect), log its line, and warn when the global batch is not the
+    experiment's ``reference_batch_size``. Call it on rank 0 only."""
+    optim = instantiate(cfg.optim, _convert_="all") if cfg.get("optim") and "_target_" in cfg.optim else None
+    info = run_info.collect(
+        accelerator=accelerator,
+        world_size=world_size,
+        global_batch=global_batch,
+        reference_batch=cfg.get("reference_batch_size"),
+        precision=precision,
+        argv=sys.orig_argv,  # the interpreter's own command line: `python -m clustercam_pl.train ...`
+        overrides=task_overrides(),
+        lr_for_batch=getattr(optim, "base_lr", None),
+    )
+    write_metrics(out_dir / "env.json", info)
+    log.info(run_info.summary_line(info))
+    if info["batch"]["note"]:
+        log.warning(info["batch"]["note"])
+    return info
 
 
 def open_dict(cfg: DictConfig):

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clustercam_pl.device import resolve_device
-from clustercam_pl.entry import net_overrides, run_dir, write_metrics
+from clustercam_pl.entry import net_overrides, record_env, run_dir, write_metrics
 from clustercam_pl.evaluation import Protocol, evaluate_checkpoints, report
 
 log = logging.getLogger("clustercam_pl.eval")
@@ -41,6 +41,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.get("device", "auto"))
     out_dir = run_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    record_env(cfg, out_dir, accelerator=device.type)
     dm = instantiate(cfg.data, _convert_="all")
     summary = evaluate_checkpoints(
         checkpoint_spec(cfg.ckpt_path), dm, str(cfg.split), protocol, device, out_dir,

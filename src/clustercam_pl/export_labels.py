@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint
 from clustercam_pl.device import resolve_device
-from clustercam_pl.entry import net_overrides, run_dir, write_metrics
+from clustercam_pl.entry import net_overrides, record_env, run_dir, write_metrics
 from clustercam_pl.label_export import export_split
 
 log = logging.getLogger("clustercam_pl.export_labels")
@@ -51,6 +51,10 @@ def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
     cam = cam_settings(cfg, ckpt)
     default_out = Path(str(cfg.paths.root_dir)) / "outputs" / "pseudo_labels" / f"{dm.dataset}_{split}"
     out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else default_out
+    try:
+        record_env(cfg, run_dir(cfg), accelerator=device.type)
+    except Exception as e:  # outside a Hydra run paths.output_dir may not resolve
+        log.debug("no run folder for env.json: %s", e)
     summary = export_split(ckpt, dm, split, cam, out_dir, device, int(cfg.get("cam_downscale", 4)),
                            cfg.get("limit"), bool(cfg.get("overwrite", False)))
     print(summary["text"], flush=True)

@@ -21,6 +21,7 @@ from clustercam_pl.entry import (
     check_config,
     instantiate_dict,
     iou_table,
+    record_env,
     resolve_ckpt,
     run_dir,
     scalar_metrics,
@@ -75,6 +76,8 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        record_env(cfg, out_dir, accelerator=type(trainer.accelerator).__name__, world_size=trainer.world_size,
+                   global_batch=getattr(datamodule, "global_batch_size", None), precision=str(trainer.precision))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg))
 
     metrics = scalar_metrics(trainer.callback_metrics)

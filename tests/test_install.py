@@ -1,0 +1,111 @@
+"""The package as a user installs it: a wheel (not editable) run from a folder outside the checkout, and
+experiments kept in the user's own config folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY_OVERRIDES, compose_train
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = {"clustercam-train", "clustercam-eval", "clustercam-export-labels", "clustercam-prepare", "clustercam-bench",
+           "clustercam-summarize"}
+# A user's experiment outside the repository: the packaged synthetic recipe plus one change to recognise it by.
+MY_RUN = """\
+# @package _global_
+defaults:
+  - synthetic
+task_name: my_run
+cam:
+  bg_high: 0.45
+"""
+
+
+def my_configs(root: Path) -> Path:
+    """~/my_configs/experiment/my_run.yaml, under root."""
+    (root / "my_configs" / "experiment").mkdir(parents=True)
+    (root / "my_configs" / "experiment" / "my_run.yaml").write_text(MY_RUN)
+    return root / "my_configs"
+
+
+def test_own_experiment_file_through_the_search_path(tmp_path):
+    configs = my_configs(tmp_path)
+    cfg = compose_train([f"hydra.searchpath=[file://{configs}]", "+experiment=my_run"])
+    assert cfg.task_name == "my_run" and cfg.cam.bg_high == 0.45
+    assert cfg.net.patch_size == 8  # the rest is the packaged synthetic experiment
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.slow
+def test_wheel_install_runs_from_another_folder(tmp_path):
+    # Build from a copy, so the build leaves nothing in the checkout; offline and without build isolation
+    # (setuptools comes from this environment: the dev extra).
+    tree = tmp_path / "tree"
+    shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"), str(tree)],
+         tmp_path, dict(os.environ))
+    (wheel,) = (tmp_path / "dist").glob("clustercam_pl-*.whl")
+    target = tmp_path / "site"
+    _run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)], tmp_path, dict(os.environ))
+
+    # -S: no site-packages .pth files, so an editable install of the checkout is not on the path; the
+    # dependencies come from this environment's site-packages, after the installed wheel.
+    deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env |= {"PYTHONPATH": os.pathsep.join([str(target), *deps]), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    py = [sys.executable, "-S"]
+    user = tmp_path / "user"  # the folder the user works in, outside the checkout
+    user.mkdir()
+    probe = ("import clustercam_pl, json, sys; from importlib import metadata; d = metadata.distribution('clustercam_pl');"
+             "print(json.dumps({'file': clustercam_pl.__file__, 'path': sys.path, 'dist': str(d.locate_file('')),"
+             "'scripts': {e.name: e.load().__module__ for e in d.entry_points if e.group == 'console_scripts'}}))")
+    where = json.loads(_run([*py, "-c", probe], user, env).stdout)
+    assert Path(where["file"]).is_relative_to(target), where["file"]
+    assert Path(where["dist"]) == target
+    assert not [p for p in where["path"] if p and Path(p).resolve().is_relative_to(REPO)], where["path"]
+    assert SCRIPTS <= set(where["scripts"]), where["scripts"]
+    assert (target / "clustercam_pl" / "conf" / "experiment" / "synthetic.yaml").is_file()
+
+    # Two training steps from the user's own experiment file (--config-dir), through the console script.
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("+experiment=")]
+    _run([*py, str(target / "bin" / "clustercam-train"), "--config-dir", str(my_configs(tmp_path)),
+          "+experiment=my_run", *tiny, "trainer.max_epochs=1", "data.synthetic.num_train=8",
+          "data.synthetic.num_val=2"], user, env)
+    (run,) = (user / "outputs" / "my_run").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 2
+    assert "bg_high: 0.45" in (run / "config.yaml").read_text()
+    info = json.loads((run / "env.json").read_text())
+    assert info["clustercam_pl"]["git_commit"] is None  # an installed copy is no checkout
+    assert Path(info["clustercam_pl"]["path"]).is_relative_to(target)
+
+    data = [o for o in tiny if o.startswith("data.synthetic.image_size")] + ["data=synthetic", "data.synthetic.num_val=2"]
+    done = _run([*py, str(target / "bin" / "clustercam-eval"), *data, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                 "eval=ss", "device=cpu"], user, env)
+    assert "mIoU" in done.stdout
+    (ev,) = (user / "outputs" / "eval").iterdir()
+    assert json.loads((ev / "eval_metrics.json").read_text())["num_images"] == 2
+
+    # `python -m` composes from the installed configs too (--cfg job: print the config, run nothing).
+    done = _run([*py, "-m", "clustercam_pl.train", "+experiment=synthetic", "--cfg", "job"], user, env)
+    assert "task_name: synthetic" in done.stdout
+    done = _run([*py, str(target / "bin" / "clustercam-prepare"), "--help"], user, env)
+    assert "voc" in done.stdout and "coco" in done.stdout
+    done = _run([*py, "-m", "clustercam_pl.summarize", str(run)], user, env)
+    assert "| n | seeds | val/seg_miou |" in done.stdout
