@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+"""Image file suffixes (compared case-insensitively) that folder datasets pick up: formats PIL decodes."""
+
 
 class ImageReadError(OSError):
     """An image or mask file is missing, unreadable or malformed. The message names the file."""
@@ -89,7 +92,8 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
 def write_index_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     """Write uint8 (H, W) class indices as a palette PNG, atomically (temp name, then ``os.replace``).
 
-    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file.
+    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file. Missing
+    parent folders are created (image ids of folder datasets are paths such as ``scans/a/001``).
     """
     path = Path(path)
     if mask.ndim != 2 or mask.dtype != np.uint8:
@@ -97,6 +101,7 @@ def write_index_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     h, w = mask.shape
     im = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
     im.putpalette(_PALETTE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     im.save(tmp, format="PNG")
     os.replace(tmp, path)
