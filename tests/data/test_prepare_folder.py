@@ -191,7 +191,7 @@ def test_rerun_is_idempotent_and_a_refused_rerun_unprepares(raw, tmp_path: Path)
         main(argv(raw, out))
     assert not (out / MANIFEST_NAME).exists()
     with pytest.raises(FileNotFoundError, match="is not a prepared folder root, or its preparation did not finish"):
-        _dm(out).num_classes
+        _ = _dm(out).num_classes
 
 
 # ------------------------------------------------------------------------------ each check, its message
@@ -402,7 +402,7 @@ def test_shell_entry_prints_the_refusal_and_exits_1(raw, tmp_path: Path, capsys)
 def test_folder_data_without_a_root_says_how_to_prepare(monkeypatch) -> None:
     monkeypatch.delenv("CLUSTERCAM_DATA", raising=False)
     with pytest.raises(FileNotFoundError) as e:
-        WSSSDataModule(dataset="folder").num_classes
+        _ = WSSSDataModule(dataset="folder").num_classes
     assert str(e.value) == (
         "data_root is not set for dataset 'folder'; prepare it with `python -m clustercam_pl.prepare folder "
         "--images IMAGES --labels labels.csv --val-fraction 0.1 --out DATA_ROOT` and point data_root at DATA_ROOT"
