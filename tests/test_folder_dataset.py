@@ -1,15 +1,18 @@
 """Own data end to end: negatives and K = 1 through pseudo labels and losses, the folder experiments'
-warm-up, and the synthetic set written as a folder, prepared, trained (folder_tiny) and evaluated."""
+warm-up, and the synthetic set written as a folder, prepared, trained (folder_tiny), evaluated and
+turned into pseudo labels."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose
 from omegaconf import open_dict
+from PIL import Image
 
 import clustercam_pl.entry  # noqa: F401  (registers the round_mul resolver, as every entry point does)
 from clustercam_pl.cam.config import CAMConfig
@@ -22,6 +25,7 @@ from clustercam_pl.eval import evaluate
 from clustercam_pl.losses import clustercam_losses, seg_loss
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.prepare import main as prepare
+from clustercam_pl.pseudo_labels import run_pseudo_labels
 from clustercam_pl.train import train
 from helpers import compose_train, hydra_config
 
@@ -132,3 +136,16 @@ def test_folder_dataset_trains_and_evaluates(k, negatives, tmp_path):
     # The single-scale decoder mIoU of eval is the one the training run logged on the same val images.
     last = next(r for r in result["checkpoints"] if r["path"] == result["last"]["path"])
     assert last["miou"] == pytest.approx(summary["val/seg_miou"], abs=1e-6)
+
+    # Pseudo labels of the training split: ids are paths (train/000000), negatives are all background.
+    with hydra_config():
+        pcfg = compose("pseudo_labels", overrides=["data=folder", *data, f"ckpt_path={run / 'checkpoints/last.ckpt'}",
+                                                   f"out_dir={tmp_path / 'pl'}", "device=cpu", "cam.par_iters=2"])
+    with open_dict(pcfg):
+        pcfg.paths.output_dir = str(tmp_path / "pl_run")
+    run_pseudo_labels(pcfg)
+    train_ids = (root / "splits/train.txt").read_text().split()
+    negative = [i for i in train_ids if "negative" in i]
+    assert negative and all((tmp_path / "pl/labels" / f"{i}.png").is_file() for i in train_ids)
+    for i in negative:
+        assert not np.asarray(Image.open(tmp_path / "pl/labels" / f"{i}.png")).any()

@@ -56,6 +56,7 @@ def output_paths(out_dir: Path, image_id: str) -> tuple[Path, Path]:
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Compressed npz written to `<name>.part`, then renamed: never half-written under its own name."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # folder datasets' ids are paths (scans/p01/001)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(f, **arrays)

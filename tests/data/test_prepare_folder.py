@@ -183,7 +183,7 @@ def test_rerun_is_idempotent_and_a_refused_rerun_unprepares(raw, tmp_path: Path)
     main(argv(raw, out))
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "SegmentationClass/train/000000.png.part").write_bytes(b"half")  # an interrupted write
-    main(argv(raw, out))
+    main([*argv(raw, out), "--workers", "2"])  # and the process-pool path gives the same files
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before
     (raw["images"] / "train/000004.png").write_bytes(b"broken")
@@ -263,6 +263,17 @@ def test_missing_mask_in_a_split_with_masks(raw, tmp_path: Path) -> None:
     report = main(argv(raw, tmp_path / "out")) or json.loads((tmp_path / "out" / REPORT_NAME).read_text())
     assert report["splits_with_masks"] == ["train", "val"]
     assert read_manifest(tmp_path / "out", "folder").splits["test"].mask_dir is None
+
+
+def test_masks_folder_without_any_mask(raw, tmp_path: Path) -> None:
+    for f in raw["masks"].rglob("*.png"):
+        f.rename(f.with_suffix(".tif"))  # masks must be PNG, named like their image
+    with pytest.raises(PrepareError) as e:
+        main(argv(raw, tmp_path / "out"))
+    assert str(e.value) == (
+        f"--masks {raw['masks']}: no image of any split has a mask; a mask is <image path without its suffix>.png "
+        f"under the mask folder, e.g. {raw['masks'] / 'train/000000.png'}"
+    )
 
 
 def test_two_files_with_one_id(raw, tmp_path: Path) -> None:

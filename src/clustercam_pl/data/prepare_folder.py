@@ -538,6 +538,13 @@ def prepare_folder(
         name: masks_dir is not None and any((masks_dir / f"{i}.png").is_file() for i in ids)
         for name, ids in split_ids.items()
     }
+    if masks_dir is not None and not any(has_masks.values()):
+        first = next((ids[0] for ids in split_ids.values() if ids), "scans/001")
+        example = masks_dir / f"{first}.png"
+        raise PrepareError(
+            f"--masks {masks_dir}: no image of any split has a mask; a mask is <image path without its "
+            f"suffix>.png under the mask folder, e.g. {example}"
+        )
     tasks = []
     for name, ids in split_ids.items():
         for i in ids:
