@@ -313,6 +313,17 @@ def test_binary_masks_stored_as_255_are_refused_with_the_fix(binary, tmp_path: P
         np.testing.assert_array_equal(read_mask(out / "SegmentationClass" / rel), (src == 255).astype(np.uint8))
 
 
+def test_one_bit_masks_read_as_class_one(binary, tmp_path: Path) -> None:
+    for f in binary["masks"].rglob("*.png"):
+        Image.fromarray(np.asarray(Image.open(f)) > 0).save(f)  # bool array: a 1-bit PNG
+        assert Image.open(f).mode == "1"
+    out = tmp_path / "out"
+    main(argv(binary, out))
+    for f in binary["masks"].rglob("*.png"):
+        np.testing.assert_array_equal(read_mask(out / "SegmentationClass" / f.relative_to(binary["masks"])),
+                                      np.asarray(Image.open(f)).astype(np.uint8))
+
+
 def test_binary_masks_need_one_class(raw, tmp_path: Path) -> None:
     with pytest.raises(PrepareError) as e:
         main(argv(raw, tmp_path / "out", "--binary-masks"))
@@ -350,7 +361,8 @@ def test_skip_bad_leaves_out_exactly_the_bad_images_and_reports_them(raw, tmp_pa
 
 @pytest.mark.parametrize(
     "case",
-    ["header", "columns", "blank class", "background class", "twice", "separator", "json", "overlap", "unknown split"],
+    ["header", "columns", "blank class", "background class", "twice", "separator", "json", "overlap", "unknown split",
+     "fraction"],
 )
 def test_file_structure_mistakes_are_refused_with_file_and_line(case, raw, tmp_path: Path) -> None:
     lab, cls, splits = raw["labels"], raw["classes"], raw["splits"]
@@ -381,19 +393,21 @@ def test_file_structure_mistakes_are_refused_with_file_and_line(case, raw, tmp_p
     elif case == "json":
         lab = tmp_path / "labels.json"
         lab.write_text('{\n "train/000000.png": ["disc/stripes"],\n "train/000001.png": 3\n}\n')
-        extra = ["--labels", str(lab)]
         expected = f"{lab}:3: the value of 'train/000001.png' must be a list of class names, found 3"
     elif case == "overlap":
         (splits / "val.txt").write_text((splits / "val.txt").read_text() + "train/000005.png\n")
         n = len((splits / "val.txt").read_text().splitlines())
         expected = (f"1 image(s) are in two split files (a split must not share an image with another): "
                     f"train/000005 ({splits / 'train.txt'}:6 and {splits / 'val.txt'}:{n})")
+    elif case == "fraction":
+        extra = ["--val-fraction", "1.5"]
+        expected = "--val-fraction must be between 0 and 1 (exclusive), got 1.5"
     else:
         (splits / "train.txt").write_text("train/nope.png\n" + (splits / "train.txt").read_text())
         expected = None
-    args = argv(raw, tmp_path / "out")
-    if extra:
-        args[args.index("--labels") + 1] = extra[1]
+    args = argv(raw, tmp_path / "out", *(extra if case == "fraction" else []))
+    if case == "json":
+        args[args.index("--labels") + 1] = str(lab)
     with pytest.raises(PrepareError) as e:
         main(args)
     if expected is None:

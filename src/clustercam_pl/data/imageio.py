@@ -67,7 +67,7 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a class-index PNG (palette "P" or grayscale "L") to uint8 (H, W).
+    """Decode a class-index PNG (palette "P", grayscale "L" or 1-bit "1": 0/1) to uint8 (H, W).
 
     An RGB colour-coded mask is refused: its colours are not class indices, and converting them
     silently would give wrong labels.
@@ -75,11 +75,11 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
+            if im.mode not in ("P", "L", "1"):
                 raise ImageReadError(
-                    f"mask {path} has PIL mode {im.mode!r}; expected a single-channel index PNG (P or L)"
+                    f"mask {path} has PIL mode {im.mode!r}; expected a single-channel index PNG (P, L or 1-bit)"
                 )
-            arr = np.array(im)  # (H, W) uint8 indices (palette indices for "P")
+            arr = np.array(im).astype(np.uint8)  # (H, W) indices (palette indices for "P", 0/1 for "1")
     except FileNotFoundError as e:
         raise ImageReadError(f"missing mask: {path}") from e
     except ImageReadError:
