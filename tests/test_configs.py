@@ -17,7 +17,8 @@ def _options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_group_option_composes_and_instantiates(group, option, tmp_path):
+def test_every_group_option_composes_and_instantiates(group, option, tmp_path, monkeypatch):
+    monkeypatch.delenv("CLUSTERCAM_DATA", raising=False)
     cfg = compose_train([f"{group}={option}"], output_dir=tmp_path)
     if group in ("net", "cam", "loss", "optim"):
         kw = {"num_classes": 3} if group == "net" else {}
@@ -26,7 +27,11 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path):
         instantiate_dict(cfg.get(group))
     elif group == "data":
         dm = instantiate(cfg.data)
-        assert dm.num_classes in (4, 20, 80)
+        if option == "folder":  # K is read from the prepared root, which only data.data_root names
+            with pytest.raises(FileNotFoundError, match=r"^data\.data_root is not set for data\.dataset=folder; prepare it with"):
+                _ = dm.num_classes
+        else:
+            assert dm.num_classes in (4, 20, 80)
 
 
 @pytest.mark.parametrize("name", _options("experiment"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from clustercam_pl.data.synthetic import write_folder_dataset
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
 from helpers import CONF_DIR, compose_train
@@ -31,7 +32,11 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     prepare(voc.argv(root / "voc"))
     coco = make_coco_tree(root / "coco_raw")
     prepare(coco.argv(root / "coco"))
-    return {"voc": root / "voc", "coco": root / "coco"}
+    own = write_folder_dataset(root / "folder_raw", {"num_classes": 2, "num_train": 7, "num_val": 2, "num_test": 0},
+                               negatives=1)
+    prepare(["folder", "--images", str(own["images"]), "--labels", str(own["labels"]), "--masks", str(own["masks"]),
+             "--splits", str(own["splits"]), "--out", str(root / "folder"), "--workers", "0", "--no-progress"])
+    return {"voc": root / "voc", "coco": root / "coco", "folder": root / "folder"}
 
 
 @pytest.mark.slow
@@ -42,12 +47,15 @@ def test_experiment_runs_a_few_steps(name, prepared, tmp_path):
     if name.startswith("voc"):
         extra = [f"data.data_root={prepared['voc']}", "data.crop_size=64", "data.global_batch_size=2",
                  "data.pin_memory=false"]
+    elif name.startswith("folder"):
+        extra = [f"data.data_root={prepared['folder']}", "data.crop_size=64", "data.global_batch_size=4",
+                 "data.pin_memory=false"]  # 7 images + 1 negative: one epoch of 2 steps, then validation
     elif name.startswith("coco"):
         extra = [f"data.data_root={prepared['coco']}", "data.crop_size=64", "data.global_batch_size=2",
                  "data.pin_memory=false"]
-    if not name.startswith("synthetic"):
+    if not name.startswith(("synthetic", "folder")):
         extra.append("trainer.limit_val_batches=0")  # the fake trees' images are smaller than a cluster cell
     summary = train(compose_train([f"+experiment={name}", *SMALL, *extra], output_dir=tmp_path))
     assert summary["global_step"] == 2
-    if name.startswith("synthetic"):
+    if name.startswith(("synthetic", "folder")):
         assert 0.0 <= summary["val/seg_miou"] <= 1.0

@@ -26,6 +26,17 @@ from clustercam_pl.sweep import parse_override
 log = logging.getLogger("clustercam_pl")
 
 
+def round_mul(a: float, b: float) -> int:
+    """``round(a * b)``: config arithmetic such as a warm-up as a fraction of the run,
+    ``seg_start_epoch: ${round_mul:${trainer.max_epochs},0.625}``."""
+    return round(float(a) * float(b))
+
+
+# Registered on import: every entry point imports this module before composing its config.
+if not OmegaConf.has_resolver("round_mul"):
+    OmegaConf.register_new_resolver("round_mul", round_mul)
+
+
 def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a group such as callbacks or logger (None/empty: none)."""
     if not cfg:

@@ -60,6 +60,7 @@ def output_paths(out_dir: Path, image_id: str) -> tuple[Path, Path]:
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Compressed npz written to `<name>.part`, then renamed: never half-written under its own name."""
     tmp = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)  # ids of folder datasets are paths (train/cat/001)
     with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(f, **arrays)
     os.replace(tmp, path)
@@ -89,7 +90,7 @@ def remove_partials(out_dir: Path) -> int:
     """Delete the `.part` files an interrupted run left behind (they are never read)."""
     n = 0
     for sub in ("labels", "cams"):
-        for f in (out_dir / sub).glob("*.part"):
+        for f in (out_dir / sub).rglob("*.part"):
             f.unlink(missing_ok=True)
             n += 1
     return n

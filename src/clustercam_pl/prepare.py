@@ -1,14 +1,17 @@
-"""Dataset preparation entry point: ``python -m clustercam_pl.prepare voc|coco|import-labels ...``.
+"""Dataset preparation entry point: ``python -m clustercam_pl.prepare voc|coco|folder|import-labels ...``.
 
 Examples::
 
     python -m clustercam_pl.prepare voc --voc-root VOCdevkit/VOC2012 \\
         --sbd-root benchmark_RELEASE/dataset --test-root VOC2012test/VOC2012 --out data/voc
     python -m clustercam_pl.prepare coco --coco-root COCO2014 --out data/coco
+    python -m clustercam_pl.prepare folder --images my/images --labels my/labels.csv \\
+        --classes my/classes.txt --masks my/masks --val-fraction 0.1 --seed 0 --out data/mine
     python -m clustercam_pl.prepare import-labels --npy cls_labels.npy --dataset voc \\
         --out data/voc/cls_labels_reference.json --allow-pickle
 
-Then train with ``data_root=data/voc`` (or set ``CLUSTERCAM_DATA`` to the folder holding ``voc``/``coco``).
+Then train with ``data.data_root=data/voc`` (or set ``CLUSTERCAM_DATA`` to the folder holding
+``voc``/``coco``); a folder dataset with ``data=folder data.data_root=data/mine``.
 Exit status: 0 done, 1 refused (bad or missing input; the message names the files).
 """
 
@@ -75,6 +78,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(coco)
 
+    folder = sub.add_parser(
+        "folder",
+        help="your own images with image-level labels (and optional masks)",
+        description="Check and prepare your own images: image-level labels from a CSV, a JSON or the "
+        "folder names, optional masks, train/val(/test) splits. Every problem is named with its file.",
+    )
+    folder.add_argument("--images", required=True, help="image folder (any sub-folders)")
+    lab = folder.add_mutually_exclusive_group(required=True)
+    lab.add_argument(
+        "--labels",
+        help="CSV with the header `image,labels` (class names separated by --label-sep; empty = negative "
+        'image) or JSON {"<image path>": ["class", ...]}; paths relative to --images',
+    )
+    lab.add_argument(
+        "--labels-from-folders",
+        action="store_true",
+        help="the first folder under --images is the image's (single) class",
+    )
+    folder.add_argument(
+        "--classes", help="one class name per line; line i = class i in masks (default: the names found, sorted)"
+    )
+    folder.add_argument(
+        "--masks",
+        help="optional masks <image path without suffix>.png: 0 background, i = class i, 255 ignore",
+    )
+    folder.add_argument(
+        "--binary-masks", action="store_true", help="one-class masks stored as 0/255: read 255 as class 1"
+    )
+    folder.add_argument("--label-sep", default=";", help="separator of class names in the CSV (default ;)")
+    spl = folder.add_mutually_exclusive_group(required=True)
+    spl.add_argument(
+        "--val-fraction", type=float, help="fraction of each class's images for val (rare classes reach val)"
+    )
+    spl.add_argument("--splits", help="folder with train.txt, val.txt (and test.txt): image paths, one a line")
+    folder.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split (default 0)")
+    folder.add_argument(
+        "--quick", action="store_true", help="check images by header only (faster; misses truncated files)"
+    )
+    common(folder)
+
     imp = sub.add_parser(
         "import-labels", help="convert the reference's pickled cls_labels.npy to a label file"
     )
@@ -117,6 +160,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             splits=tuple(args.splits),
             skip_bad=args.skip_bad,
             full_decode=args.full_decode,
+            workers=args.workers,
+            progress=progress,
+        )
+    elif args.command == "folder":
+        from clustercam_pl.data.prepare_folder import prepare_folder
+
+        prepare_folder(
+            args.images,
+            args.out,
+            labels=args.labels,
+            labels_from_folders=args.labels_from_folders,
+            classes=args.classes,
+            masks=args.masks,
+            binary_masks=args.binary_masks,
+            label_sep=args.label_sep,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            splits=args.splits,
+            skip_bad=args.skip_bad,
+            full_decode=not args.quick,
             workers=args.workers,
             progress=progress,
         )

@@ -18,7 +18,7 @@ from helpers import tiny_net
     "train_mode, net_training, cam_training",
     [(True, True, True), (False, True, False), (True, False, False), (False, False, False)],
 )
-def test_make_pseudo_labels_picks_the_cam_mode_and_restores_it(train_mode, net_training, cam_training):
+def test_pseudo_label_step_picks_the_cam_mode_and_restores_it(train_mode, net_training, cam_training):
     """CAMs run in train mode (drop-path on) only for a training network with `cam.train_mode`."""
     net = tiny_net(2, embed_dim=16, depth=1, pos_grid=2).train(net_training)
     seen = []

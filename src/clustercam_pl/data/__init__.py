@@ -1,8 +1,9 @@
-"""Data: PASCAL VOC 2012 (+SBD), MS COCO 2014 and a synthetic set behind one LightningDataModule.
+"""Data: PASCAL VOC 2012 (+SBD), MS COCO 2014, your own folder and a synthetic set behind one LightningDataModule.
 
 Submodules: ``labels`` (class names, label files), ``layout`` (prepared-root manifest), ``imageio``,
-``transforms`` (albumentations recipes), ``prepared``/``voc``/``coco``/``synthetic`` (datasets),
-``datamodule`` (``WSSSDataModule``), ``prepare_voc``/``prepare_coco`` (``python -m clustercam_pl.prepare``).
+``transforms`` (albumentations recipes), ``prepared``/``voc``/``coco``/``folder``/``synthetic`` (datasets),
+``datamodule`` (``WSSSDataModule``), ``prepare_voc``/``prepare_coco``/``prepare_folder``
+(``python -m clustercam_pl.prepare``).
 
 Names are imported lazily so ``import clustercam_pl.data`` stays cheap (no torch/lightning/cv2).
 """
@@ -17,6 +18,8 @@ _EXPORTS = {
     "pad_collate": "datamodule",
     "VOCSegmentation": "voc",
     "COCOSegmentation": "coco",
+    "FolderSegmentation": "folder",
+    "write_folder_dataset": "synthetic",
     "SyntheticWSSS": "synthetic",
     "SyntheticConfig": "synthetic",
     "difficulty_knobs": "synthetic",

@@ -19,4 +19,4 @@ class COCOSegmentation(PreparedSegmentation):
     """MS COCO 2014 split; see :class:`~clustercam_pl.data.prepared.PreparedSegmentation` for args."""
 
     dataset_name: ClassVar[str] = "coco"
-    classes: ClassVar[tuple[str, ...]] = COCO_CLASSES
+    expected_classes: ClassVar[tuple[str, ...] | None] = COCO_CLASSES

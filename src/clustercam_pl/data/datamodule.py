@@ -1,4 +1,4 @@
-"""``WSSSDataModule``: VOC, COCO or the synthetic set behind one LightningDataModule.
+"""``WSSSDataModule``: VOC, COCO, a folder dataset or the synthetic set behind one LightningDataModule.
 
 Batches are dicts. Training: ``image`` float32 (B, 3, S, S), ``cls_label`` float32 (B, K),
 ``image_id`` list[str] (fixed crop size S, no mask). Evaluation: images keep their own size; a batch
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_colla
 
 from clustercam_pl.checks import check_range
 from clustercam_pl.data.labels import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES
-from clustercam_pl.data.layout import prepare_hint
+from clustercam_pl.data.layout import Manifest, prepare_hint, read_manifest
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
 from clustercam_pl.data.synthetic import class_names as synthetic_class_names
 from clustercam_pl.data.transforms import (
@@ -42,6 +42,7 @@ DATA_ENV = "CLUSTERCAM_DATA"
 DEFAULT_SPLITS = {
     "voc": ("train_aug", "val"),
     "coco": ("train", "val"),
+    "folder": ("train", "val"),
     "synthetic": ("train", "val"),
 }
 DEFAULT_CROP = 448
@@ -104,7 +105,8 @@ class WSSSDataModule(L.LightningDataModule):
     """Datasets and loaders for weakly supervised segmentation.
 
     Args:
-        dataset: "voc", "coco" or "synthetic".
+        dataset: "voc", "coco", "folder" (your own data, ``python -m clustercam_pl.prepare folder``;
+            K and the class names come from its prepared root) or "synthetic".
         data_root: the prepared root (``--out`` of ``python -m clustercam_pl.prepare``). None: the
             environment variable ``CLUSTERCAM_DATA`` joined with the dataset name. Unused for synthetic.
         train_split, val_split: split names; None gives the defaults (VOC train_aug/val, COCO
@@ -118,6 +120,10 @@ class WSSSDataModule(L.LightningDataModule):
         label_source: VOC "xml" | "mask", COCO "annotations" | "mask", or a path to a label file;
             None: the source chosen at preparation. Ignored for synthetic (labels come from the masks).
         skip_unlabeled: drop training images without any class (logged) instead of raising.
+        use_negatives: train on negative images (no class present: all-zero target, all-background
+            pseudo label). False: leave them out of training (logged); evaluation always scores every
+            image. None: True for "folder"; for VOC/COCO an empty training label stays an error (see
+            ``skip_unlabeled``), as before.
         seed: seed of the synthetic images and of the augmentation when ``num_workers=0``.
         synthetic: options of :class:`~clustercam_pl.data.synthetic.SyntheticConfig` (num_classes,
             image_size, num_train, num_val, num_test and the difficulty knobs).
@@ -141,6 +147,7 @@ class WSSSDataModule(L.LightningDataModule):
         train_transform: str = "reference",
         label_source: str | None = None,
         skip_unlabeled: bool = False,
+        use_negatives: bool | None = None,
         seed: int = 0,
         synthetic: Mapping[str, Any] | None = None,
         pin_memory: bool = False,
@@ -167,6 +174,12 @@ class WSSSDataModule(L.LightningDataModule):
         self.train_transform = train_transform
         self.label_source = label_source
         self.skip_unlabeled = skip_unlabeled
+        # What the training split does with negative images (see PreparedSegmentation).
+        if use_negatives is None:
+            self.negatives = "keep" if dataset == "folder" else "error"
+        else:
+            self.negatives = "keep" if use_negatives else "drop"
+        self._manifest: Manifest | None = None
         self.seed = seed
         self.pin_memory = pin_memory
         self.check_files = check_files
@@ -183,7 +196,7 @@ class WSSSDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ properties
     @property
     def num_classes(self) -> int:
-        """K: 20 (VOC), 80 (COCO) or the synthetic ``num_classes``."""
+        """K: 20 (VOC), 80 (COCO), the folder dataset's (from its manifest) or the synthetic ``num_classes``."""
         return len(self.class_names)
 
     @property
@@ -192,6 +205,10 @@ class WSSSDataModule(L.LightningDataModule):
             return VOC_CLASSES
         if self.dataset == "coco":
             return COCO_CLASSES
+        if self.dataset == "folder":
+            if self._manifest is None:
+                self._manifest = read_manifest(self.root, "folder")
+            return self._manifest.classes
         assert self.synthetic_config is not None
         return synthetic_class_names(self.synthetic_config.num_classes)
 
@@ -252,9 +269,10 @@ class WSSSDataModule(L.LightningDataModule):
         if self.dataset == "synthetic":
             return SyntheticWSSS(split, self.synthetic_config, self.seed, transform, with_mask=not train)
         from clustercam_pl.data.coco import COCOSegmentation
+        from clustercam_pl.data.folder import FolderSegmentation
         from clustercam_pl.data.voc import VOCSegmentation
 
-        cls = VOCSegmentation if self.dataset == "voc" else COCOSegmentation
+        cls = {"voc": VOCSegmentation, "coco": COCOSegmentation, "folder": FolderSegmentation}[self.dataset]
         return cls(
             self.root,
             split,
@@ -263,6 +281,7 @@ class WSSSDataModule(L.LightningDataModule):
             label_source=self.label_source,
             require_labels=train,
             skip_unlabeled=self.skip_unlabeled,
+            negatives=self.negatives,
             check_files=self.check_files,
         )
 

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+"""Image file suffixes (compared case-insensitively) that folder datasets pick up: formats PIL decodes."""
+
 
 class ImageReadError(OSError):
     """An image or mask file is missing, unreadable or malformed. The message names the file."""
@@ -64,7 +67,7 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a class-index PNG (palette "P" or grayscale "L") to uint8 (H, W).
+    """Decode a class-index PNG (palette "P", grayscale "L" or 1-bit "1": 0/1) to uint8 (H, W).
 
     An RGB colour-coded mask is refused: its colours are not class indices, and converting them
     silently would give wrong labels.
@@ -72,11 +75,11 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
+            if im.mode not in ("P", "L", "1"):
                 raise ImageReadError(
-                    f"mask {path} has PIL mode {im.mode!r}; expected a single-channel index PNG (P or L)"
+                    f"mask {path} has PIL mode {im.mode!r}; expected a single-channel index PNG (P, L or 1-bit)"
                 )
-            arr = np.array(im)  # (H, W) uint8 indices (palette indices for "P")
+            arr = np.array(im).astype(np.uint8)  # (H, W) indices (palette indices for "P", 0/1 for "1")
     except FileNotFoundError as e:
         raise ImageReadError(f"missing mask: {path}") from e
     except ImageReadError:
@@ -89,7 +92,8 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
 def write_index_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     """Write uint8 (H, W) class indices as a palette PNG, atomically (temp name, then ``os.replace``).
 
-    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file.
+    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file. Missing
+    parent folders are created (image ids of folder datasets are paths such as ``scans/a/001``).
     """
     path = Path(path)
     if mask.ndim != 2 or mask.dtype != np.uint8:
@@ -97,6 +101,7 @@ def write_index_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     h, w = mask.shape
     im = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
     im.putpalette(_PALETTE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     im.save(tmp, format="PNG")
     os.replace(tmp, path)

@@ -1,11 +1,12 @@
 """The prepared-dataset layout: one manifest that says where every split's files are.
 
-``python -m clustercam_pl.prepare voc|coco ... --out ROOT`` writes, under ``ROOT``::
+``python -m clustercam_pl.prepare voc|coco|folder ... --out ROOT`` writes, under ``ROOT``::
 
     clustercam_dataset.json       # this manifest; written LAST, so its absence means "not (fully) prepared"
     splits/<split>.txt            # one image id per line
     cls_labels_<source>.json      # image-level labels (see clustercam_pl.data.labels)
     <mask dir>/<id>.png           # class-index PNGs (0 background, c + 1 class c, 255 ignore)
+    image_files.json              # folder datasets only: image id -> file (the suffixes differ)
     prepare_report.json           # counts per split and class, skipped items
 
 Images are not copied: the manifest stores the image folder relative to ``ROOT`` (absolute only when
@@ -30,6 +31,10 @@ PREPARE_COMMANDS = {
         "--sbd-root benchmark_RELEASE/dataset --out DATA_ROOT"
     ),
     "coco": "python -m clustercam_pl.prepare coco --coco-root COCO2014 --out DATA_ROOT",
+    "folder": (
+        "python -m clustercam_pl.prepare folder --images IMAGES --labels labels.csv --val-fraction 0.1 "
+        "--out DATA_ROOT"
+    ),
 }
 
 
@@ -50,6 +55,7 @@ class SplitInfo:
     mask_dir: str | None = None  # None: the split has no masks (e.g. VOC test)
     has_labels: bool = True  # False: no image-level labels (e.g. VOC test)
     num_images: int = 0
+    image_files: str | None = None  # JSON {id: file relative to image_dir}; None: <id><image_ext>
 
 
 @dataclass(frozen=True)
@@ -163,16 +169,41 @@ def read_manifest(root: str | os.PathLike[str] | None, dataset: str) -> Manifest
 
 
 def read_split_list(path: str | os.PathLike[str]) -> list[str]:
-    """Image ids of a split list (one per line; blank lines ignored, extra columns ignored)."""
+    """Image ids of a split list (one per line; blank lines ignored, extra tab-separated columns ignored).
+
+    Ids may contain spaces (folder datasets name images by their path), so only a tab ends an id.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split list not found: {path}")
     ids = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
+        line = line.split("\t")[0].strip()
         if line:
-            ids.append(line.split()[0])
+            ids.append(line)
     return ids
+
+
+def write_image_files(path: str | os.PathLike[str], files: dict[str, str]) -> None:
+    """Write ``{image id: image file relative to the image folder}`` (sorted, atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(dict(sorted(files.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_image_files(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The id -> file map written by :func:`write_image_files`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file list not found: {path}")
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ValueError(f"{path} is not a JSON object of image id -> file")
+    return files
 
 
 def write_split_list(path: str | os.PathLike[str], ids: list[str]) -> None:

@@ -25,10 +25,12 @@ from torch.utils.data import Dataset
 
 from clustercam_pl.data.imageio import ImageReadError, read_mask, read_rgb
 from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside, multi_hot, read_label_file
-from clustercam_pl.data.layout import Manifest, prepare_hint, read_manifest, read_split_list
+from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 
 log = logging.getLogger(__name__)
+
+NEGATIVES = ("error", "keep", "drop")
 
 
 def _preview(ids: list[str], n: int = 5) -> str:
@@ -46,14 +48,18 @@ class PreparedSegmentation(Dataset):
         with_mask: load masks. Default: whether the split has masks. Training passes False.
         label_source: a label source of the manifest (VOC: "xml" | "mask"; COCO: "annotations" | "mask")
             or a path to a label file; default: the manifest's default.
-        require_labels: every image must have at least one class (training). An image without any is an
-            error naming it, unless ``skip_unlabeled``.
+        require_labels: every image must have a label entry (training), and, unless ``negatives`` says
+            otherwise, at least one class. An image without any is an error naming it, unless ``skip_unlabeled``.
         skip_unlabeled: drop (and log) images whose label is empty or missing instead of raising.
+        negatives: what ``require_labels`` does with a negative image (an entry with no class): "error"
+            (VOC/COCO: every training image shows a class), "keep" (its target is all zeros) or "drop"
+            (left out, logged).
         check_files: check that every image (and mask) file exists, here, in the main process.
     """
 
     dataset_name: ClassVar[str] = ""
-    classes: ClassVar[tuple[str, ...]] = ()
+    # The dataset's classes; None: whatever the manifest lists (folder datasets).
+    expected_classes: ClassVar[tuple[str, ...] | None] = ()
 
     def __init__(
         self,
@@ -65,13 +71,18 @@ class PreparedSegmentation(Dataset):
         label_source: str | None = None,
         require_labels: bool = False,
         skip_unlabeled: bool = False,
+        negatives: str = "error",
         check_files: bool = True,
     ) -> None:
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
         self.manifest: Manifest = read_manifest(root, self.dataset_name)
-        if self.manifest.classes != self.classes:
+        if self.expected_classes is not None and self.manifest.classes != self.expected_classes:
             raise ValueError(
                 f"{self.manifest.root}: manifest classes differ from the {self.dataset_name} classes"
             )
+        self.classes: tuple[str, ...] = self.manifest.classes
+        self.negatives = negatives
         self.split = split
         self.info = self.manifest.split(split)
         self.transform = transform if transform is not None else build_eval_transform()
@@ -81,6 +92,8 @@ class PreparedSegmentation(Dataset):
             )
         self.with_mask = self.info.mask_dir is not None if with_mask is None else with_mask
         self.image_dir = self.manifest.path(self.info.image_dir)
+        files = self.info.image_files
+        self.image_files = read_image_files(self.manifest.path(files)) if files else None  # id -> file
         self.mask_dir = self.manifest.path(self.info.mask_dir) if self.info.mask_dir else None
         list_file = self.manifest.path(self.info.list_file)
         if not list_file.is_file():
@@ -107,9 +120,22 @@ class PreparedSegmentation(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def image_path(self, image_id: str) -> Path:
+        """The image file of ``image_id``."""
+        if self.image_files is not None:
+            return self.image_dir / self.image_files[image_id]
+        return self.image_dir / f"{image_id}{self.info.image_ext}"
+
     def _check_labels(self, ids: list[str], require: bool, skip: bool) -> list[str]:
+        if require and self.negatives == "drop":
+            negative = {i for i in ids if i in self.labels and not self.labels[i]}
+            if negative:
+                log.info("split %r: left out %d negative image(s) (no class; negatives='drop')",
+                         self.split, len(negative))
+                ids = [i for i in ids if i not in negative]
         missing = [i for i in ids if i not in self.labels]
-        empty = [i for i in ids if i in self.labels and not self.labels[i]] if require else []
+        check_empty = require and self.negatives == "error"
+        empty = [i for i in ids if i in self.labels and not self.labels[i]] if check_empty else []
         if not missing and not empty:
             return ids
         problems = []
@@ -132,12 +158,14 @@ class PreparedSegmentation(Dataset):
         return kept
 
     def _check_files(self) -> None:
-        ext = self.info.image_ext
-        missing = [
-            str(self.image_dir / f"{i}{ext}")
-            for i in self.ids
-            if not (self.image_dir / f"{i}{ext}").is_file()
-        ]
+        if self.image_files is not None:
+            unlisted = [i for i in self.ids if i not in self.image_files]
+            if unlisted:
+                raise ValueError(
+                    f"{len(unlisted)} image id(s) of split {self.split!r} are not in {self.info.image_files}: "
+                    f"{_preview(unlisted, 3)}; {prepare_hint(self.dataset_name)}"
+                )
+        missing = [str(p) for p in map(self.image_path, self.ids) if not p.is_file()]
         if self.with_mask and self.mask_dir is not None:
             missing += [
                 str(self.mask_dir / f"{i}.png")
@@ -165,7 +193,7 @@ class PreparedSegmentation(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
-        image = read_rgb(self.image_dir / f"{image_id}{self.info.image_ext}")  # (H, W, 3) uint8
+        image = read_rgb(self.image_path(image_id))  # (H, W, 3) uint8
         mask = None
         if self.with_mask:
             assert self.mask_dir is not None

@@ -32,10 +32,13 @@ Difficulty knobs (:func:`difficulty_knobs` returns them with defaults and meanin
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -237,8 +240,13 @@ class _Canvas:
         return (1 - t) * a + t * b  # (S, S, 3)
 
 
-def render(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its mask: uint8 (S, S, 3) RGB and uint8 (S, S) with 0 bg, c + 1 class c."""
+def render(
+    config: SyntheticConfig, rng: np.random.Generator, with_objects: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its mask: uint8 (S, S, 3) RGB and uint8 (S, S) with 0 bg, c + 1 class c.
+
+    ``with_objects=False`` renders a negative image: background and distractors only, mask all 0.
+    """
     cfg, s = config, config.image_size
     cv = _Canvas(s, cfg.rotate_textures)
     # Background: gradient between two colours plus a faint random texture.
@@ -264,7 +272,8 @@ def render(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarra
     inst = np.zeros((s, s), dtype=np.int16)  # (S, S) instance id, 0 = none
     areas: list[int] = []
     placed: list[tuple[float, float, float]] = []
-    for _ in range(rng.integers(1, cfg.max_objects + 1)):
+    n_objects = int(rng.integers(1, cfg.max_objects + 1)) if with_objects else 0
+    for _ in range(n_objects):
         c = int(rng.integers(cfg.num_classes))
         for _try in range(12):
             r = rng.uniform(*cfg.scale_range) * s / 2
@@ -302,10 +311,13 @@ def render(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarra
     return image, mask
 
 
-def make_sample(config: SyntheticConfig, seed: int, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+def make_sample(
+    config: SyntheticConfig, seed: int, split: str, index: int, with_objects: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Render item ``index`` of ``split``; the same arguments always give the same arrays."""
-    rng = np.random.default_rng([int(seed), SPLIT_CODES[split], int(index)])
-    return render(config, rng)
+    key = [int(seed), SPLIT_CODES[split], int(index)]
+    rng = np.random.default_rng(key if with_objects else [*key, 1])  # negatives: their own stream
+    return render(config, rng, with_objects)
 
 
 class SyntheticWSSS(Dataset):
@@ -395,3 +407,64 @@ def save_preview(
     fig.suptitle(f"synthetic WSSS ({cfg.image_size}px, K={cfg.num_classes}): images and masks", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.fspath(path), dpi=100)
+
+
+def write_folder_dataset(
+    out: str | os.PathLike[str],
+    config: SyntheticConfig | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    *,
+    negatives: int | Mapping[str, int] = 0,
+    labels_format: str = "csv",
+) -> dict[str, Path]:
+    """Write the synthetic set to disk as a user's own dataset would look: the input of ``prepare folder``.
+
+    Layout under ``out``::
+
+        images/<split>/<index>.png        # positives: the same images as SyntheticWSSS(split)
+        images/<split>/negative_<j>.png   # ``negatives`` (per split, or {split: n}) images with no object
+        masks/<split>/<name>.png          # class-index masks: 0 background, i = class i
+        labels.csv | labels.json          # `image,labels` (names joined by ';'; empty = negative)
+        classes.txt                       # line i = class i (the synthetic class names)
+        splits/<split>.txt                # image paths relative to images/, for --splits
+
+    Splits with no image (``num_test=0``) are left out. Returns the paths of images, masks, labels,
+    classes and splits (the arguments ``prepare folder`` takes).
+    """
+    from PIL import Image
+
+    if labels_format not in ("csv", "json"):
+        raise ValueError(f"labels_format must be 'csv' or 'json', got {labels_format!r}")
+    cfg = config if isinstance(config, SyntheticConfig) else SyntheticConfig.from_dict(config)
+    root = Path(out)
+    paths = {"images": root / "images", "masks": root / "masks", "classes": root / "classes.txt",
+             "labels": root / f"labels.{labels_format}", "splits": root / "splits"}
+    names = class_names(cfg.num_classes)
+    n_neg = {s: int(negatives.get(s, 0)) if isinstance(negatives, Mapping) else int(negatives) for s in SPLIT_CODES}
+    rows: dict[str, list[str]] = {}
+    for split in SPLIT_CODES:
+        items = [(f"{i:06d}", i, True) for i in range(cfg.length(split))]
+        items += [(f"negative_{j:04d}", j, False) for j in range(n_neg[split])]
+        if not items:
+            continue
+        for d in ("images", "masks"):
+            (paths[d] / split).mkdir(parents=True, exist_ok=True)
+        listed = []
+        for name, index, with_objects in items:
+            image, mask = make_sample(cfg, seed, split, index, with_objects)
+            rel = f"{split}/{name}.png"
+            Image.fromarray(image).save(paths["images"] / rel)
+            Image.fromarray(mask).save(paths["masks"] / rel)
+            rows[rel] = [names[c] for c in mask_classes(mask, cfg.num_classes)]
+            listed.append(rel)
+        paths["splits"].mkdir(parents=True, exist_ok=True)
+        (paths["splits"] / f"{split}.txt").write_text("".join(f"{r}\n" for r in listed), encoding="utf-8")
+    paths["classes"].write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    if labels_format == "json":
+        paths["labels"].write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    else:
+        with open(paths["labels"], "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "labels"])
+            writer.writerows([rel, ";".join(labels)] for rel, labels in rows.items())
+    return paths

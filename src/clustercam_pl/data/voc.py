@@ -19,4 +19,4 @@ class VOCSegmentation(PreparedSegmentation):
     """PASCAL VOC 2012 split; see :class:`~clustercam_pl.data.prepared.PreparedSegmentation` for args."""
 
     dataset_name: ClassVar[str] = "voc"
-    classes: ClassVar[tuple[str, ...]] = VOC_CLASSES
+    expected_classes: ClassVar[tuple[str, ...] | None] = VOC_CLASSES

@@ -1,0 +1,672 @@
+"""Prepare a user's own images with image-level labels (and optional masks): ``prepare folder``.
+
+Input::
+
+    --images DIR        images in any sub-folders (suffixes in IMAGE_EXTENSIONS, any case); an image's
+                        id is its path relative to DIR without the suffix, e.g. ``scans/p7/001``
+    --labels FILE       CSV with the header ``image,labels`` (class names separated by ``;``, empty =
+                        a negative image) or JSON ``{"<path>": ["class", ...]}``; paths relative to DIR
+    --labels-from-folders  instead: the first folder under DIR names the image's single class
+    --classes FILE      optional: one class name per line, line i = class i (mask value i); without
+                        it the names found in the labels, sorted
+    --masks DIR         optional: ``<id>.png`` single-channel or palette, 0 background, i = class i,
+                        255 ignore (``--binary-masks``: 255 is class 1 of a one-class dataset)
+    splits              ``--val-fraction F --seed S`` (per class, so rare classes reach val) or
+                        ``--splits DIR`` with train.txt, val.txt [, test.txt] (one image path a line)
+
+Output (see :mod:`clustercam_pl.data.layout`): split lists, ``cls_labels.json``, ``image_files.json``
+(id -> file: suffixes differ), ``SegmentationClass/<id>.png`` for splits with masks, the report and,
+last, the manifest (dataset ``folder`` with the class names), so ``data=folder data.data_root=OUT``
+trains with K and the names read from it. Images are not copied.
+
+Every problem found is named with its file (and ``file:line`` for label, class and split files): an
+unreadable image, a label naming an unknown class, a labels row without an image or an image without
+a row, duplicate rows, two files with one id, a mask of the wrong size or with values outside 0..K
+and 255, and masks that are all 0/255 (the foreground stored as 255). Per-image problems are refused
+together, or with ``skip_bad`` left out and listed in the report; mistakes in the files' structure
+(header, columns, class list, overlapping split files) are refused at once.
+
+Idempotent and restartable: the manifest of an earlier run is removed first (the root reads as "not
+prepared" until this run finishes), every check is redone (the input may have been fixed since),
+every file is written under a temporary name and renamed, and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, image_size, read_mask, write_index_png
+from clustercam_pl.data.labels import IGNORE_INDEX, write_label_file
+from clustercam_pl.data.layout import (
+    MANIFEST_NAME,
+    Manifest,
+    SplitInfo,
+    relative_to_root,
+    write_image_files,
+    write_manifest,
+    write_split_list,
+)
+from clustercam_pl.data.prepare_common import (
+    PrepareError,
+    Problem,
+    class_table,
+    count_classes,
+    handle_problems,
+    require_path,
+    run_tasks,
+    write_report,
+)
+
+MASK_DIR = "SegmentationClass"
+LABEL_FILE = "cls_labels.json"
+IMAGE_FILES = "image_files.json"
+SPLIT_FILES = ("train", "val", "test")  # --splits DIR: train.txt and val.txt required, test.txt optional
+_SHOWN_NAMES = 12  # class names listed in an "unknown class" message
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One labels entry: the image path as written, the class names, and where it is (``file:line``)."""
+
+    path: str
+    names: tuple[str, ...]
+    where: str
+
+
+def image_id(rel_path: str) -> str:
+    """The id of an image: its path relative to the image folder, POSIX separators, without suffix."""
+    return str(PurePosixPath(rel_path).with_suffix(""))
+
+
+def _normalise(path: str) -> str | None:
+    """A path as written in a labels or split file -> POSIX relative path; None if absolute or with '..'."""
+    p = PurePosixPath(path.strip().replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return None
+    return str(p)
+
+
+def scan_images(root: Path, exclude: Sequence[Path] = ()) -> list[str]:
+    """Image files under ``root`` (relative POSIX paths, sorted); hidden names and ``exclude`` folders skipped."""
+    skip = {os.path.abspath(p) for p in exclude}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and os.path.abspath(os.path.join(dirpath, d)) not in skip
+        )
+        rel_dir = Path(dirpath).relative_to(root)
+        for f in filenames:
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                found.append((rel_dir / f).as_posix())
+    return sorted(found)
+
+
+# ------------------------------------------------------------------------------------ input files
+def read_classes_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Class names, line i = class i (mask value i). Blank lines inside, duplicates and 'background' are errors."""
+    path = require_path(Path(path), "classes file (--classes)")
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names: list[str] = []
+    first: dict[str, int] = {}
+    for n, line in enumerate(lines, 1):
+        name = line.strip()
+        if not name:
+            raise PrepareError(
+                f"{path}:{n}: empty line; line i names class i (mask value i), so a blank line would shift "
+                "every class after it: remove it"
+            )
+        if name.lower() == "background":
+            raise PrepareError(
+                f"{path}:{n}: {name!r} is not a class: background is mask value 0 and is not listed "
+                "(line 1 is class 1): remove this line"
+            )
+        if name in first:
+            raise PrepareError(f"{path}:{n}: class {name!r} is listed twice (first on line {first[name]})")
+        first[name] = n
+        names.append(name)
+    if not names:
+        raise PrepareError(f"{path} lists no class (one class name per line)")
+    return tuple(names)
+
+
+def read_csv_labels(path: Path, sep: str = ";") -> list[_Row]:
+    """Rows of a CSV labels file with the header ``image,labels``; a structural mistake names file:line."""
+    if not sep:
+        raise PrepareError("--label-sep must not be empty")
+    rows: list[_Row] = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header] != ["image", "labels"]:
+            found = "an empty file" if header is None else f"`{','.join(header)}`"
+            raise PrepareError(
+                f"{path}:1: the first row must be the header `image,labels`, found {found} "
+                f"(then one row per image: `path/to/image.jpg,class a{sep}class b`)"
+            )
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != 2:
+                raise PrepareError(
+                    f"{where}: expected 2 columns `image,labels`, found {len(row)} (quote a field that "
+                    'contains a comma: `"a,b.jpg",cat`; a negative image is `path,` with empty labels)'
+                )
+            names = tuple(dict.fromkeys(n.strip() for n in row[1].split(sep) if n.strip()))
+            rows.append(_Row(row[0].strip(), names, where))
+    return rows
+
+
+def read_json_labels(path: Path) -> list[_Row]:
+    """Entries of a JSON labels file ``{"<path>": ["class", ...]}``, each with its line (duplicates kept)."""
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
+    except json.JSONDecodeError as e:
+        raise PrepareError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+    if not isinstance(pairs, list) or (pairs and not isinstance(pairs[0], tuple)):
+        raise PrepareError(f'{path}: expected a JSON object {{"<image path>": ["class", ...], ...}}')
+    rows: list[_Row] = []
+    pos = 0
+    for key, value in pairs:
+        at = text.find(json.dumps(key, ensure_ascii=False), pos)  # the key's place, for the line number
+        if at < 0:
+            at = text.find(json.dumps(key), pos)
+        line = text.count("\n", 0, at) + 1 if at >= 0 else None
+        pos = at + 1 if at >= 0 else pos
+        where = f"{path}:{line}" if line else str(path)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PrepareError(f"{where}: the value of {key!r} must be a list of class names, found {value!r}")
+        rows.append(_Row(key, tuple(dict.fromkeys(v.strip() for v in value if v.strip())), where))
+    return rows
+
+
+def folder_labels(files: Sequence[str], images: Path) -> tuple[list[_Row], list[Problem]]:
+    """``--labels-from-folders``: the first folder of each path is its class; images at the top are errors."""
+    rows, problems = [], []
+    for rel in files:
+        parts = PurePosixPath(rel).parts
+        if len(parts) < 2:
+            problems.append(
+                Problem(
+                    image_id(rel),
+                    str(images / rel),
+                    "image is not inside a class folder (--labels-from-folders: the first folder under "
+                    "--images names the class); move it into one, or give a labels CSV",
+                )
+            )
+            continue
+        rows.append(_Row(rel, (parts[0],), str(images / rel)))
+    return rows, problems
+
+
+def _close(name: str, classes: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, classes, n=1)
+    return f"did you mean {match[0]!r}? " if match else ""
+
+
+def _listing(classes: Sequence[str]) -> str:
+    more = f", ... ({len(classes)} in all)" if len(classes) > _SHOWN_NAMES else ""
+    return ", ".join(classes[:_SHOWN_NAMES]) + more
+
+
+# -------------------------------------------------------------------------------------------- splits
+def split_by_class(
+    labels: dict[str, list[int]], num_classes: int, fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """(train, val) ids: each class sends ``round(fraction * n)`` of its n images to val (at least 1 when
+    n >= 2, never all), rarest class first, so rare classes appear in val; negatives are split alike.
+
+    A class's images not drawn for val go to train at once, so a later (commoner) class does not pull
+    more of them into val. Deterministic in ``seed``.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise PrepareError(f"--val-fraction must be between 0 and 1 (exclusive), got {fraction}")
+    rng = random.Random(seed)
+    ids = sorted(labels)
+    rng.shuffle(ids)
+    by_class: list[list[str]] = [[] for _ in range(num_classes)]
+    for i in ids:
+        for c in labels[i]:
+            by_class[c].append(i)
+    val_count = [0] * num_classes
+    where: dict[str, str] = {}
+    for c in sorted(range(num_classes), key=lambda c: (len(by_class[c]), c)):
+        n = len(by_class[c])
+        target = min(n - 1, max(1, round(fraction * n))) if n >= 2 else 0
+        for i in by_class[c]:
+            if i in where:
+                continue
+            if val_count[c] < target:
+                where[i] = "val"
+                for cc in labels[i]:
+                    val_count[cc] += 1
+            else:
+                where[i] = "train"
+    negatives = [i for i in ids if not labels[i]]
+    n_val = round(fraction * len(negatives))
+    for k, i in enumerate(negatives):
+        where[i] = "val" if k < n_val else "train"
+    train = sorted(i for i in ids if where[i] == "train")
+    val = sorted(i for i in ids if where[i] == "val")
+    if not val or not train:
+        raise PrepareError(
+            f"--val-fraction {fraction} leaves {len(train)} training and {len(val)} validation images of "
+            f"{len(ids)}: choose another fraction, or give the splits with --splits DIR"
+        )
+    return train, val
+
+
+def read_split_files(
+    split_dir: Path, known: dict[str, str], id_of_path: dict[str, str]
+) -> tuple[dict[str, list[str]], list[Problem]]:
+    """``--splits DIR``: ids of train.txt, val.txt (test.txt); unknown or repeated lines are problems,
+    an image in two splits is refused (train and val must not share an image).
+
+    ``known``: id -> image file of the labelled images; ``id_of_path``: every image path -> id.
+    """
+    require_path(split_dir, "splits folder (--splits)")
+    splits: dict[str, list[str]] = {}
+    first: dict[str, str] = {}  # id -> where it was first listed
+    problems: list[Problem] = []
+    clashes = []
+    for name in SPLIT_FILES:
+        path = split_dir / f"{name}.txt"
+        if not path.is_file():
+            if name == "test":
+                continue
+            raise PrepareError(f"split file not found: {path} (--splits DIR needs train.txt and val.txt)")
+        ids: list[str] = []
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            rel = _normalise(line)
+            i = id_of_path.get(rel) if rel is not None else None
+            if i is None and rel is not None and image_id(rel) in known:
+                i = image_id(rel)  # listed without (or with another) suffix
+            if i is None:
+                problems.append(
+                    Problem(line.strip(), where, f"{where}: {line.strip()!r} is not an image under --images")
+                )
+                continue
+            if i in first:
+                if first[i].startswith(str(path)):
+                    problems.append(Problem(i, where, f"{where}: {line.strip()!r} is listed twice (first {first[i]})"))
+                else:
+                    clashes.append(f"{i} ({first[i]} and {where})")
+                continue
+            first[i] = where
+            ids.append(i)
+        splits[name] = ids
+    if clashes:
+        more = f" ... and {len(clashes) - 10} more" if len(clashes) > 10 else ""
+        raise PrepareError(
+            f"{len(clashes)} image(s) are in two split files (a split must not share an image with "
+            f"another): {'; '.join(clashes[:10])}{more}"
+        )
+    return splits, problems
+
+
+# --------------------------------------------------------------------------------------- per image
+@dataclass(frozen=True)
+class _Task:
+    image_id: str
+    image: str
+    mask_src: str | None
+    out_mask: str | None
+    num_classes: int
+    binary: bool
+    full_decode: bool
+
+
+def _process(task: _Task) -> dict[str, Any]:
+    """Check one image and its mask; write the mask as an index PNG. Runs in a worker process.
+
+    Returns the problems, the mask's raw pixel counts of values 1..K and 255 (for the 0/255 check)
+    and its histogram over 0..K and 255 after ``--binary-masks`` (K + 2 values).
+    """
+    res: dict[str, Any] = {"id": task.image_id, "problems": [], "hist": None, "raw_fg": 0, "raw_ignore": 0}
+    try:
+        h, w = image_size(task.image, full_decode=task.full_decode)
+    except ImageReadError as e:
+        res["problems"].append(Problem(task.image_id, task.image, str(e)))
+        return res
+    if task.mask_src is None or task.out_mask is None:
+        return res
+    try:
+        raw = read_mask(task.mask_src)  # (H, W) uint8
+    except ImageReadError as e:
+        res["problems"].append(Problem(task.image_id, task.mask_src, str(e)))
+        return res
+    if raw.shape != (h, w):
+        res["problems"].append(
+            Problem(
+                task.image_id,
+                task.mask_src,
+                f"mask size {raw.shape[1]}x{raw.shape[0]} != image {w}x{h} ({task.image})",
+            )
+        )
+        return res
+    k = task.num_classes
+    counts = np.bincount(raw.ravel(), minlength=256)  # (256,) pixels per value
+    allowed = np.zeros(256, dtype=bool)
+    allowed[: (1 if task.binary else k) + 1] = True
+    allowed[IGNORE_INDEX] = True
+    bad = np.flatnonzero((counts > 0) & ~allowed)
+    if bad.size:
+        expected = "0, 1 and 255 (--binary-masks)" if task.binary else f"0..{k} and 255"
+        shown = bad[:10].tolist()
+        res["problems"].append(
+            Problem(task.image_id, task.mask_src, f"mask values {shown} outside {expected}")
+        )
+        return res
+    res["raw_fg"] = int(counts[1 : k + 1].sum())
+    res["raw_ignore"] = int(counts[IGNORE_INDEX])
+    mask = raw
+    if task.binary:
+        mask = np.where(raw == IGNORE_INDEX, 1, raw).astype(np.uint8)  # (H, W): 255 is the class
+        counts = counts.copy()
+        counts[1] += counts[IGNORE_INDEX]
+        counts[IGNORE_INDEX] = 0
+    res["hist"] = [int(counts[v]) for v in range(k + 1)] + [int(counts[IGNORE_INDEX])]
+    write_index_png(task.out_mask, mask)
+    return res
+
+
+# ---------------------------------------------------------------------------------------- the command
+def prepare_folder(
+    images: str | Path,
+    out: str | Path,
+    *,
+    labels: str | Path | None = None,
+    labels_from_folders: bool = False,
+    classes: str | Path | None = None,
+    masks: str | Path | None = None,
+    binary_masks: bool = False,
+    label_sep: str = ";",
+    val_fraction: float | None = None,
+    seed: int = 0,
+    splits: str | Path | None = None,
+    skip_bad: bool = False,
+    full_decode: bool = True,
+    workers: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Check an image folder with labels (and masks), write the prepared layout under ``out``.
+
+    Returns the report (also written to ``out/prepare_report.json``).
+
+    Raises:
+        FileNotFoundError: ``images``, ``labels``, ``classes``, ``masks`` or ``splits`` is missing.
+        PrepareError: a file's structure is wrong (named with file:line), or bad items and not ``skip_bad``.
+    """
+    images = require_path(Path(images), "image folder (--images)")
+    out = Path(out)
+    if (labels is None) == (not labels_from_folders):
+        raise PrepareError("give exactly one of --labels FILE and --labels-from-folders")
+    if (val_fraction is None) == (splits is None):
+        raise PrepareError("give exactly one of --val-fraction F (with --seed S) and --splits DIR")
+    masks_dir = require_path(Path(masks), "mask folder (--masks)") if masks is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # "not prepared" until this run has finished
+
+    # 1. images on disk and their labels
+    files = scan_images(images, exclude=[out] + ([masks_dir] if masks_dir is not None else []))
+    if not files:
+        raise PrepareError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found under {images}")
+    problems: list[Problem] = []
+    by_id: dict[str, list[str]] = {}
+    for rel in files:
+        by_id.setdefault(image_id(rel), []).append(rel)
+    for i, rels in by_id.items():
+        if len(rels) > 1:
+            problems.append(
+                Problem(
+                    i,
+                    str(images / rels[0]),
+                    f"image files {', '.join(rels)} have the same id {i!r} (masks and outputs are named by "
+                    "the path without its suffix): rename or remove all but one",
+                )
+            )
+    id_of_path = {rel: image_id(rel) for rel in files}
+    if labels_from_folders:
+        rows, row_problems = folder_labels(files, images)
+        problems += row_problems
+        labels_desc = f"folders under {images}"
+    else:
+        labels_path = require_path(Path(labels), "labels file (--labels)")
+        if labels_path.suffix.lower() == ".json":
+            rows = read_json_labels(labels_path)
+            negative_hint = '"{}": []'
+        else:
+            rows = read_csv_labels(labels_path, label_sep)
+            negative_hint = "{},"
+        labels_desc = str(labels_path)
+    class_file = Path(classes) if classes is not None else None
+    if class_file is not None:
+        names = read_classes_file(class_file)
+        csv_labels = labels is not None and Path(labels).suffix.lower() != ".json"
+        bad_sep = [c for c in names if label_sep in c] if csv_labels else []
+        if bad_sep:
+            raise PrepareError(
+                f"{class_file}: class name {bad_sep[0]!r} contains the label separator {label_sep!r}: "
+                "pass another one, e.g. --label-sep '|'"
+            )
+    else:
+        names = tuple(sorted({n for r in rows for n in r.names if n.lower() != "background"}))
+        if not names:
+            raise PrepareError(f"the labels ({labels_desc}) name no class: every image is a negative")
+    index = {n: c for c, n in enumerate(names)}
+    k = len(names)
+    if binary_masks and k != 1:
+        raise PrepareError(
+            f"--binary-masks reads mask value 255 as class 1 and needs exactly one class, but there are {k}: "
+            f"{_listing(names)}"
+        )
+
+    label_of: dict[str, list[int]] = {}
+    row_at: dict[str, str] = {}
+    for r in rows:
+        rel = _normalise(r.path)
+        i = id_of_path.get(rel) if rel is not None else None
+        if i is None and rel is not None and image_id(rel) in by_id:
+            i = image_id(rel)  # written without (or with another) suffix
+        if i is None:
+            what = "must be relative to --images" if rel is None else "names no image file"
+            problems.append(Problem(image_id(rel or r.path), r.where, f"{r.where}: {r.path!r} {what} ({images})"))
+            continue
+        if i in row_at:
+            problems.append(Problem(i, r.where, f"{r.where}: second row for {r.path!r} (first at {row_at[i]})"))
+            continue
+        row_at[i] = r.where
+        idx = []
+        for n in r.names:
+            if n.lower() == "background":
+                problems.append(
+                    Problem(i, r.where, f"{r.where}: 'background' is not a class (every image has background; "
+                            "a negative image has empty labels): remove it")
+                )
+            elif n not in index:
+                source = class_file if class_file is not None else "the labels"
+                problems.append(
+                    Problem(i, r.where, f"{r.where}: class {n!r} is not in {source} ({_close(n, names)}"
+                            f"it lists: {_listing(names)})")
+                )
+            else:
+                idx.append(index[n])
+        label_of[i] = sorted(set(idx))
+
+    # 2. splits
+    if splits is not None:
+        split_ids, split_problems = read_split_files(Path(splits), by_id, id_of_path)
+        problems += split_problems
+        split_desc = f"--splits {splits}"
+    else:
+        assert val_fraction is not None
+        train, val = split_by_class({i: label_of.get(i, []) for i in by_id}, k, float(val_fraction), seed)
+        split_ids = {"train": train, "val": val}
+        split_desc = f"--val-fraction {val_fraction} --seed {seed}"
+    used = {i for ids in split_ids.values() for i in ids}
+    if not labels_from_folders:  # (there, an image outside a class folder is reported already)
+        for i in sorted(used - set(row_at)):
+            rel = by_id[i][0]
+            problems.append(
+                Problem(i, str(images / rel), f"no row for it in {labels_desc} (a negative image, with no "
+                        f"class, is the row `{negative_hint.format(rel)}`)")
+            )
+    # Images that exist but are in no split are not prepared, so their problems do not count.
+    problems = [p for p in problems if p.image_id in used or p.image_id not in by_id]
+
+    # 3. every image of a split (and its mask) through the workers
+    has_masks = {
+        name: masks_dir is not None and any((masks_dir / f"{i}.png").is_file() for i in ids)
+        for name, ids in split_ids.items()
+    }
+    if masks_dir is not None and not any(has_masks.values()):
+        first = next((ids[0] for ids in split_ids.values() if ids), "scans/001")
+        example = masks_dir / f"{first}.png"
+        raise PrepareError(
+            f"--masks {masks_dir}: no image of any split has a mask; a mask is <image path without its "
+            f"suffix>.png under the mask folder, e.g. {example}"
+        )
+    tasks = []
+    for name, ids in split_ids.items():
+        for i in ids:
+            src = masks_dir / f"{i}.png" if masks_dir is not None else None
+            if has_masks[name] and src is not None and not src.is_file():
+                problems.append(
+                    Problem(i, str(src), f"missing mask (other images of split {name!r} have one: every image "
+                            "of a split needs a mask, or none does)")
+                )
+                src = None
+            tasks.append(
+                _Task(
+                    i,
+                    str(images / by_id[i][0]),
+                    str(src) if has_masks[name] and src is not None else None,
+                    str(out / MASK_DIR / f"{i}.png") if has_masks[name] else None,
+                    k,
+                    binary_masks,
+                    full_decode,
+                )
+            )
+    hist: dict[str, list[int]] = {}
+    raw_fg = raw_ignore = 0
+    for r in run_tasks(_process, tasks, workers=workers, desc="images", progress=progress):
+        problems += r["problems"]
+        if r["hist"] is not None:
+            hist[r["id"]] = r["hist"]
+            raw_fg += r["raw_fg"]
+            raw_ignore += r["raw_ignore"]
+    for part in (out / MASK_DIR).rglob("*.part") if (out / MASK_DIR).is_dir() else ():
+        part.unlink()
+    if hist and raw_fg == 0 and raw_ignore > 0 and not binary_masks:
+        values = "0 background, i = class i of the class list, 255 ignore"
+        fix = (
+            f"Rerun with --binary-masks to read 255 as class 1 ({names[0]!r}), or fix the files ({values})"
+            if k == 1
+            else f"Fix the files ({values}); --binary-masks is for a dataset of one class"
+        )
+        raise PrepareError(
+            f"the masks under {masks_dir} hold only the values 0 and 255, no pixel of a class 1..{k}: the "
+            f"foreground looks stored as 255, which means 'ignore'. {fix}"
+        )
+
+    problems.sort(key=lambda p: (p.image_id, p.path))
+    bad = handle_problems(problems, skip_bad, log)
+
+    # 4. outputs
+    kept = {name: [i for i in ids if i not in bad] for name, ids in split_ids.items()}
+    for name, ids in kept.items():
+        if not ids and name in ("train", "val"):
+            raise PrepareError(f"split {name!r} has no image left after leaving out the bad ones")
+    for name, ids in kept.items():
+        write_split_list(out / "splits" / f"{name}.txt", ids)
+    good = sorted({i for ids in kept.values() for i in ids})
+    write_label_file(out / LABEL_FILE, {i: label_of[i] for i in good}, names, f"folder: {labels_desc}")
+    write_image_files(out / IMAGE_FILES, {i: by_id[i][0] for i in good})
+
+    counts = {name: count_classes(ids, label_of, k) for name, ids in kept.items()}
+    sizes = {name: len(ids) for name, ids in kept.items()}
+    negatives = {name: sum(not label_of[i] for i in ids) for name, ids in kept.items()}
+    pixel_fraction: dict[str, dict[str, float]] = {}
+    mismatch: dict[str, int] = {}
+    for name, ids in kept.items():
+        if not has_masks[name]:
+            continue
+        total = np.sum([hist[i] for i in ids], axis=0)  # (K + 2,): values 0..K, then ignore
+        valid = max(int(total[: k + 1].sum()), 1)
+        pixel_fraction[name] = {
+            "background": float(total[0]) / valid,
+            **{n: float(total[c + 1]) / valid for c, n in enumerate(names)},
+            "ignored_of_all_pixels": float(total[k + 1]) / max(int(total.sum()), 1),
+        }
+        mismatch[name] = sum([c for c in range(k) if hist[i][c + 1] > 0] != label_of[i] for i in ids)
+    missing = {
+        name: [n for n, c in zip(names, counts[name], strict=True) if c == 0] for name in kept
+    }
+    report: dict[str, Any] = {
+        "dataset": "folder",
+        "classes": list(names),
+        "images": str(images),
+        "labels": labels_desc,
+        "masks": None if masks_dir is None else str(masks_dir),
+        "binary_masks": binary_masks,
+        "splits_from": split_desc,
+        "images_per_split": sizes,
+        "images_per_class": {name: dict(zip(names, c, strict=True)) for name, c in counts.items()},
+        "negatives_per_split": negatives,
+        "splits_with_masks": [name for name in kept if has_masks[name]],
+        "mask_pixel_fraction": pixel_fraction,
+        "label_vs_mask_mismatches": mismatch,
+        "classes_without_images": {name: v for name, v in missing.items() if v},
+        "images_in_no_split": len(by_id) - len(used),
+        "skipped": problems if skip_bad else [],
+    }
+    write_report(out, report)
+
+    infos = {
+        name: SplitInfo(
+            name,
+            f"splits/{name}.txt",
+            relative_to_root(images, out),
+            "",
+            MASK_DIR if has_masks[name] else None,
+            True,
+            len(ids),
+            IMAGE_FILES,
+        )
+        for name, ids in kept.items()
+    }
+    write_manifest(out, Manifest(out, "folder", names, infos, {"labels": LABEL_FILE}, "labels"))
+
+    log(class_table(names, counts, sizes))
+    log("negatives".ljust(max(len(c) for c in names) + 2) + "".join(str(negatives[n]).rjust(12) for n in kept))
+    for name, frac in pixel_fraction.items():
+        shown = ", ".join(f"{n} {100 * v:.1f}%" for n, v in frac.items() if n != "ignored_of_all_pixels")
+        log(f"{name} mask pixels: {shown} (ignored: {100 * frac['ignored_of_all_pixels']:.1f}% of all)")
+    if "train" in missing and missing["train"]:
+        log(f"warning: classes without a training image (they cannot be learned): {', '.join(missing['train'])}")
+    if "val" in missing and missing["val"]:
+        log(f"note: classes without a validation image: {', '.join(missing['val'])}")
+    if report["images_in_no_split"]:
+        log(f"note: {report['images_in_no_split']} image(s) under {images} are in no split file (not prepared)")
+    log(f"prepared {sum(sizes.values())} images, {k} class(es), under {out}; train with "
+        f"`python -m clustercam_pl.train +experiment=folder_vits data.data_root={out}`")
+    return report
