@@ -228,3 +228,49 @@ def test_format1_checkpoint_resumes_training(tmp_path):
     assert summary["epoch"] == 3 and summary["global_step"] == 6  # resumed at step 4, one epoch of 2 steps
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["clustercam"]["format"] == 2 and resumed["global_step"] == 6
+
+
+# ------------------------------------------------------------------ one resolver for every command
+def test_one_checkpoint_from_a_file_a_run_folder_or_a_glob(tmp_path, caplog):
+    from clustercam_pl.checkpoint import find_one_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("step0000050.ckpt", "best-epoch001.ckpt", "last.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+    last = run / "checkpoints" / "last.ckpt"
+    assert find_one_checkpoint(str(last)) == last
+    with caplog.at_level("INFO", logger="clustercam_pl.checkpoint"):
+        assert find_one_checkpoint(str(run)) == last  # a run folder: its last.ckpt
+    assert f"ckpt_path={run}: using {last}" in caplog.text
+    assert find_one_checkpoint(str(run / "checkpoints" / "step*.ckpt")).name == "step0000050.ckpt"
+    (run / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(ValueError) as err:
+        find_one_checkpoint(str(run))
+    folder = run / "checkpoints"
+    assert str(err.value) == (f"ckpt_path={run} gives 2 checkpoints ({folder / 'best-epoch001.ckpt'}, "
+                              f"{folder / 'step0000050.ckpt'}): pass one file")
+
+
+def test_export_and_training_take_a_run_folder_as_ckpt_path(tmp_path):
+    """`export_labels ckpt_path=<run folder>` said "checkpoint not found" although eval took the folder."""
+    from hydra import compose
+
+    from clustercam_pl.entry import resolve_ckpt
+    from clustercam_pl.export_labels import export_pseudo_labels
+    from helpers import hydra_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(FORMAT1.read_bytes())
+    data = [*FORMAT1_EXPECTED["data_overrides"], "device=cpu"]
+    with hydra_config():
+        cfg = compose("export_labels", overrides=[*data, f"ckpt_path={run}", "split=val", "cam.par_iters=2",
+                                                  f"out_dir={tmp_path / 'pl'}", "limit=1"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "export")
+    summary = export_pseudo_labels(cfg)
+    assert summary["checkpoint"] == str(run / "checkpoints" / "last.ckpt") and summary["computed"] == 1
+    with hydra_config():
+        train_cfg = compose("train", overrides=[f"ckpt_path={run}"])
+    assert resolve_ckpt(train_cfg) == str(run / "checkpoints" / "last.ckpt")

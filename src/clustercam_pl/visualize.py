@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clustercam_pl.cam.refine import denormalize
+from clustercam_pl.cam.refine import denormalize, valid_cams
 from clustercam_pl.data.imageio import voc_palette as imageio_palette
 from clustercam_pl.models.utils import training_mode
 
@@ -52,7 +52,7 @@ def _normalize_present(maps: Tensor, cls_label: Tensor) -> Tensor:
     """(B, K, H, W): each map min-max scaled to [0, 1], the classes absent from the image zeroed."""
     maps = maps - maps.amin(dim=(2, 3), keepdim=True)
     maps = maps / maps.amax(dim=(2, 3), keepdim=True).clamp_min(1e-8)
-    return torch.where(cls_label[:, :, None, None] > 0, maps, torch.zeros_like(maps))
+    return valid_cams(maps, (cls_label > 0).to(maps.dtype))
 
 
 def _present_max(maps: Tensor, cls_label: Tensor) -> Tensor:
