@@ -207,12 +207,13 @@ def test_class_names_rule():
 
 
 # ------------------------------------------------------------------------------------- end to end
-def test_predict_user_images_with_a_trained_checkpoint(trained_ckpt, tmp_path):
+def test_predict_user_images_with_a_trained_checkpoint(trained_ckpt, tmp_path, caplog):
     sizes, corrupt = user_images(tmp_path / "in")
     out = tmp_path / "out"
     summary = run_predict(compose_predict([f"ckpt_path={trained_ckpt.parent.parent}", f"input={tmp_path / 'in'}",
                                            f"out_dir={out}", "eval=ss"]))
     assert summary["failed"] == [str(corrupt)] and summary["predicted"] == len(sizes)
+    assert f"skipping {corrupt}: cannot read image {corrupt}: image file is truncated" in caplog.text
     assert summary["class_names"] == NAMES  # carried by the framework checkpoint
     failed = (out / "failed.txt").read_text().splitlines()
     assert len(failed) == 1 and failed[0].startswith(f"{corrupt}\tcannot read image {corrupt}: image file is truncated")

@@ -7,8 +7,9 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
                          its text chunk ``clustercam_prediction`` holds the image's record (below)
     <key>_overlay.jpg    the image blended with the class colours, a legend of the classes present
     <key>_cam_<class>.jpg  with cams: the multi-scale CAM of each class above the threshold, as a heat map
-    predictions.jsonl    one record per readable input, in input order: input path, size, the sigmoid
-                         class-token score of every class, the classes above the threshold, the pixel
+    predictions.jsonl    one record per readable input, in input order: absolute input path, size, the
+                         sigmoid class-token score of every class (the protocol's first scale, as
+                         `inference.predict` gives it), the classes above the threshold, the pixel
                          fraction of each class in the mask
     failed.txt           the inputs that could not be read (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
@@ -320,7 +321,7 @@ def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[s
     counts = np.bincount(pred.label.ravel(), minlength=len(class_names) + 1)  # (K+1,)
     names = ["background", *class_names]
     return {
-        "input": str(item.path),
+        "input": os.path.abspath(item.path),
         "output": item.key,
         "width": W, "height": H,
         "predicted_size": {"width": pred.predicted_size[1], "height": pred.predicted_size[0]},
@@ -352,7 +353,7 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
             im.load()
             record = json.loads(im.text[RECORD_KEY])
             mask_size = im.size
-        if record["input"] != str(item.path):
+        if record["input"] != os.path.abspath(item.path):
             log.warning("redoing %s: its outputs were made from %s", item.path, record["input"])
             return None
         size = (int(record["width"]), int(record["height"]))
@@ -456,7 +457,8 @@ def write_failed(out_dir: Path, failed: Sequence[tuple[InputImage, str]]) -> Pat
         path.unlink(missing_ok=True)
         return None
     reasons = (" ".join(reason.split()) for _, reason in failed)
-    return write_text_atomic(path, "".join(f"{item.path}\t{r}\n" for (item, _), r in zip(failed, reasons, strict=True)))
+    lines = (f"{os.path.abspath(item.path)}\t{r}\n" for (item, _), r in zip(failed, reasons, strict=True))
+    return write_text_atomic(path, "".join(lines))
 
 
 def predict_images(
@@ -506,7 +508,8 @@ def predict_images(
     write_failed(out_dir, failed)
     summary = {
         "checkpoint": str(path), "out_dir": str(out_dir), "inputs": len(items),
-        "predicted": result.computed, "reused": result.reused, "failed": [str(item.path) for item, _ in failed],
+        "predicted": result.computed, "reused": result.reused,
+        "failed": [os.path.abspath(item.path) for item, _ in failed],
         "seconds": round(seconds, 3),
         "images_per_s": round(result.computed / seconds, 3) if result.computed and seconds > 0 else None,
         **settings.as_dict(), "class_names": names,
