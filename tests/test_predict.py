@@ -22,10 +22,11 @@ from hydra import compose
 from PIL import Image, ImageOps
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.checkpoint import framework_section, resolve_class_names
+from clustercam_pl.checkpoint import framework_section, load_checkpoint, resolve_class_names
 from clustercam_pl.data.imageio import read_image_any
 from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_sample
+from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
 from clustercam_pl.prediction import RECORD_KEY, list_inputs, working_size
 from clustercam_pl.train import train
@@ -236,6 +237,12 @@ def test_predict_cams_resume_and_redo(tiny_ckpt, tmp_path):
     assert first["predicted"] == 3 and first["failed"] == [] and not (out / "failed.txt").exists()
     check_outputs(out, sizes, inputs, 0.0, cams=True)
     assert len(list(out.rglob("*_cam_*.jpg"))) == 3 * 4  # threshold 0: every class of every image
+    with Image.open(out / "b.png") as im:
+        record = json.loads(im.text[RECORD_KEY])
+    x, _ = apply_transform(build_eval_transform(), read_image_any(inputs / "b.jpg"))  # (3, 48, 48)
+    with torch.no_grad():
+        expected = torch.sigmoid(load_checkpoint(tiny_ckpt).net(x[None]).cls_logits[0])  # scale 1, not 0.5
+    assert list(record["scores"].values()) == pytest.approx(expected.tolist(), abs=2e-6)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".png", ".jpg")}
 
     again = predict_cfg(tiny_ckpt, inputs, out, "cams=true", "threshold=0.0", "eval=ms_flip")

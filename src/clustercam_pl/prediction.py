@@ -8,9 +8,9 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
     <key>_overlay.jpg    the image blended with the class colours, a legend of the classes present
     <key>_cam_<class>.jpg  with cams: the multi-scale CAM of each class above the threshold, as a heat map
     predictions.jsonl    one record per readable input, in input order: absolute input path, size, the
-                         sigmoid class-token score of every class (the protocol's first scale, as
-                         `inference.predict` gives it), the classes above the threshold, the pixel
-                         fraction of each class in the mask
+                         sigmoid class-token score of every class (at scale 1 when the protocol
+                         has it), the classes above the threshold, the pixel fraction of each class
+                         in the mask
     failed.txt           the inputs that could not be read (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
 
@@ -236,7 +236,9 @@ def predict_image(
     h, w = working_size(H, W, settings.max_side, min_input_side(net), scales)
     x, _ = apply_transform(build_eval_transform(), _resize(rgb, h, w))
     x = x[None].to(device)  # (1, 3, h, w)
-    pred = predict(net, x, p.scales, p.flip)
+    # Max fusion does not depend on the order of the scales, and `predict` takes the class scores from the
+    # first one: scale 1 first, so the scores are those of the image itself, not of its half-size copy.
+    pred = predict(net, x, sorted(p.scales, key=lambda s: s != 1.0), p.flip)
     probs = pred.probs  # (1, K+1, h, w)
     if p.crf is not None:
         probs = crf_refine(x, probs, None, p.crf)
