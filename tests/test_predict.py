@@ -187,6 +187,10 @@ def test_list_inputs_mirrors_folders_and_separates_same_names(tmp_path):
     assert [i.key for i in items] == ["a/x", "c/y", "missing"] and items[0].path == tmp_path / "in" / "a" / "x.jpg"
     with pytest.raises(FileNotFoundError, match=r"^input=.*nowhere does not exist: pass input=<folder \| glob \| image \| \.txt list>$"):
         list_inputs(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=r"^input=.*in is out_dir or lies inside it \(.*\): the masks would land among the inputs; pass an out_dir=\.\.\. outside the input folder$"):
+        list_inputs(str(tmp_path / "in"), exclude=tmp_path / "in")
+    with pytest.raises(ValueError, match=r"^input: .*a/x\.jpg lies inside out_dir \(.*/in\); pass an out_dir=\.\.\. outside the inputs$"):
+        list_inputs(str(listing), exclude=tmp_path / "in")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"^input=.*empty holds no image files \(suffixes \.jpg, .*any case\)$"):
         list_inputs(str(tmp_path / "empty"))

@@ -130,6 +130,9 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
         if text in ("", "???"):
             raise ValueError(f"{key} is not set: pass {key}=<folder | glob | image | .txt list>")
         if p.is_dir():
+            if exclude is not None and p.resolve().is_relative_to(exclude):
+                raise ValueError(f"{key}={text} is out_dir or lies inside it ({exclude}): the masks would land "
+                                 "among the inputs; pass an out_dir=... outside the input folder")
             files, root = _image_files(p, exclude), p.resolve()
         elif glob.has_magic(text):
             files = sorted((Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file()),
@@ -145,6 +148,9 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
             raise FileNotFoundError(
                 f"{key}={text} holds no image files (suffixes {', '.join(IMAGE_EXTENSIONS)}, any case)"
             )
+    inside = [f for f in files if exclude is not None and f.resolve().is_relative_to(exclude)]
+    if inside:  # a listed file inside out_dir: its mask could overwrite it
+        raise ValueError(f"{key}: {inside[0]} lies inside out_dir ({exclude}); pass an out_dir=... outside the inputs")
     unique: dict[str, Path] = {}
     for f in files:
         unique.setdefault(str(f.resolve()), f)
