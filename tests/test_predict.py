@@ -156,6 +156,12 @@ def test_read_image_any_modes_and_orientation(tmp_path):
     assert (got[..., 1] == got[..., 0]).all() and np.median(got) > 100
     rgba = np.asarray(Image.open(tmp_path / "in" / "rgba.png"))
     np.testing.assert_array_equal(read_image_any(tmp_path / "in" / "rgba.png"), rgba[..., :3])  # alpha dropped
+    pal = Image.fromarray(synthetic_rgb(0)).quantize(8)
+    pal.info["transparency"] = 0  # palette entry 0 transparent: its colour is kept, the alpha dropped
+    pal.save(tmp_path / "clear.png")
+    with Image.open(tmp_path / "clear.png") as im:
+        assert im.mode == "P" and "transparency" in im.info
+        np.testing.assert_array_equal(read_image_any(tmp_path / "clear.png"), np.asarray(im.convert("RGBA"))[..., :3])
     gray = read_image_any(tmp_path / "in" / "gray.png")
     assert gray.shape == (40, 56, 3) and gray[0, -1].tolist() == [255, 255, 255]
     # EXIF orientation 6: the viewer shows the stored image turned 90 degrees clockwise
