@@ -16,8 +16,8 @@ import pytest
 from helpers import TINY_OVERRIDES, compose_train
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {"clustercam-train", "clustercam-eval", "clustercam-export-labels", "clustercam-prepare", "clustercam-bench",
-           "clustercam-summarize"}
+SCRIPTS = {"clustercam-train", "clustercam-eval", "clustercam-export-labels", "clustercam-predict",
+           "clustercam-prepare", "clustercam-bench", "clustercam-summarize"}
 # A user's experiment outside the repository: the packaged synthetic recipe plus one change to recognise it by.
 MY_RUN = """\
 # @package _global_

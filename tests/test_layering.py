@@ -13,7 +13,7 @@ from pathlib import Path
 import clustercam_pl
 
 PKG = Path(clustercam_pl.__file__).parent
-ENTRY_POINTS = {"train", "eval", "export_labels", "pseudo_labels", "prepare", "bench", "summarize", "entry"}
+ENTRY_POINTS = {"train", "eval", "export_labels", "pseudo_labels", "prepare", "bench", "summarize", "entry", "predict"}
 
 # Each module's layer (lower = closer to the data); a module may import from its own layer or below.
 LAYERS: dict[str, int] = {
@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "inference": 5,
     "lit_module": 6,
     "callbacks": 7, "visualize": 7,
-    "evaluation": 8, "label_export": 8, "sweep": 8,
+    "evaluation": 8, "label_export": 8, "sweep": 8, "prediction": 8,
     **dict.fromkeys(ENTRY_POINTS, 9),
 }
 # Function-level imports that point up the layers: thin aliases kept for earlier user scripts.

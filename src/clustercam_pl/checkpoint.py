@@ -37,6 +37,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 
+from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.models import ClusterCAMNet, NetConfig
 from clustercam_pl.models.config import CAM_KEYS_OF_FORMAT_1
 from clustercam_pl.run_folder import temporary_path
@@ -334,6 +335,25 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, Tensor) and value.numel() == 1:
         return int(value.item())
     return None
+
+
+def resolve_class_names(num_classes: int, stored: Sequence[str] | None = None) -> list[str]:
+    """The K class names of a network: the ones its checkpoint stores, else by K the VOC names (20), the
+    COCO names (80), otherwise ``class_1 .. class_K``.
+
+    Reference checkpoints (and framework files written before format 2) store none; stored names of the
+    wrong length are ignored with a warning.
+    """
+    if stored is not None:
+        if len(stored) == num_classes:
+            return [str(n) for n in stored]
+        log.warning("the checkpoint names %d classes for a network of %d; naming them by K instead",
+                    len(stored), num_classes)
+    if num_classes == len(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    if num_classes == len(COCO_CLASSES):
+        return list(COCO_CLASSES)
+    return [f"class_{i}" for i in range(1, num_classes + 1)]
 
 
 def load_checkpoint(path: str | os.PathLike, **reference_overrides: Any) -> LoadedCheckpoint:

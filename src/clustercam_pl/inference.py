@@ -57,7 +57,7 @@ class Prediction:
     """Segmentation probabilities and image-level class scores of a batch."""
 
     probs: Tensor  # (B, K+1, H, W) max-fused softmax; 0 in the padding
-    cls_logits: Tensor  # (B, K) class-token logits of the first scale's unflipped image
+    cls_logits: Tensor  # (B, K) class-token logits of the unflipped image at the scale nearest 1
 
 
 @torch.no_grad()
@@ -65,7 +65,9 @@ def _predict_unpadded(net: ClusterCAMNet, x: Tensor, scales: Sequence[float], fl
     """`Prediction` of images (B, 3, H, W) that all have their own size."""
     B, _, H, W = x.shape
     fused, cls_logits = None, None
-    for s in scales:
+    # Max fusion does not depend on the order of the scales; the class scores come from the first, so
+    # the scale nearest 1 goes first: the scores of the image itself, not of its half-size copy.
+    for s in sorted(scales, key=lambda s: abs(s - 1.0)):
         h, w = int(H * s), int(W * s)
         xs = x if (h, w) == (H, W) else F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
         if flip:

@@ -20,13 +20,19 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def write_metrics(path: Path, metrics: dict[str, Any]) -> Path:
-    """JSON written to a temporary file and renamed: a reader never sees half a file."""
+def write_text_atomic(path: Path, text: str, tmp_suffix: str = ".part") -> Path:
+    """Text written to `<name><tmp_suffix>` and renamed: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    tmp = path.with_name(path.name + tmp_suffix)
+    tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> Path:
+    """JSON written to a temporary file and renamed: a reader never sees half a file."""
+    text = json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n"
+    return write_text_atomic(path, text, tmp_suffix=".tmp")
 
 
 def iou_table(per_class: list[float], names: list[str]) -> str:

@@ -7,10 +7,12 @@ Every failure names the file: a corrupt JPEG deep inside a DataLoader worker is 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """Image file suffixes (compared case-insensitively) that folder datasets pick up: formats PIL decodes."""
@@ -66,6 +68,44 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 (H, W, 3): high bit depths scaled to 0..255 (never clipped), alpha dropped."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # 16-bit grayscale (PNG, TIFF; "I" is how some Pillow versions and codecs open it): 0..65535 -> 0..255.
+        # PIL's own convert("L") clips at 255 instead, which turns almost every pixel white.
+        levels = np.asarray(im).astype(np.float64).clip(0, 65535) / 257.0  # (H, W)
+        gray = np.rint(levels).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode == "F":  # float images have no fixed range: min-max scaled
+        x = np.asarray(im, dtype=np.float64)  # (H, W)
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        gray = np.rint(np.nan_to_num((x - lo) / (hi - lo) if hi > lo else x * 0) * 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # the palette's transparency entry, then dropped with the alpha below
+    return np.asarray(im.convert("RGB"))  # L, LA, 1, P, RGBA (alpha dropped), CMYK, YCbCr, ...
+
+
+def read_image_any(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode any image file a user has to uint8 (H, W, 3) RGB, in the orientation a viewer shows.
+
+    JPEG, PNG, BMP, TIFF, WebP, ...; grayscale, palette, RGBA (alpha dropped), 16-bit (scaled
+    0..65535 -> 0..255); the EXIF orientation tag is applied (``ImageOps.exif_transpose``), so a phone
+    photo is predicted and its outputs sized as it is displayed. The first frame of a multi-frame file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode everything here: a truncated file fails now, naming the file
+            oriented = ImageOps.exif_transpose(im)
+            arr = _to_rgb8(oriented)
+    except FileNotFoundError as e:
+        raise ImageReadError(f"missing image: {path}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
+    return np.ascontiguousarray(arr)
+
+
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode a class-index PNG (palette "P", grayscale "L" or 1-bit "1": 0/1) to uint8 (H, W).
 
@@ -89,11 +129,14 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return arr
 
 
-def write_index_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
+def write_index_png(
+    path: str | os.PathLike[str], mask: np.ndarray, text: Mapping[str, str] | None = None
+) -> None:
     """Write uint8 (H, W) class indices as a palette PNG, atomically (temp name, then ``os.replace``).
 
     A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file. Missing
     parent folders are created (image ids of folder datasets are paths such as ``scans/a/001``).
+    ``text`` is stored as PNG text chunks (``Image.open(path).text`` reads them back).
     """
     path = Path(path)
     if mask.ndim != 2 or mask.dtype != np.uint8:
@@ -103,5 +146,10 @@ def write_index_png(path: str | os.PathLike[str], mask: np.ndarray) -> None:
     im.putpalette(_PALETTE)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    im.save(tmp, format="PNG")
+    info = None
+    if text:
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
+    im.save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, path)

@@ -1,0 +1,63 @@
+"""Apply a trained model to your own images: `python -m clustercam_pl.predict ckpt_path=... input=... out_dir=...`.
+
+Masks, overlays, optional CAM heat maps and predictions.jsonl for a folder, glob, image or .txt list of
+images (`clustercam_pl.prediction` does the work and documents the outputs). The protocol is the
+`eval` config group of `clustercam_pl.eval`. Exit status 0 when every input was predicted,
+`EXIT_SOME_FAILED` when some could not be read (they are listed in <out_dir>/failed.txt), 1 on errors.
+`run_predict(cfg)` is importable (tests call it); `main` is the Hydra wrapper.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from clustercam_pl.device import resolve_device
+from clustercam_pl.entry import net_overrides, record_env
+from clustercam_pl.eval import checkpoint_spec, protocol_from_config
+from clustercam_pl.prediction import FAILED, predict_images
+
+log = logging.getLogger("clustercam_pl.predict")
+
+EXIT_SOME_FAILED = 3
+"""Exit status when some inputs could not be read (the others were predicted)."""
+
+
+def input_spec(value: Any) -> str | list[str]:
+    if isinstance(value, ListConfig | list | tuple):
+        return [str(v) for v in value]
+    return str(value)
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict every input of `cfg.input` into `cfg.out_dir`; record env.json there; return the summary."""
+    device = resolve_device(cfg.get("device", "auto"))
+    out_dir = Path(str(cfg.out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_env(cfg, out_dir, accelerator=device.type)
+    names = cfg.get("class_names")
+    return predict_images(
+        checkpoint_spec(cfg.ckpt_path), input_spec(cfg.input), out_dir, protocol_from_config(cfg.eval), device,
+        cams=bool(cfg.get("cams", False)), threshold=cfg.get("threshold", 0.5), max_side=cfg.get("max_side", 1024),
+        class_names=None if names is None else [str(n) for n in OmegaConf.to_container(names)],
+        overwrite=bool(cfg.get("overwrite", False)), progress=bool(cfg.get("progress", True)),
+        net_overrides=net_overrides(cfg),
+    )
+
+
+@hydra.main(config_path="conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    summary = run_predict(cfg)
+    if summary["failed"]:
+        log.error("%d of %d inputs could not be read (listed in %s); exit status %d",
+                  len(summary["failed"]), summary["inputs"], Path(summary["out_dir"]) / FAILED, EXIT_SOME_FAILED)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,525 @@
+"""A trained network applied to a user's own images: masks, overlays, CAMs and scores on disk, resumable.
+
+No labels, no dataset preparation: the inputs are files (a folder, a glob, one image or a .txt list).
+For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_inputs`):
+
+    <key>.png            palette PNG (VOC colours): 0 background, c + 1 class c, the input's W x H;
+                         its text chunk ``clustercam_prediction`` holds the image's record (below)
+    <key>_overlay.jpg    the image blended with the class colours, a legend of the classes present
+    <key>_cam_<class>.jpg  with cams: the multi-scale CAM of each class above the threshold, as a heat map
+    predictions.jsonl    one record per readable input, in input order: absolute input path, size, the
+                         sigmoid class-token score of every class (at scale 1 when the protocol
+                         has it), the classes above the threshold, the pixel fraction of each class
+                         in the mask
+    failed.txt           the inputs that could not be read (path, tab, reason); absent when none
+    predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
+
+Resumable: every file is written to ``<name>.part`` and renamed, the mask (with the record) last; an
+input is done when all of its files exist and read back, and a rerun computes only the others, then
+rebuilds predictions.jsonl from the records (complete, no duplicates). `predict_subset` processes any
+subset of the inputs, so a sharded run can give each process its own indices. Plain arguments only (the
+entry point is `clustercam_pl.predict`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.crf import crf_refine, require_crf
+from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
+from clustercam_pl.checkpoint import find_one_checkpoint, load_checkpoint, resolve_class_names
+from clustercam_pl.checks import check_range
+from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
+from clustercam_pl.data.transforms import apply_transform, build_eval_transform
+from clustercam_pl.evaluation import Protocol
+from clustercam_pl.inference import predict
+from clustercam_pl.label_export import file_sha256
+from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.models.utils import training_mode
+from clustercam_pl.results import write_metrics, write_text_atomic
+from clustercam_pl.visualize import voc_palette
+
+log = logging.getLogger("clustercam_pl.predict")
+
+META_FORMAT = 1
+RECORD_KEY = "clustercam_prediction"
+"""PNG text chunk of `<key>.png` that holds the image's predictions.jsonl record."""
+JSONL, FAILED, META = "predictions.jsonl", "failed.txt", "predict_meta.json"
+OVERLAY_ALPHA = 0.5  # weight of the class colour over a non-background pixel
+CAM_ALPHA = 0.5  # weight of the heat map over the image
+JPEG_QUALITY = 90
+
+
+# ---------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class InputImage:
+    """One input file and the name of its outputs below out_dir ('/'-separated, no suffix)."""
+
+    path: Path
+    key: str
+
+
+def _image_files(folder: Path, exclude: Path | None) -> list[Path]:
+    files = []
+    for f in folder.rglob("*"):
+        if f.suffix.lower() not in IMAGE_EXTENSIONS or not f.is_file():
+            continue
+        if exclude is not None and f.resolve().is_relative_to(exclude):
+            continue  # our own outputs, when out_dir lies inside the input folder
+        files.append(f)
+    return sorted(files, key=lambda f: f.as_posix())
+
+
+def _list_file(path: Path) -> list[Path]:
+    """The paths of a .txt list: one a line, '#' comments, relative ones relative to the list's folder."""
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append(p if p.is_absolute() else path.parent / p)
+    return out
+
+
+def _keys(files: Sequence[Path], root: Path) -> list[str]:
+    """Output names: the path relative to `root` without suffix; inputs that would share one (a.jpg and
+    a.png in one folder) keep their suffix in the name instead (a_jpg, a_png)."""
+    rel = [Path(os.path.relpath(f.resolve(), root)).as_posix() for f in files]
+    plain = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
+    counts: dict[str, int] = {}
+    for k in plain:
+        counts[k.lower()] = counts.get(k.lower(), 0) + 1
+    return [k if counts[k.lower()] == 1 else k + "_" + Path(r).suffix.lstrip(".").lower()
+            for k, r in zip(plain, rel, strict=True)]
+
+
+def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: Path | None = None,
+                key: str = "input") -> list[InputImage]:
+    """The images of `spec`: a folder (its image files, sub-folders included), a glob pattern, one image,
+    a .txt list of paths, or a list of paths. `exclude` (out_dir) is never read as input.
+
+    Output names mirror the input's sub-folders: relative to the folder for a folder, to the inputs'
+    deepest common folder otherwise, so ``a/x.jpg`` and ``b/x.jpg`` give ``a/x.png`` and ``b/x.png``.
+    Files of a list need not exist: a missing one is reported as failed, the others still run.
+    """
+    exclude = exclude.resolve() if exclude is not None else None
+    if not isinstance(spec, str | os.PathLike):
+        files, root = [Path(p) for p in spec], None
+        if not files:
+            raise ValueError(f"{key} is an empty list: pass {key}=<folder | glob | image | .txt list>")
+    else:
+        text = os.fspath(spec)
+        p = Path(text).expanduser()
+        if text in ("", "???"):
+            raise ValueError(f"{key} is not set: pass {key}=<folder | glob | image | .txt list>")
+        if p.is_dir():
+            if exclude is not None and p.resolve().is_relative_to(exclude):
+                raise ValueError(f"{key}={text} is out_dir or lies inside it ({exclude}): the masks would land "
+                                 "among the inputs; pass an out_dir=... outside the input folder")
+            files, root = _image_files(p, exclude), p.resolve()
+        elif glob.has_magic(text):
+            files = sorted((Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file()),
+                           key=lambda f: f.as_posix())
+            files, root = [f for f in files if exclude is None or not f.resolve().is_relative_to(exclude)], None
+        elif p.is_file() and p.suffix.lower() == ".txt":
+            files, root = _list_file(p), None
+        elif p.is_file():
+            files, root = [p], p.resolve().parent
+        else:
+            raise FileNotFoundError(f"{key}={text} does not exist: pass {key}=<folder | glob | image | .txt list>")
+        if not files:
+            raise FileNotFoundError(
+                f"{key}={text} holds no image files (suffixes {', '.join(IMAGE_EXTENSIONS)}, any case)"
+            )
+    inside = [f for f in files if exclude is not None and f.resolve().is_relative_to(exclude)]
+    if inside:  # a listed file inside out_dir: its mask could overwrite it
+        raise ValueError(f"{key}: {inside[0]} lies inside out_dir ({exclude}); pass an out_dir=... outside the inputs")
+    unique: dict[str, Path] = {}
+    for f in files:
+        unique.setdefault(str(f.resolve()), f)
+    files = list(unique.values())
+    if root is None:
+        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+    return [InputImage(f, k) for f, k in zip(files, _keys(files, root), strict=True)]
+
+
+# ------------------------------------------------------------------------------------ prediction
+@dataclass(frozen=True)
+class PredictSettings:
+    """What is predicted: the protocol, the image-level threshold, the working size, the CAMs."""
+
+    protocol: Protocol
+    threshold: float = 0.5
+    max_side: int = 1024
+    cams: bool = False
+    cam: CAMConfig = field(default_factory=CAMConfig)  # scales / flip / cam_layers / p2p_refine of the CAMs
+
+    def __post_init__(self) -> None:
+        check_range("threshold", self.threshold, ge=0, le=1)
+        check_range("max_side", self.max_side, ge=1, integer=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        cam = ({"scales": list(self.cam.scales), "flip": self.cam.flip, "cam_layers": self.cam.cam_layers,
+                "p2p_refine": self.cam.p2p_refine} if self.cams else None)
+        return {"protocol": self.protocol.as_dict(), "threshold": self.threshold, "max_side": self.max_side,
+                "cams": self.cams, "cam": cam}
+
+
+@dataclass
+class ImagePrediction:
+    """One image's prediction at the input's own size."""
+
+    label: np.ndarray  # (H, W) uint8: 0 background, c + 1 class c
+    scores: np.ndarray  # (K,) sigmoid of the class-token logits
+    cams: dict[int, np.ndarray]  # class index -> (H, W) float32 in [0, 1], the classes above the threshold
+    predicted_size: tuple[int, int]  # (h, w) the network saw
+
+
+def cam_settings(stored: Mapping[str, Any]) -> CAMConfig:
+    """The CAM settings a checkpoint trained with (its `LoadedCheckpoint.cam`; {}: the reference's)."""
+    known = {f.name for f in fields(CAMConfig)}
+    return CAMConfig(**{k: v for k, v in stored.items() if k in known})
+
+
+def min_input_side(net: ClusterCAMNet) -> int:
+    """The smallest input side the network takes: one cluster cell of patches (one patch without clusters)."""
+    backbone = net.backbone
+    cell = max(backbone.cluster_grid) if backbone.has_clusters else 1
+    return backbone.patch_size * cell
+
+
+def working_size(height: int, width: int, max_side: int, min_side: int, scales: Sequence[float]) -> tuple[int, int]:
+    """(h, w) the network sees: the image shrunk so its longer side is at most `max_side`, then enlarged
+    where the smallest scale would make the shorter side smaller than `min_side` (aspect kept)."""
+    f = min(1.0, max_side / max(height, width))
+    h, w = max(round(height * f), 1), max(round(width * f), 1)
+    s = min(scales)
+    if int(min(h, w) * s) < min_side:
+        g = math.ceil(min_side / s) / min(h, w)
+        h, w = math.ceil(h * g), math.ceil(w * g)
+        while int(min(h, w) * s) < min_side:
+            h, w = h + 1, w + 1
+    return h, w
+
+
+def _resize(array: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
+    if array.shape[:2] == (height, width):
+        return array
+    shrink = height * width < array.shape[0] * array.shape[1]
+    mode = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(array, (width, height), interpolation=mode)
+
+
+@torch.no_grad()
+def predict_image(
+    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
+) -> ImagePrediction:
+    """Mask, class scores and (if asked) CAMs of one uint8 (H, W, 3) image, at its own size (eval mode).
+
+    The network sees the image at `working_size`; the label map comes back with nearest-neighbour
+    resizing (labels are never blended), CAMs bilinearly.
+    """
+    H, W = rgb.shape[:2]
+    p = settings.protocol
+    scales = [*p.scales, *(settings.cam.scales if settings.cams else ())]
+    h, w = working_size(H, W, settings.max_side, min_input_side(net), scales)
+    x, _ = apply_transform(build_eval_transform(), _resize(rgb, h, w))
+    x = x[None].to(device)  # (1, 3, h, w)
+    pred = predict(net, x, p.scales, p.flip)
+    probs = pred.probs  # (1, K+1, h, w)
+    if p.crf is not None:
+        probs = crf_refine(x, probs, None, p.crf)
+    label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()  # (h, w)
+    scores = torch.sigmoid(pred.cls_logits[0]).cpu().numpy()  # (K,)
+    cams: dict[int, np.ndarray] = {}
+    present = [int(c) for c in np.flatnonzero(scores > settings.threshold)]
+    if settings.cams and present:
+        c = settings.cam
+        with training_mode(net, False):
+            maps = multi_scale_cam(net, x, c.scales, c.flip, c.cam_layers, c.p2p_refine)[0]  # (K, h, w)
+        for k in present:
+            cams[k] = _resize(maps[k].float().cpu().numpy(), H, W)  # (H, W)
+    return ImagePrediction(_resize(label, H, W, nearest=True), scores, cams, (h, w))
+
+
+# ---------------------------------------------------------------------------------------- drawing
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def overlay_image(rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """uint8 (H, W, 3): the image with its non-background pixels blended with the VOC colour of their
+    class, and a legend (colour, name) of the classes present in the top-left corner."""
+    pal = voc_palette().astype(np.float32)  # (256, 3)
+    out = rgb.astype(np.float32)
+    fg = label > 0  # (H, W)
+    out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[fg]]
+    im = Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8))
+    present = [int(v) for v in np.unique(label) if v > 0]
+    if present:
+        H, W = label.shape
+        size = int(np.clip(min(H, W) / 16, 10, 28))
+        font, draw = _font(size), ImageDraw.Draw(im)
+        pad, row = max(size // 4, 2), size + max(size // 4, 2)
+        names = [class_names[v - 1] if v - 1 < len(class_names) else f"class_{v}" for v in present]
+        width = max(draw.textlength(n, font=font) for n in names) + size + 3 * pad
+        draw.rectangle((0, 0, width, row * len(names) + pad), fill=(255, 255, 255))
+        for i, (v, name) in enumerate(zip(present, names, strict=True)):
+            y = pad + i * row
+            draw.rectangle((pad, y, pad + size, y + size), fill=tuple(int(c) for c in pal[v]), outline=(0, 0, 0))
+            draw.text((2 * pad + size, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(im)
+
+
+def cam_image(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): the image blended with the jet heat map of a CAM (H, W) in [0, 1]."""
+    heat = cv2.applyColorMap(np.rint(cam.clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return np.rint((1 - CAM_ALPHA) * rgb + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
+
+
+def file_label(name: str) -> str:
+    """A class name as part of a file name: runs of characters other than letters, digits, '-', '.', '_'
+    become '-' ('disc/stripes' -> 'disc-stripes')."""
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "class"
+
+
+# ------------------------------------------------------------------------------------------ files
+def output_paths(out_dir: Path, key: str, cam_names: Sequence[str] = ()) -> dict[str, Path]:
+    """The files of one input: mask, overlay and one heat map per name in `cam_names`."""
+    base = out_dir / key
+    paths = {"mask": base.with_name(base.name + ".png"), "overlay": base.with_name(base.name + "_overlay.jpg")}
+    for n in cam_names:
+        paths[f"cam:{n}"] = base.with_name(f"{base.name}_cam_{file_label(n)}.jpg")
+    return paths
+
+
+def write_jpeg(path: Path, rgb: np.ndarray) -> None:
+    """A JPEG written to `<name>.part` and renamed: never half-written under its own name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+    os.replace(tmp, path)
+
+
+def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[str], threshold: float) -> dict:
+    """The image's predictions.jsonl line."""
+    H, W = pred.label.shape
+    counts = np.bincount(pred.label.ravel(), minlength=len(class_names) + 1)  # (K+1,)
+    names = ["background", *class_names]
+    return {
+        "input": os.path.abspath(item.path),
+        "output": item.key,
+        "width": W, "height": H,
+        "predicted_size": {"width": pred.predicted_size[1], "height": pred.predicted_size[0]},
+        "scores": {n: round(float(s), 6) for n, s in zip(class_names, pred.scores, strict=True)},
+        "classes": [n for n, s in zip(class_names, pred.scores, strict=True) if s > threshold],
+        "pixel_fraction": {names[c]: round(int(counts[c]) / (H * W), 6) for c in np.flatnonzero(counts)},
+    }
+
+
+def write_outputs(out_dir: Path, item: InputImage, rgb: np.ndarray, pred: ImagePrediction,
+                  class_names: Sequence[str], threshold: float) -> dict[str, Any]:
+    """Every file of one input (the mask, which carries the record, last); returns the record."""
+    record = make_record(item, pred, class_names, threshold)
+    paths = output_paths(out_dir, item.key, [class_names[k] for k in pred.cams])
+    for k, cam in pred.cams.items():
+        write_jpeg(paths[f"cam:{class_names[k]}"], cam_image(rgb, cam))
+    write_jpeg(paths["overlay"], overlay_image(rgb, pred.label, class_names))
+    write_index_png(paths["mask"], pred.label, text={RECORD_KEY: json.dumps(record)})
+    return record
+
+
+def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | None:
+    """The record of a finished input: all of its files exist, decode and have the input's size; else None."""
+    paths = output_paths(out_dir, item.key)
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    try:
+        with Image.open(paths["mask"]) as im:
+            im.load()
+            record = json.loads(im.text[RECORD_KEY])
+            mask_size = im.size
+        if record["input"] != os.path.abspath(item.path):
+            log.warning("redoing %s: its outputs were made from %s", item.path, record["input"])
+            return None
+        size = (int(record["width"]), int(record["height"]))
+        cam_names = record["classes"] if cams else []
+        for name, p in output_paths(out_dir, item.key, cam_names).items():
+            if name == "mask":
+                got = mask_size
+            else:
+                with Image.open(p) as im:
+                    im.load()
+                    got = im.size
+            if got != size:
+                raise ValueError(f"{p.name} is {got[0]}x{got[1]}, the record says {size[0]}x{size[1]}")
+    except Exception as e:  # anything unreadable is redone, never trusted
+        log.warning("redoing %s: its outputs do not read back (%s: %s)", item.path, type(e).__name__, e)
+        return None
+    return record
+
+
+def remove_partials(out_dir: Path) -> int:
+    """Delete the `.part` files an interrupted run left behind (they are never read)."""
+    n = 0
+    for f in out_dir.rglob("*.part"):
+        f.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours."""
+    path = out_dir / META
+    if path.is_file() and not overwrite:
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"{out_dir} holds predictions made with another checkpoint or other settings ({detail}). "
+                "Pass another out_dir=..., or overwrite=true to redo every image there."
+            )
+    write_metrics(path, meta)
+
+
+# ------------------------------------------------------------------------------------------- loop
+@dataclass
+class SubsetResult:
+    """What `predict_subset` did: each index's record or failure."""
+
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)  # index -> reason
+    computed: int = 0
+    reused: int = 0
+
+
+def predict_subset(
+    net: ClusterCAMNet,
+    items: Sequence[InputImage],
+    indices: Sequence[int],
+    out_dir: Path,
+    settings: PredictSettings,
+    class_names: Sequence[str],
+    device: torch.device,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SubsetResult:
+    """Predict `items[i]` for every i in `indices` that is not done yet (all of them with `overwrite`).
+
+    Only those files are written, each atomically, so disjoint index sets can run in separate processes
+    over one out_dir. An unreadable input is logged and returned as failed; the others still run.
+    """
+    result = SubsetResult()
+    bar = tqdm(indices, desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    for i in bar:
+        item = items[i]
+        record = None if overwrite else read_done(out_dir, item, settings.cams)
+        if record is not None:
+            result.records[i], result.reused = record, result.reused + 1
+            continue
+        try:
+            rgb = read_image_any(item.path)  # (H, W, 3) uint8
+        except ImageReadError as e:
+            log.error("skipping %s: %s", item.path, e)
+            result.failed[i] = str(e)
+            continue
+        pred = predict_image(net, rgb, settings, device)
+        result.records[i] = write_outputs(out_dir, item, rgb, pred, class_names, settings.threshold)
+        result.computed += 1
+    bar.close()
+    return result
+
+
+def write_jsonl(out_dir: Path, records: Sequence[dict[str, Any]]) -> Path:
+    """predictions.jsonl, rebuilt whole from the records (atomically): one line per readable input."""
+    return write_text_atomic(out_dir / JSONL, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_failed(out_dir: Path, failed: Sequence[tuple[InputImage, str]]) -> Path | None:
+    """failed.txt (path, tab, reason per line); removed when nothing failed (a stale list would mislead)."""
+    path = out_dir / FAILED
+    if not failed:
+        path.unlink(missing_ok=True)
+        return None
+    reasons = (" ".join(reason.split()) for _, reason in failed)
+    lines = (f"{os.path.abspath(item.path)}\t{r}\n" for (item, _), r in zip(failed, reasons, strict=True))
+    return write_text_atomic(path, "".join(lines))
+
+
+def predict_images(
+    ckpt_spec: str | os.PathLike | Sequence[str | os.PathLike],
+    input_spec: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    protocol: Protocol,
+    device: torch.device,
+    *,
+    cams: bool = False,
+    threshold: float = 0.5,
+    max_side: int = 1024,
+    class_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    net_overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Predict every input of `input_spec` into `out_dir` with one checkpoint (module docstring); returns a
+    summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies."""
+    if protocol.crf is not None:
+        require_crf()  # before the checkpoint is read
+    out_dir = Path(out_dir)
+    path = find_one_checkpoint(ckpt_spec)
+    ckpt = load_checkpoint(path, **dict(net_overrides or {}))
+    K = ckpt.net.num_classes
+    if class_names is not None and len(class_names) != K:
+        raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
+    names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
+    settings = PredictSettings(protocol, threshold, max_side, cams, cam_settings(ckpt.cam))
+    if cams:  # before any image, not at the first one with a class above the threshold
+        check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
+    items = list_inputs(input_spec, exclude=out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if n := remove_partials(out_dir):
+        log.info("removed %d partial files of an interrupted run", n)
+    meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
+            **settings.as_dict()}
+    check_meta(out_dir, meta, overwrite)
+    log.info("%s: %d inputs -> %s (%s, %d classes)", path, len(items), out_dir, protocol.name, K)
+
+    net = ckpt.net.to(device).eval()
+    t0 = time.perf_counter()
+    result = predict_subset(net, items, range(len(items)), out_dir, settings, names, device, overwrite, progress)
+    seconds = time.perf_counter() - t0
+    write_jsonl(out_dir, [result.records[i] for i in sorted(result.records)])
+    failed = [(items[i], result.failed[i]) for i in sorted(result.failed)]
+    write_failed(out_dir, failed)
+    summary = {
+        "checkpoint": str(path), "out_dir": str(out_dir), "inputs": len(items),
+        "predicted": result.computed, "reused": result.reused,
+        "failed": [os.path.abspath(item.path) for item, _ in failed],
+        "seconds": round(seconds, 3),
+        "images_per_s": round(result.computed / seconds, 3) if result.computed and seconds > 0 else None,
+        **settings.as_dict(), "class_names": names,
+    }
+    log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s); results in %s",
+             result.computed, result.reused, len(failed), seconds, summary["images_per_s"], out_dir / JSONL)
+    return summary
