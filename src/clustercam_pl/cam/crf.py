@@ -3,18 +3,28 @@
 The reference's ``seg/tool/imutils.crf_inference_inf`` (DCVL-WSSS/ClusterCAM): a fully connected
 CRF (pydensecrf) with unaries ``-log p`` (clipped at 1e-5), a Gaussian smoothness kernel and a
 bilateral appearance kernel, run for a fixed number of mean-field iterations.
+
+The CRF is CPU work of about a second per VOC image; `CRFPool` runs it in worker processes while
+the caller keeps running the network, so it does not serialise a GPU run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+K = TypeVar("K")
 
 CRF_MISSING = (
     "this protocol uses the dense CRF, which needs the optional dependency pydensecrf2: "
@@ -117,3 +127,84 @@ def crf_refine(
         p = probs[i, :, :h, :w].float().cpu().numpy()  # (C, h, w)
         out[i, :, :h, :w] = torch.from_numpy(dense_crf(rgb, p, params)).to(probs.device)
     return out
+
+
+# ------------------------------------------------------------------------------------ worker pool
+def crf_labels(image_uint8: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
+    """Label map (H, W) int64: the argmax of `dense_crf`'s marginals (what a worker sends back)."""
+    return dense_crf(image_uint8, probs, params).argmax(0)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_crf_workers(processes_per_machine: int = 1) -> int:
+    """The available cores shared among the processes of one machine (at least one worker each)."""
+    return max(1, available_cores() // max(int(processes_per_machine), 1))
+
+
+class CRFPool:
+    """Dense CRF in `workers` worker processes (0: in the calling process), results in submission order.
+
+    `imap(jobs)` pulls (key, image (H, W, 3) uint8, probs (C, H, W)) items lazily from an iterator, so
+    the network's forward pass for the next batch runs while workers refine the previous ones; at
+    most `max_pending` jobs are in flight (bounded memory). Workers start on first use, from a fork
+    server with this module preloaded (no CUDA state or threads inherited, the imports paid once).
+    Both paths compute `crf_labels`, so the labels do not depend on `workers`.
+    """
+
+    def __init__(self, params: CRFParams | None, workers: int, max_pending: int | None = None) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(
+                f"crf_workers={workers!r} must be a whole number >= 0 (0: CRF in the main process; "
+                "crf_workers=null: one per available core)"
+            )
+        self.params = params
+        self.workers = workers
+        self.max_pending = max_pending if max_pending is not None else max(2 * workers, 1)
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> CRFPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+            if ctx.get_start_method() == "forkserver":
+                ctx.set_forkserver_preload([__name__])
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return self._executor
+
+    def submit(self, image_uint8: np.ndarray, probs: np.ndarray) -> Future[np.ndarray]:
+        """The label map (H, W) of one image, as a future (already done when `workers` is 0)."""
+        if self.workers == 0:
+            done: Future[np.ndarray] = Future()
+            try:
+                done.set_result(crf_labels(image_uint8, probs, self.params))
+            except Exception as e:  # raised by result(), as a worker's would be
+                done.set_exception(e)
+            return done
+        return self._pool().submit(crf_labels, image_uint8, probs, self.params)
+
+    def imap(self, jobs: Iterable[tuple[K, np.ndarray, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]:
+        """(key, label map (H, W)) for every (key, image, probs) of `jobs`, in the order of `jobs`."""
+        pending: deque[tuple[K, Future[np.ndarray]]] = deque()
+        for key, image, probs in jobs:
+            pending.append((key, self.submit(image, probs)))
+            while pending and (len(pending) >= self.max_pending or pending[0][1].done()):
+                first, fut = pending.popleft()
+                yield first, fut.result()
+        while pending:
+            first, fut = pending.popleft()
+            yield first, fut.result()
