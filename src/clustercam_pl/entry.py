@@ -122,7 +122,18 @@ def resolved_copy(cfg: DictConfig) -> DictConfig:
     """`cfg` with every interpolation resolved here (spawned processes have no Hydra run to resolve
     `${hydra:...}` against)."""
     copy = cfg.copy()
-    OmegaConf.resolve(copy)
+    try:
+        OmegaConf.resolve(copy)
+    except Exception:  # e.g. paths.output_dir outside a Hydra run: resolve what resolves, key by key
+        for key in list(copy.keys()):
+            node = copy._get_node(key)
+            try:
+                if OmegaConf.is_config(node):
+                    OmegaConf.resolve(node)
+                else:
+                    copy[key] = copy[key]
+            except Exception as e:
+                log.debug("%s stays unresolved: %s", key, e)
     return copy
 
 

@@ -202,10 +202,11 @@ def evaluate_network(
         n_images += 1
     seconds = ranks.max(time.perf_counter() - t0)
     confmat = ranks.sum(confmat)
-    n_images = int(ranks.sum(torch.tensor(n_images)).item())
+    per_process = ranks.gather(n_images)
+    n_images = sum(per_process)
     result: dict[str, Any] = {
         "path": ckpt.path, "kind": ckpt.kind, "epoch": ckpt.epoch, "global_step": ckpt.global_step,
-        "images": n_images, "seconds": round(seconds, 3),
+        "images": n_images, "images_per_process": per_process, "seconds": round(seconds, 3),
         "images_per_s": round(n_images / seconds, 3) if seconds > 0 else None,
         "miou": None, "per_class": None,
     }
