@@ -14,7 +14,8 @@ Resumable: every file is written to `<name>.part` and renamed, so a killed run l
 files, which a rerun deletes; an image is done when both of its files exist and read back. The
 mIoU sums the per-image confusion matrices stored in the npz files, so resumed images count
 without being recomputed. On N processes (`clustercam_pl.distributed`) each image belongs to one
-process's share, and the sums are summed across processes. Plain arguments only (the entry point is `clustercam_pl.export_labels`).
+process's share, and the sums are summed across processes. Plain arguments only (the entry point
+is `clustercam_pl.export_labels`).
 """
 
 from __future__ import annotations
