@@ -67,6 +67,11 @@ def check_config(cfg: DictConfig) -> None:
                 f"net.cluster_grid={grid} is larger than the patch grid {side}x{side} of "
                 f"{side_key}={crop} with net.patch_size={patch}"
             )
+    check_multirun_strategy(cfg)
+
+
+def check_multirun_strategy(cfg: DictConfig) -> None:
+    """Refuse the script-relaunching DDP inside a sweep whose launcher runs jobs in this process."""
     strategy = str(cfg.trainer.get("strategy", ""))
     if _is_multirun() and strategy.startswith("ddp") and "spawn" not in strategy and _devices(cfg) > 1:
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")

@@ -19,7 +19,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clustercam_pl.distributed import Ranks, launch
-from clustercam_pl.entry import launch_settings, net_overrides, record_env, resolved_copy, run_dir, write_metrics
+from clustercam_pl.entry import (
+    check_multirun_strategy,
+    launch_settings,
+    net_overrides,
+    record_env,
+    resolved_copy,
+    run_dir,
+    write_metrics,
+)
 from clustercam_pl.evaluation import Protocol, evaluate_checkpoints, report
 
 log = logging.getLogger("clustercam_pl.eval")
@@ -40,6 +48,7 @@ def checkpoint_spec(value: Any) -> str | list[str]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every checkpoint of `cfg.ckpt_path` with protocol `cfg.eval` on the processes of
     `cfg.trainer` (one by default); write eval_metrics.json (the main process)."""
+    check_multirun_strategy(cfg)
     settings = launch_settings(cfg)
     return launch(settings, _evaluate, cfg if settings.single else resolved_copy(cfg))
 

@@ -306,7 +306,9 @@ def evaluate_checkpoints(
         if protocol.crf is not None:
             log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
     results = []
-    with CRFPool(protocol.crf, workers) as pool:  # starts workers only when the protocol has a CRF
+    with CRFPool(protocol.crf, workers) as pool:
+        if protocol.crf is not None:
+            pool.start()  # the workers start while the checkpoint loads
         for path in paths:
             ckpt = load_checkpoint(path, **(net_overrides or {}))
             if ckpt.net.num_classes != dm.num_classes:

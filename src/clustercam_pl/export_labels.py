@@ -21,7 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint
 from clustercam_pl.distributed import Ranks, launch
-from clustercam_pl.entry import launch_settings, net_overrides, record_env, resolved_copy, run_dir, write_metrics
+from clustercam_pl.entry import (
+    check_multirun_strategy,
+    launch_settings,
+    net_overrides,
+    record_env,
+    resolved_copy,
+    run_dir,
+    write_metrics,
+)
 from clustercam_pl.label_export import export_split
 
 log = logging.getLogger("clustercam_pl.export_labels")
@@ -45,6 +53,7 @@ def cam_settings(cfg: DictConfig, ckpt: LoadedCheckpoint) -> CAMConfig:
 def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
     """Write (or complete) the pseudo labels and CAMs of a split on the processes of `cfg.trainer`
     (one by default); return and write the metrics (the main process)."""
+    check_multirun_strategy(cfg)
     settings = launch_settings(cfg)
     return launch(settings, _export, cfg if settings.single else resolved_copy(cfg))
 

@@ -186,6 +186,14 @@ class CRFPool:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
         return self._executor
 
+    def start(self) -> CRFPool:
+        """Start the workers now (e.g. while checkpoints load) instead of at the first job."""
+        if self.workers:
+            pool = self._pool()
+            for _ in range(self.workers):
+                pool.submit(os.getpid)
+        return self
+
     def submit(self, image_uint8: np.ndarray, probs: np.ndarray) -> Future[np.ndarray]:
         """The label map (H, W) of one image, as a future (already done when `workers` is 0)."""
         if self.workers == 0:
