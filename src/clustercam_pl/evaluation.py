@@ -168,8 +168,7 @@ def _label_maps(
         for key, _, probs in predicted():
             yield key, probs.argmax(dim=0)
         return
-    if crf_pool is None:
-        raise ValueError("protocol with CRF: pass a CRFPool")
+    assert crf_pool is not None, "a protocol with CRF needs a CRFPool"
     jobs = ((key, to_uint8_image(img), p.float().cpu().numpy()) for key, img, p in predicted())
     for key, labels in crf_pool.imap(jobs):
         yield key, torch.from_numpy(labels)
@@ -306,7 +305,9 @@ def evaluate_checkpoints(
         if protocol.crf is not None:
             log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
     results = []
-    with CRFPool(protocol.crf, workers) as pool:
+    # In flight: the next batch's images (its forward pass overlaps their CRF) and two per worker.
+    max_pending = 2 * workers + int(getattr(dm, "val_batch_size", 1) or 1)
+    with CRFPool(protocol.crf, workers, max_pending=max_pending) as pool:
         if protocol.crf is not None:
             pool.start()  # the workers start while the checkpoint loads
         for path in paths:

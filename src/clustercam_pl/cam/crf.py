@@ -5,7 +5,8 @@ CRF (pydensecrf) with unaries ``-log p`` (clipped at 1e-5), a Gaussian smoothnes
 bilateral appearance kernel, run for a fixed number of mean-field iterations.
 
 The CRF is CPU work of about a second per VOC image; `CRFPool` runs it in worker processes while
-the caller keeps running the network, so it does not serialise a GPU run.
+the caller keeps running the network, so it does not serialise a GPU run. torch is imported inside
+the functions that need it, so a worker process starts with numpy and pydensecrf only.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+if TYPE_CHECKING:
+    from torch import Tensor
 
 K = TypeVar("K")
 
@@ -97,14 +97,21 @@ def dense_crf(image_uint8: np.ndarray, probs: np.ndarray, params: CRFParams | No
 
 
 def to_uint8_image(
-    image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    image: Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> np.ndarray:
     """ImageNet-normalised (3, H, W) -> uint8 (H, W, 3) RGB, rounded and clamped (never wrapped).
+    `mean` / `std`: the normalisation (None: ImageNet's, `data.transforms`).
 
     Rounding (not truncation) gives back the exact pixels of the decoded file: normalising and
     de-normalising in float32 leaves errors of ~1e-5 levels either way. Clamping keeps an
     out-of-range value at 0 or 255, where the reference's uint8 cast would wrap it around.
     """
+    import torch
+
+    from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
     m = torch.tensor(mean, dtype=torch.float32, device=image.device).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=image.device).view(3, 1, 1)
     levels = ((image.float() * s + m) * 255).round().clamp(0, 255)  # (3, H, W)
@@ -119,6 +126,8 @@ def crf_refine(
     Each image is cropped to its ``image_size`` (padding is not part of the image); the padding of
     the result is 0. Runs on the CPU (pydensecrf); the result comes back on ``probs.device``.
     """
+    import torch
+
     B, C, H, W = probs.shape
     out = torch.zeros_like(probs, dtype=torch.float32)  # (B, C, H, W)
     for i in range(B):
