@@ -77,7 +77,7 @@ def _jobs(n: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
     return out
 
 
-@pytest.mark.slow  # starts a fork server and two worker processes (~5-10 s of imports on 2 cores)
+@pytest.mark.slow  # starts two worker processes
 def test_crf_pool_with_two_workers_equals_inline():
     pytest.importorskip("pydensecrf.densecrf", reason="optional dependency pydensecrf2 is not installed")
     jobs = _jobs(6)
@@ -86,10 +86,12 @@ def test_crf_pool_with_two_workers_equals_inline():
         a = list(inline.imap(iter(jobs)))
     with CRFPool(params, 2, max_pending=3) as pool:
         b = list(pool.imap(iter(jobs)))
-    assert [k for k, _ in a] == [k for k, _ in b] == list(range(6))  # in submission order
-    for (_, la), (_, lb), (_, rgb, probs) in zip(a, b, jobs, strict=True):
+        c = list(pool.imap(iter(jobs), chunk=4))  # chunks of 4 and 2 images per round trip
+    assert [k for k, _ in a] == [k for k, _ in b] == [k for k, _ in c] == list(range(6))  # in order
+    for (_, la), (_, lb), (_, lc), (_, rgb, probs) in zip(a, b, c, jobs, strict=True):
         assert la.shape == rgb.shape[:2]
         np.testing.assert_array_equal(la, lb)
+        np.testing.assert_array_equal(la, lc)
         np.testing.assert_array_equal(la, dense_crf(rgb, probs, params).argmax(0))
     assert not (a[0][1] == jobs[0][2].argmax(0)).all()  # the CRF changed something: the test can fail
 

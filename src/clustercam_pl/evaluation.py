@@ -170,7 +170,7 @@ def _label_maps(
         return
     assert crf_pool is not None, "a protocol with CRF needs a CRFPool"
     jobs = ((key, to_uint8_image(img), p.float().cpu().numpy()) for key, img, p in predicted())
-    for key, labels in crf_pool.imap(jobs):
+    for key, labels in crf_pool.imap(jobs, chunk=getattr(loader, "batch_size", None) or 1):
         yield key, torch.from_numpy(labels)
 
 
@@ -305,9 +305,10 @@ def evaluate_checkpoints(
         if protocol.crf is not None:
             log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
     results = []
-    # In flight: the next batch's images (its forward pass overlaps their CRF) and two per worker.
-    max_pending = 2 * workers + int(getattr(dm, "val_batch_size", 1) or 1)
-    with CRFPool(protocol.crf, workers, max_pending=max_pending) as pool:
+    # One batch per worker round trip; in flight: two batches per worker and the next batch, whose
+    # forward pass overlaps their CRF.
+    chunk = int(getattr(dm, "val_batch_size", 1) or 1)
+    with CRFPool(protocol.crf, workers, max_pending=(2 * workers + 1) * chunk) as pool:
         if protocol.crf is not None:
             pool.start()  # the workers start while the checkpoint loads
         for path in paths:

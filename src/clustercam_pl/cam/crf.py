@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -144,6 +145,11 @@ def crf_labels(image_uint8: np.ndarray, probs: np.ndarray, params: CRFParams | N
     return dense_crf(image_uint8, probs, params).argmax(0)
 
 
+def _crf_labels_many(images: list[np.ndarray], probs: list[np.ndarray], params: CRFParams | None) -> list[np.ndarray]:
+    """`crf_labels` of several images: one worker round trip for a chunk of small images."""
+    return [crf_labels(i, p, params) for i, p in zip(images, probs, strict=True)]
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -159,8 +165,7 @@ class CRFPool:
 
     `imap(jobs)` pulls (key, image (H, W, 3) uint8, probs (C, H, W)) items lazily from an iterator, so
     the network's forward pass for the next batch runs while workers refine the previous ones; at
-    most `max_pending` jobs are in flight (bounded memory). Workers start on first use, from a fork
-    server with this module preloaded (no CUDA state or threads inherited, the imports paid once).
+    most `max_pending` jobs are in flight (bounded memory). Workers start on first use or `start()`.
     Both paths compute `crf_labels`, so the labels do not depend on `workers`.
     """
 
@@ -188,10 +193,11 @@ class CRFPool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            methods = multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            if ctx.get_start_method() == "forkserver":
-                ctx.set_forkserver_preload([__name__])
+            # fork on Linux: a worker starts at once (spawn and forkserver re-import the command's
+            # main module, e.g. clustercam_pl.eval with torch and Hydra, ~5 s per worker). Workers
+            # run numpy and pydensecrf only, never torch, CUDA or OpenMP, so the threads and CUDA
+            # state of the forked process are never touched (as in DataLoader workers).
+            ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
             self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
         return self._executor
 
@@ -214,14 +220,49 @@ class CRFPool:
             return done
         return self._pool().submit(crf_labels, image_uint8, probs, self.params)
 
-    def imap(self, jobs: Iterable[tuple[K, np.ndarray, np.ndarray]]) -> Iterator[tuple[K, np.ndarray]]:
-        """(key, label map (H, W)) for every (key, image, probs) of `jobs`, in the order of `jobs`."""
-        pending: deque[tuple[K, Future[np.ndarray]]] = deque()
-        for key, image, probs in jobs:
-            pending.append((key, self.submit(image, probs)))
-            while pending and (len(pending) >= self.max_pending or pending[0][1].done()):
-                first, fut = pending.popleft()
-                yield first, fut.result()
+    def imap(
+        self, jobs: Iterable[tuple[K, np.ndarray, np.ndarray]], chunk: int = 1
+    ) -> Iterator[tuple[K, np.ndarray]]:
+        """(key, label map (H, W)) for every (key, image, probs) of `jobs`, in the order of `jobs`.
+
+        `chunk` consecutive jobs travel to a worker together (fewer round trips for small images;
+        `max_pending` counts images).
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk} must be >= 1")
+        pending: deque[tuple[list[K], Future[list[np.ndarray]]]] = deque()
+        in_flight = 0
+
+        def submit(keys: list[K], images: list[np.ndarray], probs: list[np.ndarray]) -> None:
+            nonlocal in_flight
+            if self.workers == 0:
+                fut: Future[list[np.ndarray]] = Future()
+                fut.set_result(_crf_labels_many(images, probs, self.params))
+            else:
+                fut = self._pool().submit(_crf_labels_many, images, probs, self.params)
+            pending.append((keys, fut))
+            in_flight += len(keys)
+
+        def ready() -> Iterator[tuple[K, np.ndarray]]:
+            nonlocal in_flight
+            while pending and (in_flight >= self.max_pending or pending[0][1].done()):
+                keys, fut = pending.popleft()
+                in_flight -= len(keys)
+                yield from zip(keys, fut.result(), strict=True)
+
+        keys: list[K] = []
+        images: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        for key, image, p in jobs:
+            keys.append(key)
+            images.append(image)
+            probs.append(p)
+            if len(keys) == chunk:
+                submit(keys, images, probs)
+                keys, images, probs = [], [], []
+                yield from ready()
+        if keys:
+            submit(keys, images, probs)
         while pending:
-            first, fut = pending.popleft()
-            yield first, fut.result()
+            keys, fut = pending.popleft()
+            yield from zip(keys, fut.result(), strict=True)
