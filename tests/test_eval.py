@@ -340,3 +340,14 @@ def test_two_process_eval_and_export_equal_one_process(tmp_path):
         assert sorted(tar.getnames()) == [str(rel / f"{i}.png") for i in ids]
     env_json = json.loads((two_dir / "env.json").read_text())
     assert env_json["world_size"] == 2
+
+
+@pytest.mark.slow  # one interpreter start-up
+def test_script_ddp_inside_basic_multirun_is_refused(tmp_path):
+    ckpt = save_framework(tiny_net(), tmp_path / "last.ckpt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "clustercam_pl.eval", "-m", *DATA, f"ckpt_path={ckpt}",
+                           "eval=ss,ms", "trainer=ddp", "trainer.accelerator=cpu", f"hydra.sweep.dir={tmp_path}/s"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "re-launches the sweep in every rank. Use trainer=ddp_spawn" in done.stdout + done.stderr
