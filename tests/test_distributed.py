@@ -103,3 +103,18 @@ def test_inline_pool_raises_what_the_crf_raises():
     with pytest.raises(ValueError, match=r"probs must be \(C, H, W\) matching the image's \(H, W\) = \(4, 4\)"):
         fut.result()
     assert crf_labels(np.zeros((4, 4, 3), np.uint8), np.full((2, 4, 4), 0.5, np.float32)).shape == (4, 4)
+
+
+def test_one_process_setting_under_several_external_processes_is_refused(monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_NAME", "eval")
+    with pytest.raises(ValueError, match=r"^SLURM started 4 tasks but trainer\.devices x trainer\.num_nodes is 1: "
+                       r"every task would do the whole job\. Set trainer\.devices=<tasks per node> "
+                       r"trainer\.num_nodes=<nodes> \(e\.g\. trainer=ddp\), or hydra\.launcher\.tasks_per_node=1$"):
+        launch(Launch(device="cpu"), lambda r: r)
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation runs one process
+    assert launch(Launch(device="cpu"), lambda r: r.world_size) == 1
+    monkeypatch.delenv("SLURM_NTASKS")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"^WORLD_SIZE=2 \(torchrun\?\) but .* \(e\.g\. trainer=ddp trainer\.devices=2\)$"):
+        launch(Launch(device="cpu"), lambda r: r)

@@ -17,6 +17,7 @@ A command written against `Ranks` works on one process and on many:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -148,6 +149,25 @@ class Launch:
         return kind
 
 
+def check_no_external_processes() -> None:
+    """A one-process setting started as several processes (SLURM tasks, torchrun) would run the whole
+    command in each: refuse, naming the settings that match."""
+    slurm = os.environ.get("SLURM_NTASKS", "1")
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    if slurm.isdigit() and int(slurm) > 1 and not interactive:
+        raise ValueError(
+            f"SLURM started {slurm} tasks but trainer.devices x trainer.num_nodes is 1: every task would "
+            "do the whole job. Set trainer.devices=<tasks per node> trainer.num_nodes=<nodes> (e.g. "
+            "trainer=ddp), or hydra.launcher.tasks_per_node=1"
+        )
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ValueError(
+            f"WORLD_SIZE={world} (torchrun?) but trainer.devices x trainer.num_nodes is 1: set "
+            f"trainer.devices to the processes per node (e.g. trainer=ddp trainer.devices={world})"
+        )
+
+
 def launch(settings: Launch, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run `fn(ranks, *args, **kwargs)` on every process of `settings`; return the main process's result.
 
@@ -158,6 +178,7 @@ def launch(settings: Launch, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     script launcher each process returns its own result (the same, where `fn` reduces what it reports).
     """
     if settings.single:
+        check_no_external_processes()
         return fn(Ranks(device=resolve_device(settings.device)), *args, **kwargs)
     from lightning.fabric import Fabric
 
