@@ -225,8 +225,9 @@ class CRFPool:
     ) -> Iterator[tuple[K, np.ndarray]]:
         """(key, label map (H, W)) for every (key, image, probs) of `jobs`, in the order of `jobs`.
 
-        `chunk` consecutive jobs travel to a worker together (fewer round trips for small images;
-        `max_pending` counts images).
+        `chunk` consecutive jobs travel to a worker together (fewer round trips for small images).
+        `max_pending` counts images: (2 x workers + 1) x chunk keeps every worker busy while the
+        caller prepares the next chunk (what evaluation passes).
         """
         if chunk < 1:
             raise ValueError(f"chunk={chunk} must be >= 1")
