@@ -33,6 +33,7 @@ from clustercam_pl.checkpoint import (
 from clustercam_pl.data.imageio import voc_palette
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS, make_sample
 from clustercam_pl.eval import evaluate, protocol_from_config
+from clustercam_pl.evaluation import report
 from clustercam_pl.inference import predict_segmentation, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
@@ -298,3 +299,55 @@ def test_reference_fixture_through_the_inference_path(parity_dir, expected):
     rel = (cams - expected["ms_cam_valid"]).norm() / expected["ms_cam_valid"].norm()
     assert rel < 1e-4
     assert (pseudo == expected["pseudo_label"]).float().mean() > 0.999
+
+
+def _result_lines(text: str) -> list[str]:
+    """The printed result (not the log lines), without the lines naming the processes or the run folder."""
+    return [line for line in text.splitlines() if not line.startswith(("[20", "data synthetic", "VOC server"))]
+
+
+@pytest.mark.slow  # two processes (gloo) through the command line: ~30-60 s of interpreter start-up on 2 cores
+def test_two_process_eval_and_export_equal_one_process(tmp_path):
+    pytest.importorskip("pydensecrf.densecrf", reason="optional dependency pydensecrf2 is not installed")
+    ckpt = save_framework(tiny_net(), tmp_path / "last.ckpt")
+    # 5 images: shares of 3 and 2 (a DistributedSampler would pad to 3 + 3 and count one twice).
+    data = [*DATA, "data.synthetic.num_val=5", f"ckpt_path={ckpt}", "eval=ss_crf", "export=true"]
+    one = evaluate(compose_eval([*data, "crf_workers=0"], tmp_path / "one"))  # CRF in the process
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    two_dir = tmp_path / "two"
+    # CRF inline here too (worker pools cost interpreter start-ups; test_distributed checks pool == inline).
+    done = subprocess.run([sys.executable, "-m", "clustercam_pl.eval", *data, "crf_workers=0", "trainer=ddp",
+                           "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={two_dir}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    two = json.loads((two_dir / "eval_metrics.json").read_text())
+    assert two["processes"] == 2 and two["crf_workers"] == 0 and one["processes"] == 1
+    assert two["checkpoints"][0]["images"] == 5 and two["checkpoints"][0]["images_per_process"] == [3, 2]
+    assert one["checkpoints"][0]["images_per_process"] == [5]
+    assert two["miou"] == pytest.approx(one["miou"], abs=1e-7)
+    assert two["per_class_iou"] == pytest.approx(one["per_class_iou"], abs=1e-7, nan_ok=True)
+    # Printed once, by the main process; the same result as one process.
+    assert done.stdout.count("data synthetic, split val, 5 images, device cpu x 2 processes\n") == 1
+    assert _result_lines(done.stdout) == _result_lines(report(one))
+    # The VOC export: every image's PNG once, the same as one process's, packed once.
+    rel = Path("results/VOC2012/Segmentation/comp6_val_cls")
+    ids = [f"synthetic_val_{i:06d}" for i in range(5)]
+    assert sorted(p.name for p in (two_dir / rel).iterdir()) == [f"{i}.png" for i in ids]
+    for i in ids:
+        with Image.open(two_dir / rel / f"{i}.png") as a, Image.open(tmp_path / "one" / rel / f"{i}.png") as b:
+            np.testing.assert_array_equal(np.array(a), np.array(b))
+    with tarfile.open(two_dir / "comp6_val_results.tar.gz") as tar:
+        assert sorted(tar.getnames()) == [str(rel / f"{i}.png") for i in ids]
+    env_json = json.loads((two_dir / "env.json").read_text())
+    assert env_json["world_size"] == 2
+
+
+@pytest.mark.slow  # one interpreter start-up
+def test_script_ddp_inside_basic_multirun_is_refused(tmp_path):
+    ckpt = save_framework(tiny_net(), tmp_path / "last.ckpt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "clustercam_pl.eval", "-m", *DATA, f"ckpt_path={ckpt}",
+                           "eval=ss,ms", "trainer=ddp", "trainer.accelerator=cpu", f"hydra.sweep.dir={tmp_path}/s"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "re-launches the sweep in every rank. Use trainer=ddp_spawn" in done.stdout + done.stderr

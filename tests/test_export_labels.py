@@ -4,6 +4,7 @@ these at a second or two; the real SIGKILL run is marked slow."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import framework_section
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
 from clustercam_pl.export_labels import export_pseudo_labels
+from clustercam_pl.label_export import read_done
 from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.metrics import SegmentationIoU
@@ -171,3 +173,73 @@ def test_sigkill_then_rerun_completes(ckpt, tmp_path):
     assert len(list((out / "labels").glob("*.png"))) == len(list((out / "cams").glob("*.npz"))) == n
     assert not list(out.rglob("*.part"))
     assert "pseudo-label mIoU" in rerun.stdout
+
+
+def _files(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every label PNG and npz array under `out`, by relative path."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for path in sorted(out.rglob("*.png")):
+        found[str(path.relative_to(out))] = {"label": read_label(path)}
+    for path in sorted(out.rglob("*.npz")):
+        with np.load(path) as z:
+            found[str(path.relative_to(out))] = {k: z[k] for k in z.files}
+    return found
+
+
+@pytest.mark.slow  # two spawned processes (gloo): ~20-40 s of interpreter start-up on 2 cores
+def test_two_process_export_writes_each_file_once_and_the_same_files(ckpt, tmp_path):
+    # 5 images: shares of 3 and 2 (a DistributedSampler would pad to 3 + 3 and do one image twice).
+    one = run(ckpt, tmp_path / "one" / "pl", "data.synthetic.num_train=5")
+    two = run(ckpt, tmp_path / "two" / "pl", "data.synthetic.num_train=5", "trainer=ddp_spawn",
+              "trainer.accelerator=cpu", "trainer.devices=2")
+    assert one["computed_per_process"] == [5] and two["computed_per_process"] == [3, 2]
+    assert two["processes"] == 2 and two["computed"] == 5 and two["resumed"] == 0
+    a, b = _files(tmp_path / "one" / "pl"), _files(tmp_path / "two" / "pl")
+    assert sorted(a) == sorted(b) and len([k for k in a if k.endswith(".png")]) == 5
+    for name in a:
+        assert sorted(a[name]) == sorted(b[name]), name
+        for key in a[name]:
+            np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}:{key}")
+    for key in ("pseudo_miou", "pseudo_miou_valid", "cam_miou", "ignored_fraction"):
+        assert two[key] == one[key], key
+    assert two["text"] == one["text"].replace(str(tmp_path / "one"), str(tmp_path / "two"))
+    assert not list((tmp_path / "two").rglob("*.part"))
+
+
+@pytest.mark.slow  # two real processes killed mid-run and rerun: ~60 s of interpreter start-up on 2 cores
+def test_sigkill_during_two_process_export_then_rerun_completes(ckpt, tmp_path):
+    out = tmp_path / "pl"
+    n = 40
+    args = [sys.executable, "-m", "clustercam_pl.export_labels", *OVERRIDES, f"data.synthetic.num_train={n}",
+            "data.val_batch_size=1", f"ckpt_path={ckpt}", f"out_dir={out}", "trainer=ddp",
+            "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    # Its own session: the kill takes the whole job (the main process and the rank it launched).
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    t0 = time.time()
+    labels = out / "labels"
+    while not (labels.is_dir() and len(list(labels.glob("*.png"))) >= 4):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 240, "no output appeared"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    while True:  # until every process of the group is gone
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    done_before = len(list(labels.glob("*.png")))  # a label PNG is written after its npz
+    assert done_before < n
+    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    metrics = json.loads((out / "pseudo_label_metrics.json").read_text())
+    assert metrics["resumed"] == done_before and metrics["computed"] == n - done_before
+    assert sum(metrics["computed_per_process"]) == n - done_before and metrics["processes"] == 2
+    assert len(list(labels.glob("*.png"))) == len(list((out / "cams").glob("*.npz"))) == n
+    assert not list(out.rglob("*.part"))
+    for i in range(n):  # complete and readable
+        assert read_done(out, f"synthetic_train_{i:06d}", 5), i
+    assert rerun.stdout.count("pseudo-label mIoU") == 1

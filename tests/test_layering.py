@@ -17,7 +17,7 @@ ENTRY_POINTS = {"train", "eval", "export_labels", "pseudo_labels", "prepare", "b
 
 # Each module's layer (lower = closer to the data); a module may import from its own layer or below.
 LAYERS: dict[str, int] = {
-    "conf": 0, "results": 0, "device": 0, "checks": 0, "run_folder": 0, "run_info": 0, "data": 0,
+    "conf": 0, "results": 0, "device": 0, "distributed": 0, "checks": 0, "run_folder": 0, "run_info": 0, "data": 0,
     "models": 1,
     "checkpoint": 2,
     "cam": 3,

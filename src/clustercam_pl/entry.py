@@ -20,6 +20,7 @@ from clustercam_pl import run_info
 from clustercam_pl.checkpoint import find_one_checkpoint
 from clustercam_pl.checks import check_range
 from clustercam_pl.data.datamodule import DEFAULT_CROP
+from clustercam_pl.distributed import Launch
 from clustercam_pl.results import iou_table, scalar_metrics, write_metrics  # noqa: F401  (re-exported)
 from clustercam_pl.sweep import parse_override
 
@@ -66,6 +67,11 @@ def check_config(cfg: DictConfig) -> None:
                 f"net.cluster_grid={grid} is larger than the patch grid {side}x{side} of "
                 f"{side_key}={crop} with net.patch_size={patch}"
             )
+    check_multirun_strategy(cfg)
+
+
+def check_multirun_strategy(cfg: DictConfig) -> None:
+    """Refuse the script-relaunching DDP inside a sweep whose launcher runs jobs in this process."""
     strategy = str(cfg.trainer.get("strategy", ""))
     if _is_multirun() and strategy.startswith("ddp") and "spawn" not in strategy and _devices(cfg) > 1:
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
@@ -105,6 +111,35 @@ def net_overrides(cfg: DictConfig) -> dict[str, Any]:
     """`net_overrides` as a plain dict (reference checkpoints only)."""
     value = cfg.get("net_overrides")
     return dict(OmegaConf.to_container(value, resolve=True)) if value is not None else {}
+
+
+def launch_settings(cfg: DictConfig) -> Launch:
+    """How many processes a forward-only command runs on: the `trainer` group (as training) and `device`."""
+    t = cfg.get("trainer") or {}
+    devices = t.get("devices", 1)
+    devices = tuple(int(d) for d in devices) if OmegaConf.is_list(devices) else devices
+    return Launch(accelerator=str(t.get("accelerator", "auto")), devices=devices,
+                  num_nodes=int(t.get("num_nodes", 1)), strategy=str(t.get("strategy", "auto")),
+                  device=str(cfg.get("device", "auto")))
+
+
+def resolved_copy(cfg: DictConfig) -> DictConfig:
+    """`cfg` with every interpolation resolved here (spawned processes have no Hydra run to resolve
+    `${hydra:...}` against)."""
+    copy = cfg.copy()
+    try:
+        OmegaConf.resolve(copy)
+    except Exception:  # e.g. paths.output_dir outside a Hydra run: resolve what resolves, key by key
+        for key in list(copy.keys()):
+            node = copy._get_node(key)
+            try:
+                if OmegaConf.is_config(node):
+                    OmegaConf.resolve(node)
+                else:
+                    copy[key] = copy[key]
+            except Exception as e:
+                log.debug("%s stays unresolved: %s", key, e)
+    return copy
 
 
 def run_dir(cfg: DictConfig) -> Path:

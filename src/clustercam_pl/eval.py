@@ -3,8 +3,10 @@
 `ckpt_path` takes a file, a list, a glob or a run folder. Each protocol (`conf/eval/`) is printed
 with its result: mIoU (VOC convention) and the per-class IoU table; with several checkpoints the last
 and the best are reported (`quote=last|best`). `export=true` writes and packs the predictions for the
-VOC evaluation server. The work is `clustercam_pl.evaluation`; `evaluate(cfg)` is importable (tests
-call it); `main` is the Hydra wrapper.
+VOC evaluation server. `trainer=ddp trainer.devices=N` (or `trainer.num_nodes`, `trainer=ddp_spawn`,
+SLURM tasks) runs it on N processes, as training; `crf_workers` sets the CRF worker processes. The
+work is `clustercam_pl.evaluation`; `evaluate(cfg)` is importable (tests call it); `main` is the Hydra
+wrapper.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from clustercam_pl.device import resolve_device
-from clustercam_pl.entry import net_overrides, record_env, run_dir, write_metrics
+from clustercam_pl.distributed import Ranks, launch
+from clustercam_pl.entry import (
+    check_multirun_strategy,
+    launch_settings,
+    net_overrides,
+    record_env,
+    resolved_copy,
+    run_dir,
+    write_metrics,
+)
 from clustercam_pl.evaluation import Protocol, evaluate_checkpoints, report
 
 log = logging.getLogger("clustercam_pl.eval")
@@ -36,24 +46,33 @@ def checkpoint_spec(value: Any) -> str | list[str]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate every checkpoint of `cfg.ckpt_path` with protocol `cfg.eval`; write eval_metrics.json."""
+    """Evaluate every checkpoint of `cfg.ckpt_path` with protocol `cfg.eval` on the processes of
+    `cfg.trainer` (one by default); write eval_metrics.json (the main process)."""
+    check_multirun_strategy(cfg)
+    settings = launch_settings(cfg)
+    return launch(settings, _evaluate, cfg if settings.single else resolved_copy(cfg))
+
+
+def _evaluate(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
     protocol = protocol_from_config(cfg.eval)
-    device = resolve_device(cfg.get("device", "auto"))
     out_dir = run_dir(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_env(cfg, out_dir, accelerator=device.type)
+    if ranks.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record_env(cfg, out_dir, accelerator=ranks.device.type, world_size=ranks.world_size)
     dm = instantiate(cfg.data, _convert_="all")
     summary = evaluate_checkpoints(
-        checkpoint_spec(cfg.ckpt_path), dm, str(cfg.split), protocol, device, out_dir,
+        checkpoint_spec(cfg.ckpt_path), dm, str(cfg.split), protocol, ranks.device, out_dir,
         quote=str(cfg.get("quote", "last")),
         limit=cfg.get("limit"), export_comp=str(cfg.export_comp) if cfg.get("export", False) else None,
-        net_overrides=net_overrides(cfg),
+        net_overrides=net_overrides(cfg), crf_workers=cfg.get("crf_workers"),
+        ranks=ranks,
     )
-    text = report(summary)
-    print(text, flush=True)
-    (out_dir / "eval_report.txt").write_text(text + "\n")
-    write_metrics(out_dir / "eval_metrics.json", summary)
-    log.info("run folder: %s", out_dir)
+    if ranks.is_main:
+        text = report(summary)
+        print(text, flush=True)
+        (out_dir / "eval_report.txt").write_text(text + "\n")
+        write_metrics(out_dir / "eval_metrics.json", summary)
+        log.info("run folder: %s", out_dir)
     return summary
 
 

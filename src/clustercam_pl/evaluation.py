@@ -7,6 +7,10 @@ Several checkpoints are each evaluated; the LAST (by epoch/step, else name order
 evaluated split are reported, and the summary says which one is quoted. Choosing the best on the split
 that is scored is selection on the test data; the reference does exactly that (best of 30 checkpoints
 on val).
+
+On N processes (`clustercam_pl.distributed`), each evaluates its share of the images (each image
+once) and writes their PNGs; the confusion matrices are summed, so the numbers are those of one
+process. The dense CRF runs in a `CRFPool` of worker processes alongside the network.
 """
 
 from __future__ import annotations
@@ -16,19 +20,21 @@ import math
 import os
 import tarfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from clustercam_pl.cam.crf import CRFParams, crf_refine, require_crf
+from clustercam_pl.cam.crf import CRFParams, CRFPool, default_crf_workers, require_crf, to_uint8_image
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_checkpoints, load_checkpoint, natural_key
 from clustercam_pl.data.imageio import write_index_png
+from clustercam_pl.distributed import Ranks
 from clustercam_pl.inference import crop_predictions, predict_segmentation
-from clustercam_pl.metrics import SegmentationIoU
+from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.results import iou_table
 
 log = logging.getLogger("clustercam_pl.eval")
@@ -115,6 +121,11 @@ def voc_results_dir(root: str | os.PathLike, split: str = "test", comp: str = "c
     return Path(root) / "results" / "VOC2012" / "Segmentation" / f"{comp}_{split}_cls"
 
 
+def voc_archive_path(root: str | os.PathLike, split: str = "test", comp: str = "comp6") -> Path:
+    """`<root>/<comp>_<split>_results.tar.gz`: the archive to upload."""
+    return Path(root) / f"{comp}_{split}_results.tar.gz"
+
+
 def export_voc_results(root: str | os.PathLike, split: str = "test", comp: str = "comp6") -> Path:
     """Pack `<root>/results/...` into `<root>/<comp>_<split>_results.tar.gz` for upload (atomically).
 
@@ -125,7 +136,7 @@ def export_voc_results(root: str | os.PathLike, split: str = "test", comp: str =
     pngs = sorted(folder.glob("*.png"))
     if not pngs:
         raise FileNotFoundError(f"no predictions to pack in {folder}")
-    archive = Path(root) / f"{comp}_{split}_results.tar.gz"
+    archive = voc_archive_path(root, split, comp)
     tmp = archive.with_name(archive.name + ".part")
     with tarfile.open(tmp, "w:gz") as tar:
         for png in pngs:
@@ -135,6 +146,34 @@ def export_voc_results(root: str | os.PathLike, split: str = "test", comp: str =
 
 
 # ------------------------------------------------------------------------------------ evaluation
+def _label_maps(
+    net: torch.nn.Module, loader: DataLoader, protocol: Protocol, device: torch.device, crf_pool: CRFPool | None
+) -> Iterator[tuple[tuple[str, Tensor | None], Tensor]]:
+    """((image_id, mask (h, w) or None), label map (h, w)) of every image of `loader`, in its order.
+
+    With the CRF, each image's job goes to `crf_pool` as soon as its batch is predicted, and the
+    next batch is predicted while the pool works.
+    """
+    def predicted() -> Iterator[tuple[tuple[str, Tensor | None], Tensor, Tensor]]:
+        for batch in loader:
+            image = batch["image"].to(device)  # (B, 3, H, W), padded
+            size = batch.get("image_size")  # (B, 2) or None
+            probs = predict_segmentation(net, image, protocol.scales, protocol.flip, size)  # (B, K+1, H, W)
+            masks = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
+            for i, (image_id, mask) in enumerate(zip(batch["image_id"], masks, strict=True)):
+                h, w = (int(size[i, 0]), int(size[i, 1])) if size is not None else image.shape[-2:]
+                yield (image_id, mask), image[i, :, :h, :w], probs[i, :, :h, :w]  # (3, h, w), (K+1, h, w)
+
+    if protocol.crf is None:
+        for key, _, probs in predicted():
+            yield key, probs.argmax(dim=0)
+        return
+    assert crf_pool is not None, "a protocol with CRF needs a CRFPool"
+    jobs = ((key, to_uint8_image(img), p.float().cpu().numpy()) for key, img, p in predicted())
+    for key, labels in crf_pool.imap(jobs, chunk=getattr(loader, "batch_size", None) or 1):
+        yield key, torch.from_numpy(labels)
+
+
 def evaluate_network(
     ckpt: LoadedCheckpoint,
     loader: DataLoader,
@@ -142,35 +181,38 @@ def evaluate_network(
     device: torch.device,
     has_masks: bool,
     export_dir: Path | None = None,
+    crf_pool: CRFPool | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
-    """Run one network over the loader; mIoU against the masks, PNGs into `export_dir` if given."""
+    """Run one network over the loader (this process's share); mIoU against the masks, PNGs into
+    `export_dir` if given. Counts are summed over `ranks`, so every process returns the whole result.
+    """
+    ranks = ranks or Ranks(device=device)
     net = ckpt.net.to(device).eval()
-    metric = SegmentationIoU(net.num_classes + 1).to(device) if has_masks else None
+    C = net.num_classes + 1
+    confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C) rows: mask
+    pool = crf_pool if crf_pool is not None or protocol.crf is None else CRFPool(protocol.crf, 0)
     n_images, t0 = 0, time.perf_counter()
-    for batch in loader:
-        image = batch["image"].to(device)  # (B, 3, H, W), padded
-        size = batch.get("image_size")  # (B, 2) or None
-        probs = predict_segmentation(net, image, protocol.scales, protocol.flip, size)  # (B, K+1, H, W)
-        if protocol.crf is not None:
-            probs = crf_refine(image, probs, size, protocol.crf)
-        pred = probs.argmax(dim=1)  # (B, H, W); 0 in the padding, where masks are 255
-        if metric is not None:
-            metric.update(pred, batch["mask"].to(device))
+    for (image_id, mask), pred in _label_maps(net, loader, protocol, device, pool):  # pred (h, w)
+        if has_masks and mask is not None:
+            confmat += confusion_matrix(pred.to(device), mask.to(device), C)
         if export_dir is not None:
-            for image_id, p in zip(batch["image_id"], crop_predictions(pred, size), strict=True):
-                write_index_png(export_dir / f"{image_id}.png", p.to(torch.uint8).cpu().numpy())
-        n_images += image.shape[0]
-    seconds = time.perf_counter() - t0
+            write_index_png(export_dir / f"{image_id}.png", pred.to(torch.uint8).cpu().numpy())
+        n_images += 1
+    seconds = ranks.max(time.perf_counter() - t0)
+    confmat = ranks.sum(confmat)
+    per_process = ranks.gather(n_images)
+    n_images = sum(per_process)
     result: dict[str, Any] = {
         "path": ckpt.path, "kind": ckpt.kind, "epoch": ckpt.epoch, "global_step": ckpt.global_step,
-        "images": n_images, "seconds": round(seconds, 3),
+        "images": n_images, "images_per_process": per_process, "seconds": round(seconds, 3),
         "images_per_s": round(n_images / seconds, 3) if seconds > 0 else None,
         "miou": None, "per_class": None,
     }
-    if metric is not None and n_images:
-        out = metric.compute()
-        result["miou"] = float(out["miou"])
-        result["per_class"] = [float(v) for v in out["per_class"].cpu()]
+    if has_masks and n_images:
+        miou, per_class = iou_from_confmat(confmat.cpu())
+        result["miou"] = float(miou.float())
+        result["per_class"] = [float(v) for v in per_class.float()]
     ckpt.net.cpu()
     return result
 
@@ -183,7 +225,7 @@ def report(summary: dict[str, Any]) -> str:
     """The printed result: protocol, per-checkpoint mIoU, last / best / quoted, per-class table."""
     lines = [summary["protocol_text"],
              f"data {summary['dataset']}, split {summary['split']}, {summary['num_images']} images, "
-             f"device {summary['device']}"]
+             f"device {summary['device']}" + (f" x {n} processes" if (n := summary.get("processes", 1)) > 1 else "")]
     ckpts = summary["checkpoints"]
     if len(ckpts) > 1:
         lines.append(f"{'checkpoint':<60} {'epoch':>5} {'step':>8} {'mIoU':>6}")
@@ -220,13 +262,20 @@ def evaluate_checkpoints(
     limit: int | None = None,
     export_comp: str | None = None,
     net_overrides: Mapping[str, Any] | None = None,
+    crf_workers: int | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Evaluate every checkpoint of `ckpt_spec` (file, list, glob, run folder) with `protocol` on `split`
     of `datamodule` (a `WSSSDataModule`).
 
     `export_comp` (e.g. "comp6") also writes the predictions as the VOC server expects them and packs
     them (one checkpoint only). Writes nothing else; returns the summary `report` prints.
+    `crf_workers`: CRF worker processes (None: the available cores shared by this machine's
+    processes; 0: in this process). `ranks` (`distributed.launch`): each process evaluates its share
+    of the images and writes their PNGs; the confusion matrices are summed, the main process packs
+    the export, and every process returns the summary one process would.
     """
+    ranks = ranks or Ranks(device=device)
     if protocol.crf is not None:
         require_crf()  # before any slow work
     if quote not in ("last", "best"):
@@ -242,28 +291,38 @@ def evaluate_checkpoints(
     has_masks = bool(getattr(dataset, "with_mask", False))
     if limit is not None and int(limit) < 1:
         raise ValueError(f"limit={limit} must be a positive number of images (or null for all)")
-    indices = range(min(int(limit), len(dataset))) if limit is not None else None
-    loader = dm.eval_loader(split, indices)
-    num_images = len(loader.dataset)
-    if not has_masks and not export_comp:
+    num_images = min(int(limit), len(dataset)) if limit is not None else len(dataset)
+    loader = dm.eval_loader(split, ranks.shard(range(num_images)))  # no padding: each image once
+    if not has_masks and not export_comp and ranks.is_main:
         log.warning("split %s has no masks: nothing will be scored (export=true writes predictions)", split)
     export_dir = voc_results_dir(out_dir, split, export_comp) if export_comp else None
     if export_dir is not None:
         export_dir.mkdir(parents=True, exist_ok=True)
 
-    log.info("%s", protocol.describe())
+    workers = default_crf_workers(ranks.local_world_size) if crf_workers is None else crf_workers
+    if ranks.is_main:
+        log.info("%s", protocol.describe())
+        if protocol.crf is not None:
+            log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
     results = []
-    for path in paths:
-        ckpt = load_checkpoint(path, **(net_overrides or {}))
-        if ckpt.net.num_classes != dm.num_classes:
-            raise ValueError(
-                f"{path} predicts {ckpt.net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
-                "pass the data config the network was trained with (e.g. data=synthetic and its options)"
-            )
-        result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir)
-        log.info("%s: mIoU %s (%d images, %.1f s)", path, _fmt(result["miou"]), result["images"],
-                 result["seconds"])
-        results.append(result)
+    # One batch per worker round trip; in flight: two batches per worker and the next batch, whose
+    # forward pass overlaps their CRF.
+    chunk = int(getattr(dm, "val_batch_size", 1) or 1)
+    with CRFPool(protocol.crf, workers, max_pending=(2 * workers + 1) * chunk) as pool:
+        if protocol.crf is not None:
+            pool.start()  # the workers start while the checkpoint loads
+        for path in paths:
+            ckpt = load_checkpoint(path, **(net_overrides or {}))
+            if ckpt.net.num_classes != dm.num_classes:
+                raise ValueError(
+                    f"{path} predicts {ckpt.net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
+                    "pass the data config the network was trained with (e.g. data=synthetic and its options)"
+                )
+            result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks)
+            if ranks.is_main:
+                log.info("%s: mIoU %s (%d images, %.1f s)", path, _fmt(result["miou"]), result["images"],
+                         result["seconds"])
+            results.append(result)
 
     names = ["background", *dm.class_names]
     for r in results:
@@ -281,6 +340,8 @@ def evaluate_checkpoints(
         "split": split,
         "num_images": num_images,
         "device": str(device),
+        "processes": ranks.world_size,
+        "crf_workers": workers if protocol.crf is not None else None,
         "checkpoints": results,
         "last": {k: results[i_last][k] for k in ("path", "miou")},
         "best": None if i_best is None else {k: results[i_best][k] for k in ("path", "miou")},
@@ -292,8 +353,11 @@ def evaluate_checkpoints(
         "run_dir": str(out_dir),
     }
     if export_dir is not None:
-        summary["export_archive"] = str(export_voc_results(out_dir, split, export_comp))
-        if dm.dataset == "voc" and split == "test" and num_images != VOC_TEST_IMAGES:
+        ranks.barrier()  # every process's PNGs are written
+        if ranks.is_main:
+            export_voc_results(out_dir, split, export_comp)
+        summary["export_archive"] = str(voc_archive_path(out_dir, split, export_comp))
+        if dm.dataset == "voc" and split == "test" and num_images != VOC_TEST_IMAGES and ranks.is_main:
             log.warning("the VOC test set has %d images, this export has %d (limit=%s): the server will "
                         "refuse it", VOC_TEST_IMAGES, num_images, limit)
     return summary

@@ -3,8 +3,9 @@
 Writes `clustercam_pl.label_export`'s layout (labels/<id>.png, cams/<id>.npz, meta.json and the
 mIoU where the split has masks), resumable. CAM settings come from `conf/cam`; `cam.cam_layers` and
 `cam.p2p_refine` are null here and then taken from the checkpoint (what the run trained with; the
-reference's 3 / true for reference checkpoints). `export_pseudo_labels(cfg)` is importable; `main` is
-the Hydra wrapper.
+reference's 3 / true for reference checkpoints). `trainer=ddp trainer.devices=N` (as training)
+exports on N processes, each image by one of them. `export_pseudo_labels(cfg)` is importable; `main`
+is the Hydra wrapper.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint
-from clustercam_pl.device import resolve_device
-from clustercam_pl.entry import net_overrides, record_env, run_dir, write_metrics
+from clustercam_pl.distributed import Ranks, launch
+from clustercam_pl.entry import (
+    check_multirun_strategy,
+    launch_settings,
+    net_overrides,
+    record_env,
+    resolved_copy,
+    run_dir,
+    write_metrics,
+)
 from clustercam_pl.label_export import export_split
 
 log = logging.getLogger("clustercam_pl.export_labels")
@@ -42,8 +51,15 @@ def cam_settings(cfg: DictConfig, ckpt: LoadedCheckpoint) -> CAMConfig:
 
 
 def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
-    """Write (or complete) the pseudo labels and CAMs of a split; return and write the metrics."""
-    device = resolve_device(cfg.get("device", "auto"))
+    """Write (or complete) the pseudo labels and CAMs of a split on the processes of `cfg.trainer`
+    (one by default); return and write the metrics (the main process)."""
+    check_multirun_strategy(cfg)
+    settings = launch_settings(cfg)
+    return launch(settings, _export, cfg if settings.single else resolved_copy(cfg))
+
+
+def _export(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
+    device = ranks.device
     dm = instantiate(cfg.data, _convert_="all")
     split = str(cfg.split) if cfg.get("split") else dm.train_split
     path = find_one_checkpoint(cfg.ckpt_path)
@@ -51,17 +67,19 @@ def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
     cam = cam_settings(cfg, ckpt)
     default_out = Path(str(cfg.paths.root_dir)) / "outputs" / "pseudo_labels" / f"{dm.dataset}_{split}"
     out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else default_out
-    try:
-        record_env(cfg, run_dir(cfg), accelerator=device.type)
-    except Exception as e:  # outside a Hydra run paths.output_dir may not resolve
-        log.debug("no run folder for env.json: %s", e)
+    if ranks.is_main:
+        try:
+            record_env(cfg, run_dir(cfg), accelerator=device.type, world_size=ranks.world_size)
+        except Exception as e:  # outside a Hydra run paths.output_dir may not resolve
+            log.debug("no run folder for env.json: %s", e)
     summary = export_split(ckpt, dm, split, cam, out_dir, device, int(cfg.get("cam_downscale", 4)),
-                           cfg.get("limit"), bool(cfg.get("overwrite", False)))
-    print(summary["text"], flush=True)
-    try:
-        write_metrics(run_dir(cfg) / "pseudo_label_metrics.json", summary)
-    except Exception as e:  # outside a Hydra run paths.output_dir may not resolve
-        log.debug("no run folder for the metrics: %s", e)
+                           cfg.get("limit"), bool(cfg.get("overwrite", False)), ranks=ranks)
+    if ranks.is_main:
+        print(summary["text"], flush=True)
+        try:
+            write_metrics(run_dir(cfg) / "pseudo_label_metrics.json", summary)
+        except Exception as e:  # outside a Hydra run paths.output_dir may not resolve
+            log.debug("no run folder for the metrics: %s", e)
     return summary
 
 

@@ -13,7 +13,9 @@ For every image (network in eval mode):
 Resumable: every file is written to `<name>.part` and renamed, so a killed run leaves only `.part`
 files, which a rerun deletes; an image is done when both of its files exist and read back. The
 mIoU sums the per-image confusion matrices stored in the npz files, so resumed images count
-without being recomputed. Plain arguments only (the entry point is `clustercam_pl.export_labels`).
+without being recomputed. On N processes (`clustercam_pl.distributed`) each image belongs to one
+process's share, and the sums are summed across processes. Plain arguments only (the entry point
+is `clustercam_pl.export_labels`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.checkpoint import LoadedCheckpoint
 from clustercam_pl.data.imageio import write_index_png
+from clustercam_pl.distributed import Ranks
 from clustercam_pl.inference import (
     cam_prediction,
     crop_predictions,
@@ -104,8 +107,9 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours."""
+def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool, write: bool = True) -> None:
+    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours
+    (`write=False`: only check, e.g. on every process before the main one writes)."""
     path = out_dir / "meta.json"
     if path.is_file() and not overwrite:
         old = json.loads(path.read_text())
@@ -116,7 +120,8 @@ def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool) -> None:
                 f"{out_dir} holds pseudo labels made with other settings ({detail}). "
                 "Pass another out_dir=..., or overwrite=true to redo every image there."
             )
-    write_metrics(path, meta)
+    if write:
+        write_metrics(path, meta)
 
 
 def dataset_ids(dataset: Any) -> list[str]:
@@ -180,11 +185,17 @@ def export_split(
     cam_downscale: int = 4,
     limit: int | None = None,
     overwrite: bool = False,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Write (or complete) the pseudo labels and CAMs of `split`; return the summary (mIoU with masks).
 
     `datamodule` is a `WSSSDataModule` (its `eval_dataset` / `eval_loader` give the split).
+    `ranks` (`distributed.launch`): each process checks and computes its share of the images (each
+    image's files are written by one process); every process checks meta.json before the main one
+    records it and clears `.part` files; the confusion matrices are summed, and the main process
+    writes the metrics. Every process returns the summary one process would.
     """
+    ranks = ranks or Ranks(device=device)
     if cam_downscale < 1:
         raise ValueError(f"cam_downscale={cam_downscale} must be >= 1")
     dm = datamodule
@@ -211,22 +222,29 @@ def export_split(
         "dataset": dm.dataset, "split": split, "cam": cam_meta(cam), "cam_downscale": cam_downscale,
         "network_mode": "eval",
     }
-    check_meta(out_dir, meta, overwrite)
-    if removed := remove_partials(out_dir):
-        log.info("removed %d partial file(s) left by an interrupted run", removed)
-    if cam.train_mode:
+    check_meta(out_dir, meta, overwrite, write=False)  # every process, before anyone writes
+    ranks.barrier()
+    if ranks.is_main:
+        write_metrics(out_dir / "meta.json", meta)
+        if removed := remove_partials(out_dir):
+            log.info("removed %d partial file(s) left by an interrupted run", removed)
+    ranks.barrier()  # no process writes before the leftovers are gone
+    if cam.train_mode and ranks.is_main:
         log.info("CAMs are made in eval mode (deterministic); cam.train_mode=true applies to training only")
 
     C = net.num_classes + 1
+    mine = ranks.shard(range(len(ids)))  # this process's items; each image in one share
     stats: dict[str, dict[str, np.ndarray]] = {}
     if not overwrite:
-        for image_id in ids:
-            done = read_done(out_dir, image_id, C)
+        for i in mine:
+            done = read_done(out_dir, ids[i], C)
             if done is not None and (done or not has_masks):
-                stats[image_id] = done
-    todo = [i for i, image_id in enumerate(ids) if image_id not in stats]
-    log.info("%s %s: %d images, %d already done, %d to do -> %s", dm.dataset, split, len(ids), len(stats),
-             len(todo), out_dir)
+                stats[ids[i]] = done
+    todo = [i for i in mine if ids[i] not in stats]
+    n_done, n_todo = (int(v) for v in ranks.sum(torch.tensor([len(stats), len(todo)])))
+    if ranks.is_main:
+        log.info("%s %s: %d images, %d already done, %d to do -> %s%s", dm.dataset, split, len(ids), n_done,
+                 n_todo, out_dir, f" ({ranks.world_size} processes)" if ranks.distributed else "")
 
     net = net.to(device).eval()
     par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters).to(device)
@@ -239,40 +257,59 @@ def export_split(
                     batch, net, par, cam, device, out_dir, cam_downscale), strict=True):
                 stats[image_id] = s
             before, n = n, n + len(batch["image_id"])
-            if n // every != before // every or n == len(todo):
+            if ranks.is_main and (n // every != before // every or n == len(todo)):
                 rate = n / (time.perf_counter() - t0)
-                log.info("%d / %d images (%.2f images/s, ~%.0f s left)", n, len(todo), rate,
-                         (len(todo) - n) / rate)
-    seconds = time.perf_counter() - t0
+                log.info("%d / %d images%s (%.2f images/s, ~%.0f s left)", n, len(todo),
+                         " of the main process's share" if ranks.distributed else "", rate, (len(todo) - n) / rate)
+    seconds = ranks.max(time.perf_counter() - t0)
+    per_process = ranks.gather(len(todo))
 
     summary: dict[str, Any] = {
         "checkpoint": ckpt.path, "checkpoint_kind": ckpt.kind, "dataset": dm.dataset, "split": split,
-        "out_dir": str(out_dir), "num_images": len(ids), "computed": len(todo),
-        "resumed": len(ids) - len(todo), "seconds": round(seconds, 3),
-        "images_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+        "out_dir": str(out_dir), "num_images": len(ids), "computed": n_todo,
+        "resumed": len(ids) - n_todo, "seconds": round(seconds, 3),
+        "images_per_s": round(n_todo / seconds, 3) if n_todo and seconds > 0 else None,
         "cam": meta["cam"], "cam_downscale": cam_downscale,
+        "processes": ranks.world_size, "computed_per_process": per_process,
     }
     if has_masks and ids:
-        summary |= score_confmats(stats, ids, ["background", *dm.class_names])
+        mine_ids = [ids[i] for i in mine]
+        totals = {k: ranks.sum(torch.from_numpy(summed_confmats(stats, mine_ids, k, C))).numpy()
+                  for k in CONFMAT_KEYS}
+        summary |= score_totals(totals, ["background", *dm.class_names])
     summary["text"] = report(summary, cam, dm.dataset, split, ["background", *dm.class_names])
-    write_metrics(out_dir / "pseudo_label_metrics.json", summary)
+    if ranks.is_main:
+        write_metrics(out_dir / "pseudo_label_metrics.json", summary)
     return summary
+
+
+def summed_confmats(stats: dict[str, dict[str, np.ndarray]], ids: Sequence[str], key: str, C: int) -> np.ndarray:
+    """The (C, C) int64 sum of the images' `key` confusion matrices (zeros for no image)."""
+    total = np.zeros((C, C), dtype=np.int64)
+    for i in ids:
+        total += stats[i][key]
+    return total
 
 
 def score_confmats(
     stats: dict[str, dict[str, np.ndarray]], ids: Sequence[str], names: Sequence[str]
 ) -> dict[str, Any]:
-    """mIoU and per-class IoU of the summed per-image confusion matrices (pseudo, pseudo without the
-    ignore band, CAM), and the fraction of pixels in the ignore band."""
+    """`score_totals` of the per-image confusion matrices of `ids`, summed."""
+    return score_totals({k: summed_confmats(stats, ids, k, len(names)) for k in CONFMAT_KEYS}, names)
+
+
+def score_totals(totals: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, Any]:
+    """mIoU and per-class IoU of the summed confusion matrices (pseudo, pseudo without the ignore
+    band, CAM), and the fraction of pixels in the ignore band."""
     out: dict[str, Any] = {}
     for key, metric in (("confmat_pseudo", "pseudo_miou"), ("confmat_pseudo_valid", "pseudo_miou_valid"),
                         ("confmat_cam", "cam_miou")):
-        total = sum(stats[i][key] for i in ids)
-        miou, per_class = iou_from_confmat(torch.from_numpy(np.asarray(total)))
+        total = np.asarray(totals[key])
+        miou, per_class = iou_from_confmat(torch.from_numpy(total))
         out[metric] = float(miou)
         out[f"{metric}_per_class"] = dict(zip(names, per_class.tolist(), strict=True))
         if metric == "pseudo_miou_valid":
-            scored_all = sum(stats[i]["confmat_pseudo"] for i in ids).sum()
+            scored_all = np.asarray(totals["confmat_pseudo"]).sum()
             out["ignored_fraction"] = float(1 - total.sum() / max(scored_all, 1))
     return out
 
