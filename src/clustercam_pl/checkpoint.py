@@ -6,8 +6,8 @@ Kinds:
   dataset's class names.
 * reference: the official ClusterCAM (`{"model": state_dict}`, `module.` prefixes from DataParallel);
   the architecture is read off the tensor shapes (DCVL-WSSS/ClusterCAM models.py `MCTformerV2`).
-* ImageNet ViT: DeiT/ViT weights in timm's layout, the backbone's initialisation (DCVL-WSSS/ClusterCAM
-  main.py, the `--finetune` branch).
+* ImageNet ViT: DeiT / ViT / DINO / DINOv2 weights in timm's layout, the backbone's initialisation
+  (DCVL-WSSS/ClusterCAM main.py, the `--finetune` branch, for DeiT; the same rule for the others).
 
 Framework format history:
 * 1: `clustercam.net_config` holds the network's constructor arguments, including the CAM settings
