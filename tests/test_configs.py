@@ -53,9 +53,9 @@ def test_optuna_search_composes(tmp_path):
 
 def test_unknown_experiment_lists_the_known_ones():
     with pytest.raises(ConfigCompositionException) as e:
-        compose_train(["+experiment=voc_vitb"])
+        compose_train(["+experiment=voc_vith"])
     msg = str(e.value) + str(e.value.__cause__)
-    assert "experiment/voc_vitb" in msg
+    assert "experiment/voc_vith" in msg
     for known in ("voc_vits", "coco_vits", "synthetic"):
         assert known in msg
 

@@ -53,7 +53,7 @@ def check_config(cfg: DictConfig) -> None:
     side_key, crop = _training_side(cfg.data)
     if crop is not None and crop % patch:
         lower, upper = crop // patch * patch, (crop // patch + 1) * patch
-        sizes = f"{side_key}={lower} or {side_key}={upper}" if lower >= 16 else f"{side_key}={upper}"
+        sizes = f"{side_key}={lower} or {side_key}={upper}" if lower >= patch else f"{side_key}={upper}"
         raise ValueError(
             f"{side_key}={crop} is not a multiple of net.patch_size={patch}: the network would see "
             f"{crop // patch}x{crop // patch} patches and their CAMs would be stretched over {crop} pixels, "

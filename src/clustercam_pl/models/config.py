@@ -38,6 +38,12 @@ class NetConfig:
         alpha_init: initial cluster weight of every block; None draws U[0, 1) per block (reference).
         drop_path_rate: stochastic depth, linear from 0 over the blocks (reference 0.1).
         qkv_bias: bias of the query/key/value projections (DeiT: yes).
+        layer_scale: LayerScale init value (DINOv2: 1e-5; the pretrained gammas overwrite it) or None for
+            none (DeiT / ViT / DINO, the reference network). With it every block scales each residual
+            branch by a learned per-channel gamma (`ls1`, `ls2`, and `ls_cluster` for the cluster branch).
+        weights: the timm weights this preset was published with. The network never loads them itself;
+            experiments that start from pretrained weights read them as `model.pretrained: ${net.weights}`,
+            so `net=<preset>` brings its own weights and `model.pretrained=<name or file>` overrides them.
         fused_attention: fused SDPA for attention outputs with only the K class rows explicit (fast);
             False materialises every attention matrix as the reference does. Same numbers.
         decoder_width, decoder_dilation: the LargeFOV decoder (512, 5).
@@ -56,6 +62,8 @@ class NetConfig:
     alpha_init: float | None = None
     drop_path_rate: float = 0.1
     qkv_bias: bool = True
+    layer_scale: float | None = None
+    weights: str | None = None
     fused_attention: bool = True
     decoder_width: int = 512
     decoder_dilation: int = 5
@@ -80,6 +88,8 @@ class NetConfig:
             raise ValueError(f"net.cluster_blocks {bad} outside 0..{self.depth - 1} (net.depth={self.depth})")
         if not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"net.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.layer_scale is not None and not self.layer_scale > 0:
+            raise ValueError(f"net.layer_scale must be > 0 or null (no LayerScale), got {self.layer_scale}")
         if self.alpha_init is not None and not 0 <= self.alpha_init <= 1:
             raise ValueError(f"net.alpha_init must be in [0, 1] or null (random), got {self.alpha_init}")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from torch import Tensor, nn
 
 from clustercam_pl.models.attention import AttentionOutput, ClusterAttention, Keep, PatchAttention
@@ -35,6 +35,14 @@ class Block(nn.Module):
 
     The residual update is `x + drop(MHSA) [+ drop(cluster branch)]`, then `x + drop(MLP(norm2(x)))`;
     each DropPath call draws its own mask, as in the reference.
+
+    With `cfg.layer_scale` (DINOv2) each branch is scaled by its own per-channel gamma before the
+    residual sum: `ls1` the MHSA, `ls2` the MLP (timm's names and places), and `ls_cluster` the cluster
+    branch. The cluster branch is a second attention branch of the same block, so it gets its own
+    gamma initialised from the pretrained `ls1` (`checkpoint.imagenet_to_ours`), as its norms and
+    projections are initialised from the block's `norm1` / `attn`; unscaled, its update would be out
+    of proportion to the gamma-scaled updates the pretrained stream was trained with. Off: no
+    parameters, the reference block.
     """
 
     def __init__(self, cfg: NetConfig, drop_path: float, cluster: bool):
@@ -51,6 +59,11 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), act_layer=nn.GELU)
+        self.ls1, self.ls2, self.ls_cluster = nn.Identity(), nn.Identity(), nn.Identity()
+        if cfg.layer_scale is not None:
+            self.ls1, self.ls2 = LayerScale(dim, cfg.layer_scale), LayerScale(dim, cfg.layer_scale)
+            if cluster:
+                self.ls_cluster = LayerScale(dim, cfg.layer_scale)
 
     @property
     def attention(self) -> ClusterAttention | PatchAttention:
@@ -58,10 +71,10 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, grid: tuple[int, int], keep: Keep = Keep.NOTHING) -> tuple[Tensor, AttentionOutput]:
         a = self.attention(x, grid, keep)
-        x = x + self.drop_path(a.delta)
+        x = x + self.drop_path(self.ls1(a.delta))
         if a.cluster_delta is not None:
-            x = x + self.drop_path(a.cluster_delta)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x = x + self.drop_path(self.ls_cluster(a.cluster_delta))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         if a.record is not None:
             a.record.tokens = x
         return x, a
