@@ -4,7 +4,9 @@ Masks, overlays, optional CAM heat maps and predictions.jsonl for a folder, glob
 images (`clustercam_pl.prediction` does the work and documents the outputs). The protocol is the
 `eval` config group of `clustercam_pl.eval`. Exit status 0 when every input was predicted,
 `EXIT_SOME_FAILED` when some could not be read (they are listed in <out_dir>/failed.txt), 1 on errors.
-`run_predict(cfg)` is importable (tests call it); `main` is the Hydra wrapper.
+`trainer=ddp trainer.devices=N` (as training) predicts on N processes, each input by one of them; every
+process exits with the same status. `run_predict(cfg)` is importable (tests call it); `main` is the
+Hydra wrapper.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from clustercam_pl.device import resolve_device
-from clustercam_pl.entry import net_overrides, record_env
+from clustercam_pl.distributed import Ranks, launch
+from clustercam_pl.entry import check_multirun_strategy, launch_settings, net_overrides, record_env, resolved_copy
 from clustercam_pl.eval import checkpoint_spec, protocol_from_config
 from clustercam_pl.prediction import FAILED, predict_images
 
@@ -35,18 +37,26 @@ def input_spec(value: Any) -> str | list[str]:
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
-    """Predict every input of `cfg.input` into `cfg.out_dir`; record env.json there; return the summary."""
-    device = resolve_device(cfg.get("device", "auto"))
+    """Predict every input of `cfg.input` into `cfg.out_dir` on the processes of `cfg.trainer` (one by
+    default); record env.json there; return the summary (the same on every process)."""
+    check_multirun_strategy(cfg)
+    settings = launch_settings(cfg)
+    return launch(settings, _predict, cfg if settings.single else resolved_copy(cfg))
+
+
+def _predict(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(str(cfg.out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_env(cfg, out_dir, accelerator=device.type)
+    if ranks.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record_env(cfg, out_dir, accelerator=ranks.device.type, world_size=ranks.world_size)
     names = cfg.get("class_names")
+    workers = cfg.get("crf_workers")
     return predict_images(
-        checkpoint_spec(cfg.ckpt_path), input_spec(cfg.input), out_dir, protocol_from_config(cfg.eval), device,
+        checkpoint_spec(cfg.ckpt_path), input_spec(cfg.input), out_dir, protocol_from_config(cfg.eval), ranks.device,
         cams=bool(cfg.get("cams", False)), threshold=cfg.get("threshold", 0.5), max_side=cfg.get("max_side", 1024),
         class_names=None if names is None else [str(n) for n in OmegaConf.to_container(names)],
         overwrite=bool(cfg.get("overwrite", False)), progress=bool(cfg.get("progress", True)),
-        net_overrides=net_overrides(cfg),
+        net_overrides=net_overrides(cfg), crf_workers=None if workers is None else int(workers), ranks=ranks,
     )
 
 

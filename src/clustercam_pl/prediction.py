@@ -17,8 +17,9 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
 Resumable: every file is written to ``<name>.part`` and renamed, the mask (with the record) last; an
 input is done when all of its files exist and read back, and a rerun computes only the others, then
 rebuilds predictions.jsonl from the records (complete, no duplicates). `predict_subset` processes any
-subset of the inputs, so a sharded run can give each process its own indices. Plain arguments only (the
-entry point is `clustercam_pl.predict`).
+subset of the inputs; `predict_images` with `ranks` (`distributed.launch`) gives each process its share
+of the inputs not done yet, and the main process alone writes predictions.jsonl and failed.txt. Plain
+arguments only (the entry point is `clustercam_pl.predict`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,13 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.crf import crf_refine, require_crf
+from clustercam_pl.cam.crf import CRFPool, crf_refine, default_crf_workers, require_crf, to_uint8_image
 from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
 from clustercam_pl.checkpoint import find_one_checkpoint, load_checkpoint, resolve_class_names
 from clustercam_pl.checks import check_range
 from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
+from clustercam_pl.distributed import Ranks
 from clustercam_pl.evaluation import Protocol
 from clustercam_pl.inference import predict
 from clustercam_pl.label_export import file_sha256
@@ -227,14 +229,24 @@ def _resize(array: np.ndarray, height: int, width: int, nearest: bool = False) -
     return cv2.resize(array, (width, height), interpolation=mode)
 
 
-@torch.no_grad()
-def predict_image(
-    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
-) -> ImagePrediction:
-    """Mask, class scores and (if asked) CAMs of one uint8 (H, W, 3) image, at its own size (eval mode).
+@dataclass
+class NetworkOutput:
+    """One image after the network, before its label map (the CRF, if any, may run elsewhere)."""
 
-    The network sees the image at `working_size`; the label map comes back with nearest-neighbour
-    resizing (labels are never blended), CAMs bilinearly.
+    image: torch.Tensor  # (3, h, w) normalised, what the network saw
+    probs: torch.Tensor  # (K+1, h, w) segmentation probabilities
+    scores: np.ndarray  # (K,) sigmoid of the class-token logits
+    cams: dict[int, np.ndarray]  # class index -> (H, W) float32 in [0, 1], at the input's size
+    size: tuple[int, int]  # (H, W) of the input
+
+
+@torch.no_grad()
+def network_output(
+    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
+) -> NetworkOutput:
+    """Probabilities, class scores and (if asked) CAMs of one uint8 (H, W, 3) image (eval mode).
+
+    The network sees the image at `working_size`; CAMs come back at the input's size, bilinearly.
     """
     H, W = rgb.shape[:2]
     p = settings.protocol
@@ -243,10 +255,6 @@ def predict_image(
     x, _ = apply_transform(build_eval_transform(), _resize(rgb, h, w))
     x = x[None].to(device)  # (1, 3, h, w)
     pred = predict(net, x, p.scales, p.flip)
-    probs = pred.probs  # (1, K+1, h, w)
-    if p.crf is not None:
-        probs = crf_refine(x, probs, None, p.crf)
-    label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()  # (h, w)
     scores = torch.sigmoid(pred.cls_logits[0]).cpu().numpy()  # (K,)
     cams: dict[int, np.ndarray] = {}
     present = [int(c) for c in np.flatnonzero(scores > settings.threshold)]
@@ -256,7 +264,28 @@ def predict_image(
             maps = multi_scale_cam(net, x, c.scales, c.flip, c.cam_layers, c.p2p_refine)[0]  # (K, h, w)
         for k in present:
             cams[k] = _resize(maps[k].float().cpu().numpy(), H, W)  # (H, W)
-    return ImagePrediction(_resize(label, H, W, nearest=True), scores, cams, (h, w))
+    return NetworkOutput(x[0], pred.probs[0], scores, cams, (H, W))
+
+
+def image_prediction(out: NetworkOutput, label: np.ndarray) -> ImagePrediction:
+    """The prediction at the input's size from the label map (h, w) at the network's size (nearest-
+    neighbour resizing: labels are never blended)."""
+    H, W = out.size
+    label = label.astype(np.uint8)  # (h, w)
+    return ImagePrediction(_resize(label, H, W, nearest=True), out.scores, out.cams, tuple(label.shape[:2]))
+
+
+@torch.no_grad()
+def predict_image(
+    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
+) -> ImagePrediction:
+    """Mask, class scores and (if asked) CAMs of one uint8 (H, W, 3) image, at its own size (eval mode);
+    the CRF of the protocol in this process (`predict_subset` runs it in a `CRFPool`)."""
+    out = network_output(net, rgb, settings, device)
+    probs = out.probs[None]  # (1, K+1, h, w)
+    if settings.protocol.crf is not None:
+        probs = crf_refine(out.image[None], probs, None, settings.protocol.crf)
+    return image_prediction(out, probs.argmax(dim=1)[0].cpu().numpy())
 
 
 # ---------------------------------------------------------------------------------------- drawing
@@ -388,8 +417,9 @@ def remove_partials(out_dir: Path) -> int:
     return n
 
 
-def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours."""
+def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool, write: bool = True) -> None:
+    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours
+    (with `write`)."""
     path = out_dir / META
     if path.is_file() and not overwrite:
         old = json.loads(path.read_text())
@@ -400,7 +430,8 @@ def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool) -> None:
                 f"{out_dir} holds predictions made with another checkpoint or other settings ({detail}). "
                 "Pass another out_dir=..., or overwrite=true to redo every image there."
             )
-    write_metrics(path, meta)
+    if write:
+        write_metrics(path, meta)
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -414,6 +445,57 @@ class SubsetResult:
     reused: int = 0
 
 
+def done_records(items: Sequence[InputImage], indices: Iterable[int], out_dir: Path,
+                 cams: bool) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """The records of the inputs among `indices` that are done (`read_done`), and the others' indices."""
+    records, todo = {}, []
+    for i in indices:
+        record = read_done(out_dir, items[i], cams)
+        if record is None:
+            todo.append(i)
+        else:
+            records[i] = record
+    return records, todo
+
+
+def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[int], out_dir: Path,
+             settings: PredictSettings, class_names: Sequence[str], device: torch.device,
+             crf_pool: CRFPool | None, progress: bool, result: SubsetResult) -> None:
+    """Predict and write `items[i]` for every i in `indices` into `result`. With the CRF, an image's job
+    goes to `crf_pool` once the network is done with it, and the next image's forward pass runs while
+    the pool works; its files are written when its label map comes back (in input order)."""
+    bar = tqdm(total=len(indices), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    waiting: dict[int, tuple[np.ndarray, NetworkOutput]] = {}  # index -> (rgb, network output)
+
+    def predicted() -> Iterator[tuple[int, NetworkOutput]]:
+        for i in indices:
+            try:
+                rgb = read_image_any(items[i].path)  # (H, W, 3) uint8
+            except ImageReadError as e:
+                log.error("skipping %s: %s", items[i].path, e)
+                result.failed[i] = str(e)
+                bar.update()
+                continue
+            out = network_output(net, rgb, settings, device)
+            waiting[i] = (rgb, out)
+            yield i, out
+
+    if settings.protocol.crf is None:
+        labels: Iterator[tuple[int, np.ndarray]] = (
+            (i, out.probs.argmax(dim=0).cpu().numpy()) for i, out in predicted())  # (h, w)
+    else:
+        pool = crf_pool if crf_pool is not None else CRFPool(settings.protocol.crf, 0)
+        jobs = ((i, to_uint8_image(out.image), out.probs.float().cpu().numpy()) for i, out in predicted())
+        labels = pool.imap(jobs)
+    for i, label in labels:
+        rgb, out = waiting.pop(i)
+        pred = image_prediction(out, label)
+        result.records[i] = write_outputs(out_dir, items[i], rgb, pred, class_names, settings.threshold)
+        result.computed += 1
+        bar.update()
+    bar.close()
+
+
 def predict_subset(
     net: ClusterCAMNet,
     items: Sequence[InputImage],
@@ -424,30 +506,21 @@ def predict_subset(
     device: torch.device,
     overwrite: bool = False,
     progress: bool = True,
+    crf_pool: CRFPool | None = None,
 ) -> SubsetResult:
     """Predict `items[i]` for every i in `indices` that is not done yet (all of them with `overwrite`).
 
     Only those files are written, each atomically, so disjoint index sets can run in separate processes
     over one out_dir. An unreadable input is logged and returned as failed; the others still run.
+    The protocol's CRF runs in `crf_pool` (None: in this process).
     """
     result = SubsetResult()
-    bar = tqdm(indices, desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-    for i in bar:
-        item = items[i]
-        record = None if overwrite else read_done(out_dir, item, settings.cams)
-        if record is not None:
-            result.records[i], result.reused = record, result.reused + 1
-            continue
-        try:
-            rgb = read_image_any(item.path)  # (H, W, 3) uint8
-        except ImageReadError as e:
-            log.error("skipping %s: %s", item.path, e)
-            result.failed[i] = str(e)
-            continue
-        pred = predict_image(net, rgb, settings, device)
-        result.records[i] = write_outputs(out_dir, item, rgb, pred, class_names, settings.threshold)
-        result.computed += 1
-    bar.close()
+    if overwrite:
+        todo = list(indices)
+    else:
+        result.records, todo = done_records(items, indices, out_dir, settings.cams)
+        result.reused = len(result.records)
+    _compute(net, items, todo, out_dir, settings, class_names, device, crf_pool, progress, result)
     return result
 
 
@@ -481,9 +554,19 @@ def predict_images(
     overwrite: bool = False,
     progress: bool = True,
     net_overrides: Mapping[str, Any] | None = None,
+    crf_workers: int | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Predict every input of `input_spec` into `out_dir` with one checkpoint (module docstring); returns a
-    summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies."""
+    summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies.
+
+    `ranks` (`distributed.launch`): each process checks its share of the inputs, then predicts its
+    share of those not done yet (every input by exactly one process); the main process writes
+    predictions.jsonl and failed.txt, and every process returns the summary one process would.
+    `crf_workers`: CRF worker processes (None: the available cores shared by this machine's
+    processes; 0: in this process).
+    """
+    ranks = ranks or Ranks(device=device)  # its device is the one used
     if protocol.crf is not None:
         require_crf()  # before the checkpoint is read
     out_dir = Path(out_dir)
@@ -498,28 +581,51 @@ def predict_images(
         check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
     items = list_inputs(input_spec, exclude=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if n := remove_partials(out_dir):
-        log.info("removed %d partial files of an interrupted run", n)
     meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
             **settings.as_dict()}
-    check_meta(out_dir, meta, overwrite)
-    log.info("%s: %d inputs -> %s (%s, %d classes)", path, len(items), out_dir, protocol.name, K)
+    check_meta(out_dir, meta, overwrite, write=False)  # every process: none waits on one that refused
+    ranks.barrier()
+    if ranks.is_main:
+        if n := remove_partials(out_dir):
+            log.info("removed %d partial files of an interrupted run", n)
+        write_metrics(out_dir / META, meta)
+        log.info("%s: %d inputs -> %s (%s, %d classes%s)", path, len(items), out_dir, protocol.name, K,
+                 f", {ranks.world_size} processes" if ranks.distributed else "")
+    ranks.barrier()  # no process writes before the leftovers are gone
 
-    net = ckpt.net.to(device).eval()
+    # Done-checks sharded, then the inputs not done yet sharded: balanced on a rerun too.
+    mine = ranks.shard(range(len(items)))
+    records, todo = ({}, list(mine)) if overwrite else done_records(items, mine, out_dir, cams)
+    todo = sorted(i for share in ranks.gather(todo) for i in share)
+    result = SubsetResult(records=records, reused=len(records))
+    workers = default_crf_workers(ranks.local_world_size) if crf_workers is None else crf_workers
+    if ranks.is_main and protocol.crf is not None:
+        log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
+    net = ckpt.net.to(ranks.device).eval()
     t0 = time.perf_counter()
-    result = predict_subset(net, items, range(len(items)), out_dir, settings, names, device, overwrite, progress)
-    seconds = time.perf_counter() - t0
-    write_jsonl(out_dir, [result.records[i] for i in sorted(result.records)])
-    failed = [(items[i], result.failed[i]) for i in sorted(result.failed)]
-    write_failed(out_dir, failed)
+    # In flight: two images per worker and the next one, whose forward pass overlaps their CRF.
+    with CRFPool(protocol.crf, workers if protocol.crf is not None else 0, max_pending=2 * workers + 1) as pool:
+        _compute(net, items, ranks.shard(todo), out_dir, settings, names, ranks.device, pool,
+                 progress and ranks.is_main, result)
+    seconds = ranks.max(time.perf_counter() - t0)
+    shares = ranks.gather((result.records, result.failed, result.computed))
+    all_records = {i: r for recs, _, _ in shares for i, r in recs.items()}
+    all_failed = {i: reason for _, fails, _ in shares for i, reason in fails.items()}
+    computed = sum(c for _, _, c in shares)
+    failed = [(items[i], all_failed[i]) for i in sorted(all_failed)]
+    if ranks.is_main:
+        write_jsonl(out_dir, [all_records[i] for i in sorted(all_records)])
+        write_failed(out_dir, failed)
+    reused = len(all_records) - computed
     summary = {
         "checkpoint": str(path), "out_dir": str(out_dir), "inputs": len(items),
-        "predicted": result.computed, "reused": result.reused,
+        "predicted": computed, "reused": reused,
         "failed": [os.path.abspath(item.path) for item, _ in failed],
         "seconds": round(seconds, 3),
-        "images_per_s": round(result.computed / seconds, 3) if result.computed and seconds > 0 else None,
+        "images_per_s": round(computed / seconds, 3) if computed and seconds > 0 else None,
         **settings.as_dict(), "class_names": names,
     }
-    log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s); results in %s",
-             result.computed, result.reused, len(failed), seconds, summary["images_per_s"], out_dir / JSONL)
+    if ranks.is_main:
+        log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s); results in %s",
+                 computed, reused, len(failed), seconds, summary["images_per_s"], out_dir / JSONL)
     return summary
