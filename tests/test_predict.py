@@ -27,8 +27,9 @@ from clustercam_pl.data.imageio import read_image_any
 from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_sample
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
+from clustercam_pl.eval import protocol_from_config
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
-from clustercam_pl.prediction import RECORD_KEY, list_inputs, working_size
+from clustercam_pl.prediction import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
 from clustercam_pl.train import train
 from helpers import TINY_OVERRIDES, compose_train, hydra_config
 from helpers import tiny_net as make_tiny_net
@@ -317,3 +318,64 @@ def test_sigkill_then_rerun_leaves_complete_files(tiny_ckpt, tmp_path):
     sizes = {f"img{i:02d}": (64, 64) for i in range(n)}
     records = check_outputs(out, sizes, inputs, 0.0, cams=True)
     assert len(records) == n and not list(out.rglob("*.part"))
+
+
+def test_crf_in_a_worker_pool_equals_crf_in_the_process(tiny_ckpt, tmp_path):
+    pytest.importorskip("pydensecrf.densecrf", reason="optional dependency pydensecrf2 is not installed")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic_rgb(i, 48)).save(inputs / f"img{i}.png")
+    out = tmp_path / "out"
+    summary = predict_cfg(tiny_ckpt, inputs, out, "eval=ss_crf", "crf_workers=1")  # one worker process
+    assert summary["predicted"] == 3 and summary["protocol"]["crf"] is not None
+    ckpt = load_checkpoint(tiny_ckpt)
+    settings = PredictSettings(protocol_from_config(compose_predict(["eval=ss_crf"]).eval))
+    for i in range(3):
+        inline = predict_image(ckpt.net.eval(), read_image_any(inputs / f"img{i}.png"), settings, torch.device("cpu"))
+        with Image.open(out / f"img{i}.png") as im:
+            np.testing.assert_array_equal(np.array(im), inline.label)
+
+
+@pytest.mark.slow  # two interpreter start-ups (the ddp script launcher re-runs the command) on 2 cores
+def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tmp_path):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    for i, rel in enumerate(("a.png", "b.jpg", "c.png", "d.png", "sub/a.png")):
+        Image.fromarray(synthetic_rgb(i, 48)).save(inputs / rel)
+    corrupt = inputs / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    # 6 inputs: shares of 3 and 3, the corrupt one (index 2 in name order) in the main process's.
+    extra = ["cams=true", "threshold=0.0", "eval=ms_flip"]
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the processes below (OMP_NUM_THREADS=1): the same float rounding
+    try:
+        one = predict_cfg(tiny_ckpt, inputs, one_dir, *extra)
+    finally:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "clustercam_pl.predict", f"ckpt_path={tiny_ckpt}", f"input={inputs}",
+                           f"out_dir={two_dir}", *extra, "device=auto", "progress=false", "trainer=ddp",
+                           "trainer.accelerator=cpu", "trainer.devices=2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log_text = done.stdout + done.stderr
+    assert done.returncode == EXIT_SOME_FAILED, log_text[-3000:]
+    # Every readable input predicted once (5 over both processes, not 6 or 10), the corrupt one failed once.
+    assert log_text.count("5 predicted, 0 already done, 1 failed (") == 1
+    assert log_text.count(f"skipping {corrupt}: ") == 1
+    assert log_text.count(f"1 of 6 inputs could not be read (listed in {two_dir / 'failed.txt'}); exit status 3") == 1
+    assert one["predicted"] == 5 and one["failed"] == [str(corrupt)]
+    assert (two_dir / "failed.txt").read_text() == (one_dir / "failed.txt").read_text()
+    assert len((two_dir / "failed.txt").read_text().splitlines()) == 1
+    assert (two_dir / "predictions.jsonl").read_text() == (one_dir / "predictions.jsonl").read_text()
+    sizes = {k: (48, 48) for k in ("a", "b", "c", "d", "sub/a")}
+    check_outputs(two_dir, sizes, inputs, 0.0, cams=True)
+    images = sorted(p.relative_to(one_dir) for p in one_dir.rglob("*") if p.suffix in (".png", ".jpg"))
+    assert len(images) == 5 * (2 + 4)  # mask, overlay and 4 CAMs each
+    assert sorted(p.relative_to(two_dir) for p in two_dir.rglob("*") if p.suffix in (".png", ".jpg")) == images
+    for rel in images:
+        assert (two_dir / rel).read_bytes() == (one_dir / rel).read_bytes(), rel
+    assert not list(two_dir.rglob("*.part"))
+    assert json.loads((two_dir / "env.json").read_text())["world_size"] == 2
