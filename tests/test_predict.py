@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -379,3 +380,16 @@ def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tm
         assert (two_dir / rel).read_bytes() == (one_dir / rel).read_bytes(), rel
     assert not list(two_dir.rglob("*.part"))
     assert json.loads((two_dir / "env.json").read_text())["world_size"] == 2
+    assert re.search(r"5 predicted, 0 already done, 1 failed \(.*; per process \[2, 3\]\)", log_text)
+
+    # A rerun shares out what is not done yet: a, b, broken and d (indices 0, 1, 2, 4) give the main
+    # process a and broken, the other b and d: [1, 2] predicted (sharding all inputs first: [2, 1]).
+    for key in ("a", "b", "d"):
+        (two_dir / f"{key}.png").unlink()
+    again = subprocess.run(done.args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    log_text = again.stdout + again.stderr
+    assert again.returncode == EXIT_SOME_FAILED, log_text[-3000:]
+    assert re.search(r"3 predicted, 2 already done, 1 failed \(.*; per process \[1, 2\]\)", log_text), log_text[-3000:]
+    assert (two_dir / "predictions.jsonl").read_text() == (one_dir / "predictions.jsonl").read_text()
+    for rel in images:
+        assert (two_dir / rel).read_bytes() == (one_dir / rel).read_bytes(), rel

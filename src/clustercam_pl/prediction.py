@@ -611,7 +611,8 @@ def predict_images(
     shares = ranks.gather((result.records, result.failed, result.computed))
     all_records = {i: r for recs, _, _ in shares for i, r in recs.items()}
     all_failed = {i: reason for _, fails, _ in shares for i, reason in fails.items()}
-    computed = sum(c for _, _, c in shares)
+    per_process = [c for _, _, c in shares]
+    computed = sum(per_process)
     failed = [(items[i], all_failed[i]) for i in sorted(all_failed)]
     if ranks.is_main:
         write_jsonl(out_dir, [all_records[i] for i in sorted(all_records)])
@@ -619,13 +620,14 @@ def predict_images(
     reused = len(all_records) - computed
     summary = {
         "checkpoint": str(path), "out_dir": str(out_dir), "inputs": len(items),
-        "predicted": computed, "reused": reused,
+        "predicted": computed, "reused": reused, "processes": ranks.world_size, "predicted_per_process": per_process,
         "failed": [os.path.abspath(item.path) for item, _ in failed],
         "seconds": round(seconds, 3),
         "images_per_s": round(computed / seconds, 3) if computed and seconds > 0 else None,
         **settings.as_dict(), "class_names": names,
     }
     if ranks.is_main:
-        log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s); results in %s",
-                 computed, reused, len(failed), seconds, summary["images_per_s"], out_dir / JSONL)
+        split = f"; per process {per_process}" if ranks.distributed else ""
+        log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s%s); results in %s",
+                 computed, reused, len(failed), seconds, summary["images_per_s"], split, out_dir / JSONL)
     return summary
