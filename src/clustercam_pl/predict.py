@@ -50,13 +50,12 @@ def _predict(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
         record_env(cfg, out_dir, accelerator=ranks.device.type, world_size=ranks.world_size)
     names = cfg.get("class_names")
-    workers = cfg.get("crf_workers")
     summary = predict_images(
         checkpoint_spec(cfg.ckpt_path), input_spec(cfg.input), out_dir, protocol_from_config(cfg.eval), ranks.device,
         cams=bool(cfg.get("cams", False)), threshold=cfg.get("threshold", 0.5), max_side=cfg.get("max_side", 1024),
         class_names=None if names is None else [str(n) for n in OmegaConf.to_container(names)],
         overwrite=bool(cfg.get("overwrite", False)), progress=bool(cfg.get("progress", True)),
-        net_overrides=net_overrides(cfg), crf_workers=None if workers is None else int(workers), ranks=ranks,
+        net_overrides=net_overrides(cfg), crf_workers=cfg.get("crf_workers"), ranks=ranks,
     )
     if summary["failed"] and ranks.is_main:
         log.error("%d of %d inputs could not be read (listed in %s); exit status %d",
