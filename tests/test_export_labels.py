@@ -189,7 +189,12 @@ def _files(out: Path) -> dict[str, dict[str, np.ndarray]]:
 @pytest.mark.slow  # two spawned processes (gloo): ~20-40 s of interpreter start-up on 2 cores
 def test_two_process_export_writes_each_file_once_and_the_same_files(ckpt, tmp_path):
     # 5 images: shares of 3 and 2 (a DistributedSampler would pad to 3 + 3 and do one image twice).
-    one = run(ckpt, tmp_path / "one" / "pl", "data.synthetic.num_train=5")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each spawned process runs one thread: the same float reductions, the same bits
+    try:
+        one = run(ckpt, tmp_path / "one" / "pl", "data.synthetic.num_train=5")
+    finally:
+        torch.set_num_threads(threads)
     two = run(ckpt, tmp_path / "two" / "pl", "data.synthetic.num_train=5", "trainer=ddp_spawn",
               "trainer.accelerator=cpu", "trainer.devices=2")
     assert one["computed_per_process"] == [5] and two["computed_per_process"] == [3, 2]

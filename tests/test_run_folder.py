@@ -210,7 +210,11 @@ def test_second_training_on_a_folder_is_refused_and_a_killed_ones_lock_taken_ove
         first.send_signal(signal.SIGKILL)
         first.send_signal(signal.SIGCONT)
         first.wait(30)
-    leftover = temporary_path(run / "checkpoints" / "last.ckpt", first.pid)  # as a kill mid-save leaves it
+    # As a kill mid-save leaves it; the pid is one no process can have: the killed run's own pid may be
+    # reused by then (pid_max is 32768 here, and threads take pids too).
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1 if Path("/proc/sys/kernel/pid_max").is_file() \
+        else first.pid
+    leftover = temporary_path(run / "checkpoints" / "last.ckpt", dead_pid)
     leftover.write_bytes(b"half a checkpoint")
     third = run_cli([*args, "trainer.max_steps=1"], REPO, timeout=200)  # resumes past max_steps: ends at once
     out = third.stdout + third.stderr

@@ -15,23 +15,34 @@ log = logging.getLogger(__name__)
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM (SLURM preemption, `kill`), save `last.ckpt` after the current step, then stop.
+    """`last.ckpt` at the end of training and, on SIGTERM (SLURM preemption, `kill`), after the current step.
 
     Lightning notices the signal and exits after the batch; this saves first, so the next start of
-    the same run folder resumes from the step that was running.
+    the same run folder resumes from the step that was running. The step checkpoints write
+    `last.ckpt` every N steps only; the save at the end makes it hold the final weights too.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt"):
         self.dirpath, self.filename = dirpath, filename
         self.saved_at: int | None = None
 
+    def _save(self, trainer: L.Trainer) -> Path:
+        path = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / self.filename
+        trainer.save_checkpoint(path)  # every rank calls it; the strategy writes on rank 0
+        self.saved_at = trainer.global_step
+        return path
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.received_sigterm and self.saved_at is None:
-            dirpath = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints")
-            trainer.save_checkpoint(dirpath / self.filename)
-            self.saved_at = trainer.global_step
-            log.warning("SIGTERM: saved %s at step %d; rerun the same command to resume",
-                        dirpath / self.filename, trainer.global_step)
+            path = self._save(trainer)
+            log.warning("SIGTERM: saved %s at step %d; rerun the same command to resume", path, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.saved_at != trainer.global_step:
+            path = self._save(trainer)
+            if trainer.received_sigterm:  # stopped before a training batch ended
+                log.warning("SIGTERM: saved %s at step %d; rerun the same command to resume", path,
+                            trainer.global_step)
 
 
 class CAMImageLogger(L.Callback):
