@@ -147,3 +147,17 @@ def test_folder_dataset_trains_and_evaluates(k, negatives, tmp_path):
     assert negative and all((tmp_path / "pl/labels" / f"{i}.png").is_file() for i in train_ids)
     for i in negative:
         assert not np.asarray(Image.open(tmp_path / "pl/labels" / f"{i}.png")).any()
+
+    # The trained model on the raw image files (no preparation): names from the checkpoint, masks of the inputs' size.
+    from clustercam_pl.evaluation import Protocol
+    from clustercam_pl.prediction import predict_images
+
+    files = sorted(p for p in raw["images"].rglob("*.png"))[:3]
+    pred = predict_images(run, [str(f) for f in files], tmp_path / "pred", Protocol.from_values("ss", [1.0], False, None),
+                          torch.device("cpu"), progress=False)
+    assert pred["predicted"] == 3 and not pred["failed"] and pred["class_names"] == list(class_names(k))
+    lines = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(len(line["scores"]) == k for line in lines)
+    for f in files:
+        mask = next((tmp_path / "pred").rglob(f"{f.stem}.png"))
+        assert Image.open(mask).size == Image.open(f).size
