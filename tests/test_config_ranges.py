@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from hydra.errors import InstantiationException
 
-from clustercam_pl.checks import check_range, describe_range
 from clustercam_pl.data.datamodule import WSSSDataModule
 from clustercam_pl.entry import check_config
 from clustercam_pl.train import build, train
+from clustercam_pl.utils.checks import check_range, describe_range
 from helpers import TINY_OVERRIDES, compose_train
 
 LR_RULE = (

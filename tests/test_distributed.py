@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from clustercam_pl.cam.crf import CRFParams, CRFPool, crf_labels, dense_crf, to_uint8_image
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
-from clustercam_pl.distributed import Launch, Ranks, forward_strategy, launch
+from clustercam_pl.inference.crf import CRFParams, CRFPool, crf_labels, dense_crf, to_uint8_image
+from clustercam_pl.utils.distributed import Launch, Ranks, forward_strategy, launch
 
 
 @pytest.mark.parametrize("n,world", [(5, 2), (7, 3), (2, 4), (0, 2), (8, 1)])

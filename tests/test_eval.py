@@ -21,22 +21,21 @@ from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.crf import to_uint8_image
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.checkpoint import (
     find_checkpoints,
     framework_section,
     load_checkpoint,
-    load_network,
     ours_to_reference,
 )
 from clustercam_pl.data.imageio import voc_palette
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS, make_sample
 from clustercam_pl.eval import evaluate, protocol_from_config
-from clustercam_pl.evaluation import report
-from clustercam_pl.inference import predict_segmentation, pseudo_labels_per_image
+from clustercam_pl.inference.crf import to_uint8_image
+from clustercam_pl.inference.network import predict, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.tasks.evaluate import report
 from clustercam_pl.train import train
 from helpers import CONF_DIR, TINY_OVERRIDES, compose_train, hydra_config
 from helpers import tiny_net as make_tiny_net
@@ -87,7 +86,7 @@ def direct_probs(net: ClusterCAMNet, image: torch.Tensor, scales, flip: bool) ->
 
 
 def direct_miou(net, split="val", scales=(1.0,), flip=False, crf=False) -> tuple[float, list[np.ndarray]]:
-    from clustercam_pl.cam.crf import dense_crf
+    from clustercam_pl.inference.crf import dense_crf
 
     ds = SyntheticWSSS(split, SyntheticConfig.from_dict(SYN), seed=0)
     metric, preds = SegmentationIoU(5), []
@@ -146,7 +145,7 @@ def test_padded_batch_equals_each_image_alone():
     batch = torch.zeros(2, 3, 96, 96)
     batch[0, :, :64], batch[1, :, :, :64] = a[0], b[0]
     sizes = torch.tensor([[64, 96], [96, 64]])
-    out = predict_segmentation(net, batch, MS, True, sizes)  # (2, 5, 96, 96)
+    out = predict(net, batch, MS, True, sizes).probs  # (2, 5, 96, 96)
     torch.testing.assert_close(out[0, :, :64], direct_probs(net, a, MS, True)[0])
     torch.testing.assert_close(out[1, :, :, :64], direct_probs(net, b, MS, True)[0])
     assert (out[0, :, 64:] == 0).all() and (out[1, :, :, 64:] == 0).all()
@@ -165,9 +164,9 @@ def test_reference_checkpoint_evaluates_like_the_framework_one(tmp_path):
     assert b["miou"] == a["miou"]
     assert b["checkpoints"][0]["kind"] == "reference" and b["checkpoints"][0]["epoch"] == 66
     with pytest.raises(ValueError, match=r"^net_overrides \['cam_layers'\] are CAM settings now: pass cam\.cam_layers=\.\.\. instead$"):
-        load_network(ref, cam_layers=2)
+        load_checkpoint(ref, cam_layers=2)
     with pytest.raises(ValueError, match=r"ours\.ckpt is a framework checkpoint .*only apply to reference"):
-        load_network(fw, decoder_dilation=1)
+        load_checkpoint(fw, decoder_dilation=1)
 
 
 def test_several_checkpoints_report_last_and_best(tmp_path, capsys):
@@ -245,7 +244,7 @@ def test_clear_errors(tmp_path):
         evaluate(compose_eval([*DATA, f"ckpt_path={ckpt}", "quote=first"], tmp_path / "r"))
     (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"cannot read checkpoint .*cut\.ckpt"):
-        load_network(tmp_path / "cut.ckpt")
+        load_checkpoint(tmp_path / "cut.ckpt")
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml")))
@@ -284,13 +283,13 @@ def test_run_folder_of_a_real_training_run(tmp_path):
 
 
 def test_reference_fixture_through_the_inference_path(parity_dir, expected):
-    """The shared parity fixture (reference outputs on reference-format weights): `load_network`
+    """The shared parity fixture (reference outputs on reference-format weights): `load_checkpoint`
     reads the official checkpoint, `ss` prediction is the softmax of the reference's upsampled seg
     logits, and the exported pseudo labels / CAMs are the reference's (eval mode)."""
     ckpt = load_checkpoint(parity_dir / "official_checkpoint.pth")
     assert ckpt.kind == "reference" and ckpt.epoch == 0 and not ckpt.net.training
     image = expected["s1_image"]  # (1, 3, 160, 208): non-square, not the base size
-    probs = predict_segmentation(ckpt.net, image)
+    probs = predict(ckpt.net, image).probs
     seg = F.interpolate(expected["s1_seg_logits"], size=(160, 208), mode="bilinear", align_corners=False)
     torch.testing.assert_close(probs, seg.softmax(1), atol=1e-5, rtol=1e-4)
 

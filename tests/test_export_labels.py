@@ -24,12 +24,12 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import framework_section
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
 from clustercam_pl.export_labels import export_pseudo_labels
-from clustercam_pl.label_export import read_done
 from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig
+from clustercam_pl.tasks.export_labels import read_done
 from helpers import hydra_config
 from helpers import tiny_net as make_tiny_net
 

@@ -149,8 +149,8 @@ def test_folder_dataset_trains_and_evaluates(k, negatives, tmp_path):
         assert not np.asarray(Image.open(tmp_path / "pl/labels" / f"{i}.png")).any()
 
     # The trained model on the raw image files (no preparation): names from the checkpoint, masks of the inputs' size.
-    from clustercam_pl.evaluation import Protocol
-    from clustercam_pl.prediction import predict_images
+    from clustercam_pl.tasks.evaluate import Protocol
+    from clustercam_pl.tasks.predict import predict_images
 
     files = sorted(p for p in raw["images"].rglob("*.png"))[:3]
     pred = predict_images(run, [str(f) for f in files], tmp_path / "pred", Protocol.from_values("ss", [1.0], False, None),

@@ -1,4 +1,4 @@
-"""clustercam_pl.inference: the one prediction / scoring path of validation, eval and export.
+"""clustercam_pl.inference.network: the one prediction / scoring path of validation, eval and export.
 
 In-training validation and `eval=ss` give the same number for any `val_batch_size`: padded images are
 predicted at their own size (the padding never reaches the network, the CAM normalisation or PAR).
@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import LoadedCheckpoint
 from clustercam_pl.data.datamodule import pad_collate
-from clustercam_pl.evaluation import Protocol, evaluate_network
-from clustercam_pl.inference import cam_prediction, predict, scored_pseudo_label
+from clustercam_pl.inference.network import cam_prediction, predict, scored_pseudo_label
 from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.optim import OptimConfig
+from clustercam_pl.tasks.evaluate import Protocol, evaluate_network
 from helpers import tiny_net
 
 CAM = CAMConfig(cam_layers=2, par_iters=2, par_dilations=(1, 2))

@@ -1,8 +1,8 @@
 """The package layout is the data flow, and imports only ever point down it.
 
-data -> models -> checkpoint -> cam -> losses / metrics -> inference -> lit_module -> callbacks /
-visualize -> library commands (evaluation, label_export) -> entry points. Nothing below the entry
-points imports Hydra or OmegaConf.
+utils / data -> models -> checkpoint -> cam -> losses / metrics / optim -> inference -> lit_module ->
+callbacks / visualize -> tasks (the commands' library halves) -> entry points. Nothing below the entry
+points imports Hydra or OmegaConf, and no import points up, not even inside a function.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import clustercam_pl
 
 PKG = Path(clustercam_pl.__file__).parent
-ENTRY_POINTS = {"train", "eval", "export_labels", "pseudo_labels", "prepare", "bench", "summarize", "entry", "predict"}
+ENTRY_POINTS = {"train", "eval", "export_labels", "prepare", "bench", "summarize", "entry", "predict"}
 
 # Each module's layer (lower = closer to the data); a module may import from its own layer or below.
 LAYERS: dict[str, int] = {
-    "conf": 0, "results": 0, "device": 0, "distributed": 0, "checks": 0, "run_folder": 0, "run_info": 0, "data": 0,
+    "conf": 0, "utils": 0, "data": 0,
     "models": 1,
     "checkpoint": 2,
     "cam": 3,
@@ -25,11 +25,9 @@ LAYERS: dict[str, int] = {
     "inference": 5,
     "lit_module": 6,
     "callbacks": 7, "visualize": 7,
-    "evaluation": 8, "label_export": 8, "sweep": 8, "prediction": 8,
+    "tasks": 8,
     **dict.fromkeys(ENTRY_POINTS, 9),
 }
-# Function-level imports that point up the layers: thin aliases kept for earlier user scripts.
-DEPRECATED_ALIASES = {("models", "cam"), ("models", "checkpoint")}
 
 
 def _unit(path: Path) -> str:
@@ -72,8 +70,6 @@ def _upward(unit: str, path: Path) -> list[str]:
     for top_level in (True, False):
         for target in _package_imports(path, top_level):
             if target in LAYERS and LAYERS[target] > LAYERS[unit]:
-                if not top_level and (unit, target) in DEPRECATED_ALIASES:
-                    continue
                 found.append(f"{path.name} -> {target}")
     return sorted(set(found))
 

@@ -30,7 +30,7 @@ from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_samp
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 from clustercam_pl.eval import protocol_from_config
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
-from clustercam_pl.prediction import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
+from clustercam_pl.tasks.predict import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
 from clustercam_pl.train import train
 from helpers import TINY_OVERRIDES, compose_train, hydra_config
 from helpers import tiny_net as make_tiny_net

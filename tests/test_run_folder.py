@@ -17,22 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from clustercam_pl.run_folder import (
+from clustercam_pl.train import train
+from clustercam_pl.utils.files import partial_path, remove_partials
+from clustercam_pl.utils.run_folder import (
     LOCK_NAME,
     RunFolderError,
     RunFolderLock,
     check_writable,
     claim_run_folder,
-    remove_dead_temporaries,
-    temporary_path,
 )
-from clustercam_pl.train import train
 from helpers import TINY_OVERRIDES, compose_train
 from test_train import REPO, _wait_for, run_cli, start_cli
 
 HOLDER = """
 import sys, time
-from clustercam_pl.run_folder import RunFolderLock
+from clustercam_pl.utils.run_folder import RunFolderLock
 RunFolderLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)
@@ -85,7 +84,7 @@ def test_the_lock_of_a_killed_owner_is_taken_over_and_released(tmp_path, caplog)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (tmp_path / LOCK_NAME).is_file()  # a SIGKILL leaves the file
-    with caplog.at_level(logging.WARNING, logger="clustercam_pl.run_folder"), RunFolderLock(tmp_path) as lock:
+    with caplog.at_level(logging.WARNING, logger="clustercam_pl.utils.run_folder"), RunFolderLock(tmp_path) as lock:
         assert lock.held
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
         with pytest.raises(RunFolderError, match=rf"\(pid {os.getpid()} on host "):
@@ -101,7 +100,7 @@ def test_the_lock_of_a_killed_owner_is_taken_over_and_released(tmp_path, caplog)
 
 def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
     """File systems without flock (some network mounts): a live pid of this host, or any other host, refuses."""
-    import clustercam_pl.run_folder as rf
+    import clustercam_pl.utils.files as rf
 
     monkeypatch.setattr(rf, "_try_flock", lambda fd: "unsupported")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -126,14 +125,14 @@ def test_without_flock_the_recorded_pid_decides(tmp_path, monkeypatch):
 def test_temporaries_of_dead_writers_are_removed_others_kept(tmp_path, caplog):
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
-    dead = temporary_path(ckpts / "last.ckpt", dead_pid())
-    live = temporary_path(ckpts / "best.ckpt")  # this process: a writer that still runs
+    dead = partial_path(ckpts / "last.ckpt", dead_pid())
+    live = partial_path(ckpts / "best.ckpt")  # this process: a writer that still runs
     for p in (dead, live, ckpts / "last.ckpt", ckpts / ".notes.tmp-x"):
         p.write_bytes(b"x")
-    assert dead.name.startswith(".last.ckpt.tmp-")
-    with caplog.at_level("INFO", logger="clustercam_pl.run_folder"):
-        assert remove_dead_temporaries([ckpts, tmp_path / "absent"]) == [dead]
-    assert f"removed 1 temporary file(s) of killed checkpoint writers: {dead}" in caplog.text
+    assert dead.name.startswith(".last.ckpt.") and dead.name.endswith(".part")
+    with caplog.at_level("INFO", logger="clustercam_pl.utils.files"):
+        assert remove_partials([ckpts, tmp_path / "absent"], recursive=False) == [dead]
+    assert f"removed 1 partial file(s) of interrupted writers: {dead}" in caplog.text
     assert sorted(p.name for p in ckpts.iterdir()) == sorted([live.name, "last.ckpt", ".notes.tmp-x"])
 
 
@@ -217,7 +216,7 @@ def test_second_training_on_a_folder_is_refused_and_a_killed_ones_lock_taken_ove
         first.send_signal(signal.SIGCONT)
         first.wait(30)
     # As a kill mid-save leaves it, under a pid no process has (the killed run's own pid may be reused by then).
-    leftover = temporary_path(run / "checkpoints" / "last.ckpt", dead_pid())
+    leftover = partial_path(run / "checkpoints" / "last.ckpt", dead_pid())
     leftover.write_bytes(b"half a checkpoint")
     third = run_cli([*args, "trainer.max_steps=1"], REPO, timeout=200)  # resumes past max_steps: ends at once
     out = third.stdout + third.stderr

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from clustercam_pl import run_info
 from clustercam_pl.optim import OptimConfig
 from clustercam_pl.train import train
+from clustercam_pl.utils import run_info
 from helpers import CONF_DIR, TINY_OVERRIDES, compose_train
 
 REPO = CONF_DIR.parents[2]

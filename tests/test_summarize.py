@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from clustercam_pl.summarize import cli, main
-from clustercam_pl.sweep import SweepError, parse_override, summarize
+from clustercam_pl.tasks.sweep import SweepError, parse_override, summarize
 from helpers import TINY_OVERRIDES
 from test_train import REPO, run_cli
 

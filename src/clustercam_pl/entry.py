@@ -14,15 +14,15 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clustercam_pl import run_info
 from clustercam_pl.checkpoint import find_one_checkpoint
-from clustercam_pl.checks import check_range
 from clustercam_pl.data.datamodule import DEFAULT_CROP
-from clustercam_pl.distributed import Launch
-from clustercam_pl.results import iou_table, scalar_metrics, write_metrics  # noqa: F401  (re-exported)
-from clustercam_pl.sweep import parse_override
+from clustercam_pl.tasks.sweep import parse_override
+from clustercam_pl.utils import run_info
+from clustercam_pl.utils.checks import check_range
+from clustercam_pl.utils.distributed import Launch
+from clustercam_pl.utils.results import write_metrics
 
 log = logging.getLogger("clustercam_pl")
 
@@ -239,9 +239,3 @@ def record_env(
     if info["batch"]["note"]:
         log.warning(info["batch"]["note"])
     return info
-
-
-def open_dict(cfg: DictConfig):
-    from omegaconf import open_dict as _open_dict
-
-    return _open_dict(cfg)

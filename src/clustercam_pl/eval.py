@@ -5,7 +5,7 @@ with its result: mIoU (VOC convention) and the per-class IoU table; with several
 and the best are reported (`quote=last|best`). `export=true` writes and packs the predictions for the
 VOC evaluation server. `trainer=ddp trainer.devices=N` (or `trainer.num_nodes`, `trainer=ddp_spawn`,
 SLURM tasks) runs it on N processes, as training; `crf_workers` sets the CRF worker processes. The
-work is `clustercam_pl.evaluation`; `evaluate(cfg)` is importable (tests call it); `main` is the Hydra
+work is `clustercam_pl.tasks.evaluate`; `evaluate(cfg)` is importable (tests call it); `main` is the Hydra
 wrapper.
 """
 
@@ -18,7 +18,6 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from clustercam_pl.distributed import Ranks, launch
 from clustercam_pl.entry import (
     check_multirun_strategy,
     launch_settings,
@@ -28,7 +27,8 @@ from clustercam_pl.entry import (
     run_dir,
     write_metrics,
 )
-from clustercam_pl.evaluation import Protocol, evaluate_checkpoints, report
+from clustercam_pl.tasks.evaluate import Protocol, evaluate_checkpoints, report
+from clustercam_pl.utils.distributed import Ranks, launch
 
 log = logging.getLogger("clustercam_pl.eval")
 

@@ -1,6 +1,6 @@
 """Export pseudo labels and CAMs: `python -m clustercam_pl.export_labels ckpt_path=... [split=train_aug]`.
 
-Writes `clustercam_pl.label_export`'s layout (labels/<id>.png, cams/<id>.npz, meta.json and the
+Writes `clustercam_pl.tasks.export_labels`'s layout (labels/<id>.png, cams/<id>.npz, meta.json and the
 mIoU where the split has masks), resumable. CAM settings come from `conf/cam`; `cam.cam_layers` and
 `cam.p2p_refine` are null here and then taken from the checkpoint (what the run trained with; the
 reference's 3 / true for reference checkpoints). `trainer=ddp trainer.devices=N` (as training)
@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint
-from clustercam_pl.distributed import Ranks, launch
 from clustercam_pl.entry import (
     check_multirun_strategy,
     launch_settings,
@@ -30,7 +29,8 @@ from clustercam_pl.entry import (
     run_dir,
     write_metrics,
 )
-from clustercam_pl.label_export import export_split
+from clustercam_pl.tasks.export_labels import export_split
+from clustercam_pl.utils.distributed import Ranks, launch
 
 log = logging.getLogger("clustercam_pl.export_labels")
 

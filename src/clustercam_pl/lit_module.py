@@ -7,7 +7,7 @@ One training step reads like the method (reference: DCVL-WSSS/ClusterCAM engine.
     out    = net(image)
     loss   = L_cls + L_patch + 0.1 * L_seg                     # L_seg from the warm-up epoch on
 
-Validation predicts and scores through `clustercam_pl.inference`, the functions `eval` and the
+Validation predicts and scores through `clustercam_pl.inference.network`, the functions `eval` and the
 pseudo-label export use, so in-training val and `eval=ss` give the same number for any val batch size.
 """
 
@@ -28,7 +28,7 @@ from clustercam_pl import checkpoint as ckpt_io
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.generate import check_cam_layers, pseudo_label_step
 from clustercam_pl.cam.par import PAR
-from clustercam_pl.inference import cam_prediction, predict, pseudo_labels_per_image, scored_pseudo_label
+from clustercam_pl.inference.network import cam_prediction, predict, pseudo_labels_per_image, scored_pseudo_label
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clustercam_pl.checks import check_range
 from clustercam_pl.data.labels import IGNORE_INDEX
+from clustercam_pl.utils.checks import check_range
 
 
 def seg_loss(logits_up: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

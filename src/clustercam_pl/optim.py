@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from clustercam_pl.checks import check_range
+from clustercam_pl.utils.checks import check_range
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Apply a trained model to your own images: `python -m clustercam_pl.predict ckpt_path=... input=... out_dir=...`.
 
 Masks, overlays, optional CAM heat maps and predictions.jsonl for a folder, glob, image or .txt list of
-images (`clustercam_pl.prediction` does the work and documents the outputs). The protocol is the
+images (`clustercam_pl.tasks.predict` does the work and documents the outputs). The protocol is the
 `eval` config group of `clustercam_pl.eval`. Exit status 0 when every input was predicted,
 `EXIT_SOME_FAILED` when some could not be read (they are listed in <out_dir>/failed.txt), 1 on errors.
 `trainer=ddp trainer.devices=N` (as training) predicts on N processes, each input by one of them; every
@@ -19,10 +19,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from clustercam_pl.distributed import Ranks, launch
 from clustercam_pl.entry import check_multirun_strategy, launch_settings, net_overrides, record_env, resolved_copy
 from clustercam_pl.eval import checkpoint_spec, protocol_from_config
-from clustercam_pl.prediction import FAILED, predict_images
+from clustercam_pl.tasks.predict import FAILED, predict_images
+from clustercam_pl.utils.distributed import Ranks, launch
 
 log = logging.getLogger("clustercam_pl.predict")
 

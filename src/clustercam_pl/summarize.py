@@ -2,7 +2,7 @@
 
 Prints a Markdown table (one row per setting, seeds grouped, mean ± std of every val/ and test/ metric,
 sorted by the optimised metric, the best run's folder), lists pending jobs and optuna's result, and
-writes summary.csv and a PNG per swept key beside the sweep. The work is in :mod:`clustercam_pl.sweep`.
+writes summary.csv and a PNG per swept key beside the sweep. The work is in :mod:`clustercam_pl.tasks.sweep`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from clustercam_pl.sweep import SEED_KEYS, Summary, SweepError, markdown, plot, summarize, write_csv
+from clustercam_pl.tasks.sweep import SEED_KEYS, Summary, SweepError, markdown, plot, summarize, write_csv
 
 
 def _parser() -> argparse.ArgumentParser:

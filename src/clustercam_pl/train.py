@@ -20,15 +20,14 @@ from clustercam_pl.entry import (
     attach_wandb_id,
     check_config,
     instantiate_dict,
-    iou_table,
     record_env,
     resolve_ckpt,
     run_dir,
-    scalar_metrics,
     write_metrics,
 )
 from clustercam_pl.models import ClusterCAMNet
-from clustercam_pl.run_folder import claim_run_folder
+from clustercam_pl.utils.results import iou_table, scalar_metrics
+from clustercam_pl.utils.run_folder import claim_run_folder
 
 log = logging.getLogger("clustercam_pl.train")
 

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pydensecrf.densecrf", reason="optional dependency pydensecrf2 is not installed")
 
-from clustercam_pl.cam.crf import dense_crf  # noqa: E402
+from clustercam_pl.inference.crf import dense_crf  # noqa: E402
 
 
 def test_crf_snaps_uncertain_probabilities_to_image_edges():

@@ -46,14 +46,6 @@ def test_cam_layers_beyond_the_depth_is_a_clear_error():
         single_scale_cam(net, torch.randn(1, 3, 64, 64), cam_layers=3)
 
 
-def test_the_old_net_cam_method_is_a_thin_alias_that_says_where_it_moved():
-    net = tiny_net(3).eval()
-    x = torch.randn(1, 3, 64, 64)
-    with pytest.warns(DeprecationWarning, match=r"ClusterCAMNet\.cam moved to clustercam_pl\.cam\.generate\.single_scale_cam"):
-        old = net.cam(x, cam_layers=2)
-    torch.testing.assert_close(old, single_scale_cam(net, x, cam_layers=2), rtol=0, atol=0)
-
-
 def test_materialising_cam_equals_fused_cam():
     torch.manual_seed(4)
     fast = tiny_net(3, alpha_init=0.3)

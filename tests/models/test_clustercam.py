@@ -109,15 +109,6 @@ def test_constructor_validation():
         tiny(cam_layers=2)
 
 
-def test_record_argument_is_forward_intermediates():
-    net = tiny(alpha_init=0.25).eval()
-    x = torch.randn(1, 3, 64, 64)
-    a, b = net(x, record=True), net.forward_intermediates(x)
-    assert len(a.attention) == len(b.attention) == 2
-    torch.testing.assert_close(a.attention[1].p2p, b.attention[1].p2p, rtol=0, atol=0)
-    assert net(x).attention is None
-
-
 def test_alphas_are_the_cluster_blocks_mixing_weights():
     net = tiny(cluster_blocks=[1], alpha_init=0.25)
     assert net.alphas().tolist() == [0.25]

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
-from clustercam_pl.checks import check_range
 from clustercam_pl.data.labels import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_manifest
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
@@ -35,6 +34,7 @@ from clustercam_pl.data.transforms import (
     build_train_transform,
     seed_transform,
 )
+from clustercam_pl.utils.checks import check_range
 
 DATA_ENV = "CLUSTERCAM_DATA"
 """Environment variable: folder holding prepared ``voc``/``coco`` roots, used when data_root is None."""

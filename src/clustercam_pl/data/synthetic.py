@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clustercam_pl.checks import check_range
 from clustercam_pl.data.labels import mask_classes
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
+from clustercam_pl.utils.checks import check_range
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "hexagon", "star", "crescent")
 TEXTURES = ("stripes", "checker", "dots", "noise", "grid", "concentric", "waves", "crosshatch")

@@ -6,7 +6,6 @@ Reference: DCVL-WSSS/ClusterCAM models.py (`MCTformerV2.forward`; its `cam_only`
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ class ClusterCAMOutput:
     seg_logits: Tensor | None  # (B, K + 1, h, w) decoder output at patch resolution
     features: Tensor  # (B, C + L * nh * K, h, w) the concatenated feature map F'
     c2p: Tensor  # (B, L, nh, K, N) every block's mixed class-to-patch attention
-    attention: list[AttentionRecord] | None  # per block, when `record=True`
+    attention: list[AttentionRecord] | None  # per block, from `forward_intermediates`
 
 
 @dataclass
@@ -104,13 +103,8 @@ class ClusterCAMNet(nn.Module):
             attention=records,
         )
 
-    def forward(self, x: Tensor, with_seg: bool = True, record: bool = False) -> ClusterCAMOutput:
-        """x (B, 3, H, W) ImageNet-normalised. `with_seg=False` skips the decoder (seg warm-up).
-
-        `record=True` is `forward_intermediates(x, with_seg)`, kept for earlier scripts.
-        """
-        if record:
-            return self.forward_intermediates(x, with_seg)
+    def forward(self, x: Tensor, with_seg: bool = True) -> ClusterCAMOutput:
+        """x (B, 3, H, W) ImageNet-normalised. `with_seg=False` skips the decoder (seg warm-up)."""
         return self._output(self.backbone(x), with_seg, None)
 
     def forward_intermediates(self, x: Tensor, with_seg: bool = True) -> ClusterCAMOutput:
@@ -133,16 +127,3 @@ class ClusterCAMNet(nn.Module):
             qk=[a.qk for a in bb.blocks] if keep is Keep.QK else None,
             p2p=[a.p2p for a in bb.blocks] if keep is Keep.P2P else None,
         )
-
-    def cam(self, x: Tensor, p2p_refine: bool = True, cam_layers: int = 3) -> Tensor:
-        """Moved: `clustercam_pl.cam.generate.single_scale_cam(net, x, cam_layers, p2p_refine)`.
-
-        Kept as a thin alias for scripts written against earlier versions (reference defaults).
-        """
-        warnings.warn(
-            "ClusterCAMNet.cam moved to clustercam_pl.cam.generate.single_scale_cam(net, x, cam_layers, "
-            "p2p_refine)", DeprecationWarning, stacklevel=2,
-        )
-        from clustercam_pl.cam.generate import single_scale_cam  # deprecated alias: the one upward import
-
-        return single_scale_cam(self, x, cam_layers=cam_layers, p2p_refine=p2p_refine)

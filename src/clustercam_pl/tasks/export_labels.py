@@ -13,7 +13,7 @@ For every image (network in eval mode):
 Resumable: every file is written to `<name>.part` and renamed, so a killed run leaves only `.part`
 files, which a rerun deletes; an image is done when both of its files exist and read back. The
 mIoU sums the per-image confusion matrices stored in the npz files, so resumed images count
-without being recomputed. On N processes (`clustercam_pl.distributed`) each image belongs to one
+without being recomputed. On N processes (`clustercam_pl.utils.distributed`) each image belongs to one
 process's share, and the sums are summed across processes. Plain arguments only (the entry point
 is `clustercam_pl.export_labels`).
 """
@@ -39,15 +39,15 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.checkpoint import LoadedCheckpoint
 from clustercam_pl.data.imageio import write_index_png
-from clustercam_pl.distributed import Ranks
-from clustercam_pl.inference import (
+from clustercam_pl.inference.network import (
     cam_prediction,
     crop_predictions,
     pseudo_labels_per_image,
     scored_pseudo_label,
 )
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
-from clustercam_pl.results import iou_table, write_metrics
+from clustercam_pl.utils.distributed import Ranks
+from clustercam_pl.utils.results import iou_table, write_metrics
 
 log = logging.getLogger("clustercam_pl.export_labels")
 

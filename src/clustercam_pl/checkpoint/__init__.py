@@ -40,7 +40,7 @@ from torch import Tensor
 from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.models import ClusterCAMNet, NetConfig
 from clustercam_pl.models.config import CAM_KEYS_OF_FORMAT_1, preset_names
-from clustercam_pl.run_folder import temporary_path
+from clustercam_pl.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +137,12 @@ def read_file(path: str | os.PathLike) -> Any:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file, flushed, then renamed: the target is never half-written."""
+    """`torch.save` through `atomic_write`: the target is never half-written (a later training start
+    removes the partial file of a process killed mid-save)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)  # a later training start removes it if this process dies mid-save
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -395,11 +388,6 @@ def load_checkpoint(path: str | os.PathLike, **reference_overrides: Any) -> Load
         m = re.search(r"checkpoint_(\d+)\.pth$", Path(source).name)
         epoch = int(m.group(1)) if m else None
     return LoadedCheckpoint(net.eval(), source, "reference", epoch, None)
-
-
-def load_network(path: str | os.PathLike, **reference_overrides: Any) -> ClusterCAMNet:
-    """A ClusterCAMNet from a framework checkpoint or a reference checkpoint (eval mode, CPU)."""
-    return load_checkpoint(path, **reference_overrides).net
 
 
 # ---------------------------------------------------------------------------- ImageNet init

@@ -43,19 +43,19 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.crf import CRFPool, crf_refine, default_crf_workers, require_crf, to_uint8_image
 from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
 from clustercam_pl.checkpoint import find_one_checkpoint, load_checkpoint, resolve_class_names
-from clustercam_pl.checks import check_range
 from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
-from clustercam_pl.distributed import Ranks
-from clustercam_pl.evaluation import Protocol
-from clustercam_pl.inference import predict
-from clustercam_pl.label_export import file_sha256
+from clustercam_pl.inference.crf import CRFPool, crf_refine, default_crf_workers, require_crf, to_uint8_image
+from clustercam_pl.inference.network import predict
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.models.utils import training_mode
-from clustercam_pl.results import write_metrics, write_text_atomic
+from clustercam_pl.tasks.evaluate import Protocol
+from clustercam_pl.tasks.export_labels import file_sha256
+from clustercam_pl.utils.checks import check_range
+from clustercam_pl.utils.distributed import Ranks
+from clustercam_pl.utils.results import write_metrics, write_text_atomic
 from clustercam_pl.visualize import voc_palette
 
 log = logging.getLogger("clustercam_pl.predict")

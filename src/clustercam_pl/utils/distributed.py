@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from clustercam_pl.device import resolve_device
+from clustercam_pl.utils.device import resolve_device
 
 T = TypeVar("T")
 

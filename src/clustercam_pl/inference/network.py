@@ -114,17 +114,6 @@ def predict(
     return Prediction(probs, cls_logits)
 
 
-def predict_segmentation(
-    net: ClusterCAMNet,
-    image: Tensor,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    image_size: Tensor | None = None,
-) -> Tensor:
-    """`predict(...).probs`: segmentation probabilities (B, K+1, H, W)."""
-    return predict(net, image, scales, flip, image_size).probs
-
-
 # --------------------------------------------------------------------------- CAMs and labels
 @torch.no_grad()
 def pseudo_labels_per_image(

@@ -2,13 +2,13 @@
 VOC server export. Plain arguments only (the entry point is `clustercam_pl.eval`).
 
 Each protocol (`conf/eval/`) is a set of input scales, an optional flip and an optional dense CRF;
-predictions come from `clustercam_pl.inference.predict`, the path in-training validation uses.
+predictions come from `clustercam_pl.inference.network.predict`, the path in-training validation uses.
 Several checkpoints are each evaluated; the LAST (by epoch/step, else name order) and the BEST on the
 evaluated split are reported, and the summary says which one is quoted. Choosing the best on the split
 that is scored is selection on the test data; the reference does exactly that (best of 30 checkpoints
 on val).
 
-On N processes (`clustercam_pl.distributed`), each evaluates its share of the images (each image
+On N processes (`clustercam_pl.utils.distributed`), each evaluates its share of the images (each image
 once) and writes their PNGs; the confusion matrices are summed, so the numbers are those of one
 process. The dense CRF runs in a `CRFPool` of worker processes alongside the network.
 """
@@ -29,13 +29,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from clustercam_pl.cam.crf import CRFParams, CRFPool, default_crf_workers, require_crf, to_uint8_image
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_checkpoints, load_checkpoint, natural_key
 from clustercam_pl.data.imageio import write_index_png
-from clustercam_pl.distributed import Ranks
-from clustercam_pl.inference import crop_predictions, predict_segmentation
+from clustercam_pl.inference.crf import CRFParams, CRFPool, default_crf_workers, require_crf, to_uint8_image
+from clustercam_pl.inference.network import crop_predictions, predict
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
-from clustercam_pl.results import iou_table
+from clustercam_pl.utils.distributed import Ranks
+from clustercam_pl.utils.results import iou_table
 
 log = logging.getLogger("clustercam_pl.eval")
 
@@ -158,7 +158,7 @@ def _label_maps(
         for batch in loader:
             image = batch["image"].to(device)  # (B, 3, H, W), padded
             size = batch.get("image_size")  # (B, 2) or None
-            probs = predict_segmentation(net, image, protocol.scales, protocol.flip, size)  # (B, K+1, H, W)
+            probs = predict(net, image, protocol.scales, protocol.flip, size).probs  # (B, K+1, H, W)
             masks = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
             for i, (image_id, mask) in enumerate(zip(batch["image_id"], masks, strict=True)):
                 h, w = (int(size[i, 0]), int(size[i, 1])) if size is not None else image.shape[-2:]
