@@ -13,7 +13,7 @@ from pathlib import Path
 import clustercam_pl
 
 PKG = Path(clustercam_pl.__file__).parent
-ENTRY_POINTS = {"train", "eval", "export_labels", "prepare", "bench", "summarize", "entry", "predict"}
+ENTRY_POINTS = {"train", "eval", "export_labels", "prepare", "bench", "summarize", "entry", "predict", "audit", "refine"}
 
 # Each module's layer (lower = closer to the data); a module may import from its own layer or below.
 LAYERS: dict[str, int] = {

@@ -116,3 +116,37 @@ class PerImageAveragePrecision(Metric):
 def classwise_map(num_labels: int, **kwargs: Any) -> MultilabelAveragePrecision:
     """Class-wise macro mAP: AP of each class over the whole set, averaged over classes (torchmetrics)."""
     return MultilabelAveragePrecision(num_labels=num_labels, average="macro", **kwargs)
+
+
+def scores_from_confmat(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-class scores (float64, (C,)) of a (C, C) confusion matrix (rows: ground truth, class 0 = background).
+
+    With T = ground-truth pixels, P = predicted pixels, TP = their overlap, U = T + P - TP:
+    ``iou`` TP/U, ``precision`` TP/P, ``recall`` TP/T, and the reference's false-positive and
+    false-negative ratios ``fp`` (P-TP)/U and ``fn`` (T-TP)/U (so iou + fp + fn = 1). The errors are
+    split by what the other side is: ``fp_bg`` / ``fp_other`` (predicted c where the truth is background
+    / another class) and ``fn_bg`` / ``fn_other`` (true c predicted background / another class), each
+    over U. A ratio with a zero denominator is NaN (a class absent from both sides has no score).
+    """
+    cm = torch.as_tensor(confmat).double()
+    tp = cm.diagonal()
+    t, p = cm.sum(1), cm.sum(0)
+    union = t + p - tp
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp_min(1), float("nan"))
+
+    fp_bg = cm[0].clone()  # (C,) predicted c on true background
+    fn_bg = cm[:, 0].clone()  # (C,) true c predicted background
+    fp_bg[0] = fn_bg[0] = 0  # background's own errors are all "other class"
+    return {
+        "iou": ratio(tp, union),
+        "precision": ratio(tp, p),
+        "recall": ratio(tp, t),
+        "fp": ratio(p - tp, union),
+        "fn": ratio(t - tp, union),
+        "fp_bg": ratio(fp_bg, union),
+        "fp_other": ratio(p - tp - fp_bg, union),
+        "fn_bg": ratio(fn_bg, union),
+        "fn_other": ratio(t - tp - fn_bg, union),
+    }
