@@ -151,15 +151,18 @@ def score_table(cm_void: np.ndarray, names: Sequence[str]) -> dict[str, dict[str
 
 
 def _num(x: Any) -> float:
-    return float(x) if np.isfinite(x) else math.nan
+    x = float(x)
+    return x if math.isfinite(x) else math.nan
 
 
 def image_iou(cm: np.ndarray) -> tuple[float, int]:
-    """Mean IoU of one image over the classes in its mask or labels, and the worst such class (-1: none)."""
+    """Mean IoU of one image over the classes in its mask or labels, and its worst foreground class
+    among those in the mask (those in the labels when the mask has none; 0: no foreground at all)."""
     iou = scores_from_confmat(torch.from_numpy(cm))["iou"].numpy()  # (C,)
     if not np.isfinite(iou).any():
-        return math.nan, -1
-    fg = np.where(np.isfinite(iou[1:]), iou[1:], np.inf)
+        return math.nan, 0
+    in_mask = cm.sum(1)[1:] > 0  # (C - 1,)
+    fg = np.where(np.isfinite(iou[1:]) & (in_mask if in_mask.any() else True), iou[1:], np.inf)
     worst = int(fg.argmin()) + 1 if np.isfinite(fg).any() else 0
     return float(np.nanmean(iou)), worst
 
@@ -259,7 +262,8 @@ def contact_sheet(
             ax.set_title(title if k else f"{caption}\n{image_id}", fontsize=7)
             ax.axis("off")
     _class_legend(fig, list(names[1:]))
-    fig.subplots_adjust(bottom=0.8 / (1.9 * len(rows) + 0.8), hspace=0.35, wspace=0.05)
+    height = 1.9 * len(rows) + 0.8
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / height, bottom=0.8 / height, hspace=0.3, wspace=0.05)
     return _save_figure(fig, path)
 
 
@@ -385,13 +389,15 @@ def _report(
     report: dict[str, Any] = {
         "dataset": dm.dataset, "split": split, "num_images": len(records), "missing": missing,
         "labels": [str(f) for f in folders], "sets": sets,
-        "worst": [(r["id"], r["iou_0"]) for r in ranked[:n]], "best": [(r["id"], r["iou_0"]) for r in ranked[::-1][:n]],
+        "worst": [(r["id"], r["iou_0"]) for r in ranked[:n]],
+        "best": [(r["id"], r["iou_0"]) for r in ranked[n:][::-1][:n]],  # never the same image twice
     }
     if len(sets) == 2:
         report["delta"] = _delta(sets[0], sets[1])
         both = sorted((r for r in ranked if math.isfinite(r["iou_1"])), key=lambda r: r["iou_1"] - r["iou_0"])
-        report["changes"] = {"gained": [(r["id"], r["iou_1"] - r["iou_0"]) for r in both[::-1][:n]],
-                             "lost": [(r["id"], r["iou_1"] - r["iou_0"]) for r in both[:n]]}
+        delta = [(r["id"], r["iou_1"] - r["iou_0"]) for r in both]
+        report["changes"] = {"gained": [d for d in delta[::-1][:n] if d[1] > 0],
+                             "lost": [d for d in delta[:n] if d[1] < 0]}
     if curve is not None:
         report["cam_curve"] = curve_summary(curve)
     return report
@@ -404,9 +410,9 @@ def _write(
     set_names = ["labels"] if len(sets) == 1 else ["labels (0)", "against (1)"]
     worst = {r["id"]: r["worst_0"] for r in records}
     rows = [(i, f"worst {100 * v:.0f}") for i, v in report["worst"]]
-    rows += [(i, f"best {100 * v:.0f}") for i, v in report["best"] if i not in dict(report["worst"])]
+    rows += [(i, f"best {100 * v:.0f}") for i, v in report["best"]]
     contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "examples.png")
-    if "changes" in report:
+    if report.get("changes", {}).get("gained") or report.get("changes", {}).get("lost"):
         ch = report["changes"]
         rows = [(i, f"gained {100 * d:+.0f}") for i, d in ch["gained"]] + [(i, f"lost {100 * d:+.0f}") for i, d in ch["lost"]]
         contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "changes.png")
