@@ -76,7 +76,7 @@ class SegmentAnythingStep:
     name: ClassVar[str] = ""
     checkpoint: str = ""
     mode: str = "prompts"
-    threshold: float = 0.5  # everything mode: the share of a mask's labelled pixels a class must exceed
+    threshold: float = 0.7  # everything mode: the share of a mask's labelled pixels a class must exceed
     min_area: int = 16  # prompts mode: smaller components are not prompted (they keep their labels)
     outside: str = "ignore"  # prompts mode: a component's pixels outside its mask
     points_per_side: int = 32  # everything mode: the generator's point grid

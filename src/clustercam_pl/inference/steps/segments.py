@@ -58,7 +58,7 @@ class SegmentsStep:
 
     name: ClassVar[str] = "segments"
     root: str = ""
-    threshold: float = 0.5  # a class must cover more than this share of a mask's labelled pixels
+    threshold: float = 0.7  # the share of a mask's labelled pixels a class must exceed (conf/postprocess)
     missing: str = "error"
 
     def __post_init__(self) -> None:
