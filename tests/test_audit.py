@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from label_fixtures import synthetic_dm, truth, write_export
 
 from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.data.transforms import apply_transform
 from clustercam_pl.metrics import scores_from_confmat
 from clustercam_pl.tasks.audit import METRICS, audit, void_confmat
+from label_fixtures import synthetic_dm, truth, write_export
 
 # One 2x4 image, classes background, a, b. Labels have two void pixels (255).
 MASK = np.array([[0, 0, 1, 1], [0, 2, 2, 1]], np.uint8)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from label_fixtures import synthetic_dm, truth, write_export
 from PIL import Image
 from scipy import ndimage
 
@@ -18,6 +17,7 @@ from clustercam_pl.inference.steps.superpixel import SuperpixelStep
 from clustercam_pl.tasks.audit import convention, void_confmat
 from clustercam_pl.tasks.refine import refine_labels
 from clustercam_pl.utils.files import partial_path, write_json
+from label_fixtures import synthetic_dm, truth, write_export
 
 
 def miou(folder: Path, data: dict) -> float:

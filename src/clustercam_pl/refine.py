@@ -1,4 +1,4 @@
-"""Refine a label set: `python -m clustercam_pl.refine labels=<folder> method=<superpixel|segments|sam|sam2> out_dir=...`.
+"""Refine a label set: `python -m clustercam_pl.refine labels=<folder> method=<step> out_dir=<folder>`.
 
 The library half is `clustercam_pl.tasks.refine`; `method` is a step config of conf/postprocess/
 (`method.checkpoint=...` for SAM). With `audit=true` the labels before vs after are audited into

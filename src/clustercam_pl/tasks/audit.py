@@ -217,7 +217,8 @@ def audit_share(
         if curve is not None:
             npz = cams / f"{image_id}.npz"
             if not npz.is_file():
-                raise FileNotFoundError(f"{npz} is missing: the CAM curve needs every image's CAMs (or pass cams=false)")
+                raise FileNotFoundError(f"{npz} is missing: the CAM curve needs every image's CAMs "
+                                        "(or pass cams=false)")
             curve += cam_curve_counts(*read_cams(npz, mask.shape), mask, C)
         records.append(rec)
     return records, totals, curve
@@ -320,8 +321,9 @@ def markdown(report: dict[str, Any], names: Sequence[str]) -> str:
     lines += ["", "Worst images (set 0): " + ", ".join(f"{i} ({_pct(v)})" for i, v in report["worst"]),
               "", "Best images (set 0): " + ", ".join(f"{i} ({_pct(v)})" for i, v in report["best"])]
     if "changes" in report:
-        lines += ["", "Gained most (set 1 - set 0): " + ", ".join(f"{i} ({_pct(v)})" for i, v in report["changes"]["gained"]),
-                  "", "Lost most: " + ", ".join(f"{i} ({_pct(v)})" for i, v in report["changes"]["lost"])]
+        ch = report["changes"]
+        lines += ["", "Gained most (set 1 - set 0): " + ", ".join(f"{i} ({_pct(v)})" for i, v in ch["gained"]),
+                  "", "Lost most: " + ", ".join(f"{i} ({_pct(v)})" for i, v in ch["lost"])]
     lines += ["", "Pictures: `examples.png`" + (", `changes.png`" if "changes" in report else "")
               + (", `cam_curve.png`" if "cam_curve" in report else ""), ""]
     return "\n".join(lines)
@@ -358,7 +360,8 @@ def audit(
     names = ["background", *datamodule.class_names]
     dataset = raw_dataset(datamodule, split)
     if not getattr(dataset, "with_mask", False):
-        raise ValueError(f"split {split!r} of data={datamodule.dataset} has no masks: pass a split with masks (split=val)")
+        raise ValueError(f"split {split!r} of data={datamodule.dataset} has no masks: "
+                         "pass a split with masks (split=val)")
     index = dataset_index(dataset)
     have = set.intersection(*(set(label_ids(s)) for s in sets))
     ids = [i for i in index if i in have]
@@ -414,7 +417,8 @@ def _write(
     contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "examples.png")
     if report.get("changes", {}).get("gained") or report.get("changes", {}).get("lost"):
         ch = report["changes"]
-        rows = [(i, f"gained {100 * d:+.0f}") for i, d in ch["gained"]] + [(i, f"lost {100 * d:+.0f}") for i, d in ch["lost"]]
+        rows = [(i, f"gained {100 * d:+.0f}") for i, d in ch["gained"]]
+        rows += [(i, f"lost {100 * d:+.0f}") for i, d in ch["lost"]]
         contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "changes.png")
     if "cam_curve" in report:
         write_json(out / "cam_curve.json", report["cam_curve"])

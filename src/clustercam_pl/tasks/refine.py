@@ -63,7 +63,8 @@ def refine_labels(
     labels, out = Path(labels), Path(out_dir)
     source = label_dir(labels)
     if out.resolve() == labels.resolve() or out.resolve() == source.resolve():
-        raise ValueError(f"out_dir={out} is the label folder itself: pass another out_dir=... (the source stays as it is)")
+        raise ValueError(f"out_dir={out} is the label folder itself: pass another out_dir=... "
+                         "(the source stays as it is)")
     dataset = raw_dataset(datamodule, split)
     index = dataset_index(dataset)
     ids = label_ids(source)
@@ -94,7 +95,8 @@ def refine_labels(
         summary = {
             "labels": str(labels), "out_dir": str(out), "dataset": datamodule.dataset, "split": split,
             "steps": meta["steps"], "num_images": len(ids), "computed": n_todo, "resumed": len(ids) - n_todo,
-            "seconds": round(seconds, 3), "images_per_s": round(n_todo / seconds, 3) if n_todo and seconds > 0 else None,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(n_todo / seconds, 3) if n_todo and seconds > 0 else None,
             "processes": ranks.world_size,
         }
         if ranks.is_main:

@@ -74,6 +74,7 @@ class SegmentAnythingStep:
     """Settings of both SAM steps; subclasses say how to build the model, the predictor and the generator."""
 
     name: ClassVar[str] = ""
+    model_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "device")  # the settings the model depends on
     checkpoint: str = ""
     mode: str = "prompts"
     threshold: float = 0.7  # everything mode: the share of a mask's labelled pixels a class must exceed
@@ -108,7 +109,7 @@ class SegmentAnythingStep:
 
     # ---- shared
     def model(self) -> Any:
-        key = (type(self).__name__, *dataclasses.astuple(self))
+        key = (type(self).__name__, *(getattr(self, f) for f in self.model_fields))
         if key not in _MODELS:
             _MODELS.clear()  # one model per process at a time
             _MODELS[key] = self.build_model(resolve_device(self.device))

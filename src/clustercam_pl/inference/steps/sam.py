@@ -23,6 +23,7 @@ def _package() -> Any:
 @dataclass(frozen=True)
 class SamStep(SegmentAnythingStep):
     name: ClassVar[str] = "sam"
+    model_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "device", "model_type")
     model_type: str = "vit_b"
 
     def build_model(self, device: Any) -> Any:

@@ -10,6 +10,7 @@ which composes the file through Hydra's global state (taken by the command runni
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +28,17 @@ _POSTPROCESSING = {
 }
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader reading ``1e-6`` as a float, as YAML 1.2 and OmegaConf do (YAML 1.1: a string)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*(?:[eE][-+]?[0-9]+)|\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$"),
+    list("-+0123456789."),
+)
+
+
 def _package() -> Any:
     try:
         import sam2
@@ -41,7 +53,8 @@ def config_path(config: str) -> Path:
     if config.endswith((".yaml", ".yml")) and Path(config).is_file():
         return Path(config)
     root = Path(_package().__file__).parent / "configs"
-    found = sorted(root.rglob(f"{Path(config).stem}.yaml"))
+    name = Path(config).name if config.endswith((".yaml", ".yml")) else f"{Path(config).name}.yaml"
+    found = sorted(root.rglob(name))  # (sam2.1_hiera_t: Path.stem would cut at ".1")
     if not found:
         names = sorted(p.stem for p in root.rglob("*.yaml") if "training" not in p.parent.name)
         raise ValueError(f"sam2: config={config!r} is neither a YAML file nor one of {names}")
@@ -65,7 +78,7 @@ def build_sam2(config: str, checkpoint: str | None, device: Any) -> torch.nn.Mod
     """A SAM 2 image model of ``config`` with the weights of ``checkpoint`` (None: random, for tests)."""
     _package()
     path = config_path(config)
-    spec = yaml.safe_load(path.read_text())["model"]
+    spec = yaml.load(path.read_text(), Loader=_Yaml12Loader)["model"]  # noqa: S506 (a safe loader)
     spec.setdefault("sam_mask_decoder_extra_args", {}).update(_POSTPROCESSING)
     model = instantiate(spec)
     if checkpoint is not None:
@@ -90,6 +103,7 @@ def _fit_feature_sizes(predictor: Any, model: Any) -> Any:
 @dataclass(frozen=True)
 class Sam2Step(SegmentAnythingStep):
     name: ClassVar[str] = "sam2"
+    model_fields: ClassVar[tuple[str, ...]] = ("checkpoint", "device", "config")
     config: str = "sam2.1_hiera_t"
 
     def build_model(self, device: Any) -> Any:
