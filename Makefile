@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= crf,coco,sweep,dev
+EXTRAS ?= crf,coco,sweep,refine,sam,dev
 
 # Tests and demos never touch the network.
 export HF_HUB_OFFLINE := 1
@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade "pip>=24"
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	# SAM 2 (extra sam2) ships as source only; built against the torch installed above, without CUDA kernels.
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation "sam2>=1.1"
 	touch $(STAMP)
 
 ## Everything CI runs: the fast suite and the slow end-to-end tests (training, DDP, sweeps, notebook).

@@ -17,7 +17,7 @@ from helpers import TINY_OVERRIDES, compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"clustercam-train", "clustercam-eval", "clustercam-export-labels", "clustercam-predict",
-           "clustercam-prepare", "clustercam-bench", "clustercam-summarize"}
+           "clustercam-prepare", "clustercam-bench", "clustercam-summarize", "clustercam-audit", "clustercam-refine"}
 # A user's experiment outside the repository: the packaged synthetic recipe plus one change to recognise it by.
 MY_RUN = """\
 # @package _global_

@@ -114,3 +114,29 @@ def test_superpixel_end_to_end_resumes_after_a_crash(setup, tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"out_dir=.* is the label folder itself"):
         refine_labels(dm, "val", export, [step], export, progress=False)
 
+
+
+def test_commands_export_refine_audit(tmp_path):
+    """`clustercam_pl.refine ... audit=true` and `clustercam_pl.audit` as configured (conf/refine.yaml, conf/audit.yaml)."""
+    from hydra import compose
+    from hydra.utils import instantiate
+
+    from clustercam_pl.audit import run_audit
+    from clustercam_pl.refine import run_refine
+    from helpers import hydra_config
+
+    data = ["data=synthetic", "data.synthetic.num_val=4", "data.synthetic.image_size=48"]
+    with hydra_config():
+        cfg = compose("refine", overrides=[*data, f"labels={tmp_path / 'export'}", "postprocess=superpixel",
+                                           "postprocess.n_segments=40", "audit=true", "n_examples=1"])
+        acfg = compose("audit", overrides=[*data, f"labels={tmp_path / 'export'}", f"out_dir={tmp_path / 'a'}",
+                                           "cams=false"])
+    write_export(tmp_path / "export", truth(instantiate(cfg.data, _convert_="all")))
+    summary = run_refine(cfg)
+    out = tmp_path / "export_superpixel"  # the default out_dir
+    assert summary["num_images"] == 4 and len(list((out / "labels").glob("*.png"))) == 4
+    assert summary["split"] == "val"  # from the export's meta.json
+    report = json.loads((out / "audit" / "audit.json").read_text())
+    assert report["labels"] == [str(tmp_path / "export"), str(out)] and "delta" in report
+    assert (out / "audit" / "changes.png").is_file() or not (report["changes"]["gained"] or report["changes"]["lost"])
+    assert run_audit(acfg)["num_images"] == 4 and not (tmp_path / "a" / "cam_curve.png").exists()

@@ -1,7 +1,7 @@
-"""Refine a label set: `python -m clustercam_pl.refine labels=<folder> method=<step> out_dir=<folder>`.
+"""Refine a label set: `python -m clustercam_pl.refine labels=<folder> postprocess=<step> out_dir=<folder>`.
 
-The library half is `clustercam_pl.tasks.refine`; `method` is a step config of conf/postprocess/
-(`method.checkpoint=...` for SAM). With `audit=true` the labels before vs after are audited into
+The library half is `clustercam_pl.tasks.refine`; `postprocess` is a step config of conf/postprocess/
+(`postprocess.checkpoint=...` for SAM). With `audit=true` the labels before vs after are audited into
 <out_dir>/audit. `run_refine(cfg)` is importable; `main` is the Hydra wrapper.
 """
 
@@ -30,7 +30,7 @@ def run_refine(cfg: DictConfig) -> dict[str, Any]:
 def _refine(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
     dm = instantiate(cfg.data, _convert_="all")
     split = str(cfg.split or recorded_split(cfg.labels) or dm.train_split)
-    step = build_step(OmegaConf.to_container(cfg.method, resolve=True))
+    step = build_step(OmegaConf.to_container(cfg.postprocess, resolve=True))
     labels = Path(str(cfg.labels))
     out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else labels.with_name(f"{labels.name}_{step.name}")
     summary = refine_labels(dm, split, labels, [step], out_dir, limit=cfg.get("limit"),

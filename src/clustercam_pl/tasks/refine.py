@@ -58,7 +58,7 @@ def refine_labels(
     """Write (or complete) ``out_dir/labels`` with every label PNG of ``labels`` after ``steps``; return
     the summary (every process returns the same numbers)."""
     if not steps:
-        raise ValueError("no refinement step given: pass method=superpixel (or segments, sam, sam2)")
+        raise ValueError("no refinement step given: pass postprocess=superpixel (or segments, sam, sam2)")
     ranks = ranks or Ranks()
     labels, out = Path(labels), Path(out_dir)
     source = label_dir(labels)
