@@ -140,3 +140,33 @@ def test_commands_export_refine_audit(tmp_path):
     assert report["labels"] == [str(tmp_path / "export"), str(out)] and "delta" in report
     assert (out / "audit" / "changes.png").is_file() or not (report["changes"]["gained"] or report["changes"]["lost"])
     assert run_audit(acfg)["num_images"] == 4 and not (tmp_path / "a" / "cam_curve.png").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_does(tmp_path):
+    """refine and audit on 2 CPU processes (gloo): the same label files and the same audit numbers."""
+    from hydra import compose
+    from hydra.utils import instantiate
+
+    from clustercam_pl.audit import run_audit
+    from clustercam_pl.refine import run_refine
+    from helpers import hydra_config
+
+    data = ["data=synthetic", "data.synthetic.num_val=5", "data.synthetic.image_size=48", f"paths.output_dir={tmp_path}"]
+    two = ["trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2"]
+    cfgs = {}
+    with hydra_config():
+        for n, extra in (("one", []), ("two", two)):
+            cfgs[n] = (compose("refine", overrides=[*data, *extra, f"labels={tmp_path / 'export'}", "device=cpu",
+                                                    f"out_dir={tmp_path / n}", "postprocess.n_segments=40"]),
+                       compose("audit", overrides=[*data, *extra, f"labels={tmp_path / 'export'}",
+                                                   f"against={tmp_path / n}", f"out_dir={tmp_path / n / 'audit'}"]))
+    write_export(tmp_path / "export", truth(instantiate(cfgs["one"][0].data, _convert_="all")))
+    reports = {}
+    for n, (refine_cfg, audit_cfg) in cfgs.items():
+        assert run_refine(refine_cfg)["computed"] == 5
+        reports[n] = run_audit(audit_cfg)
+    for key in ("sets", "cam_curve", "num_images"):  # as JSON: NaN (a class with no score) equals NaN there
+        assert json.dumps(reports["two"][key], sort_keys=True) == json.dumps(reports["one"][key], sort_keys=True), key
+    for png in (tmp_path / "one" / "labels").glob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "two" / "labels" / png.name)))
