@@ -178,16 +178,26 @@ def read_cams(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray
 
 
 def cam_curve_counts(cams: np.ndarray, classes: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """(len(THRESHOLDS), C, C) confusion matrices of the CAM label (background where no CAM exceeds t)."""
-    target = torch.from_numpy(mask.astype(np.int64))
+    """(len(THRESHOLDS), C, C) confusion matrices of the CAM label (background where no CAM exceeds t).
+
+    One pass: a pixel is foreground for the thresholds below its best score, so the counts per
+    (number of such thresholds, truth, class) summed from the top give every threshold's matrix.
+    """
+    C, n = num_classes, len(THRESHOLDS)
+    valid = mask.ravel() < C  # (HW,) void truth is not scored
+    target = mask.ravel()[valid].astype(np.int64)
     if cams.shape[0]:
-        top, arg = cams.max(0), classes[cams.argmax(0)] + 1  # (H, W): best score, its class + 1
+        top = cams.max(0).ravel()[valid]  # (V,) best score
+        arg = (classes[cams.argmax(0)] + 1).ravel()[valid]  # (V,) its class + 1
     else:
-        top, arg = np.full(mask.shape, -np.inf, np.float32), np.zeros(mask.shape, np.int64)
-    out = np.zeros((len(THRESHOLDS), num_classes, num_classes), np.int64)
-    for i, t in enumerate(THRESHOLDS):
-        pred = torch.from_numpy(np.where(top > t, arg, 0))  # ties go to the background, as cam_prediction
-        out[i] = confusion_matrix(pred, target, num_classes).numpy()
+        top, arg = np.full(target.shape, -np.inf, np.float32), np.zeros(target.shape, np.int64)
+    # (V,) thresholds strictly below the score, compared in the CAMs' dtype as cam_prediction does
+    below = np.searchsorted(np.asarray(THRESHOLDS, dtype=top.dtype), top, side="left")
+    hist = np.bincount((below * C + target) * C + arg, minlength=(n + 1) * C * C).reshape(n + 1, C, C)
+    fg = np.cumsum(hist[::-1], axis=0)[::-1][1:]  # (n, C, C): [i] = pixels with more than i thresholds below
+    out = fg.copy()
+    out[:, :, 0] = 0
+    out[:, :, 0] = np.bincount(target, minlength=C)[None] - out.sum(2)  # the rest is background
     return out
 
 
