@@ -170,3 +170,50 @@ def test_two_processes_write_what_one_does(tmp_path):
         assert json.dumps(reports["two"][key], sort_keys=True) == json.dumps(reports["one"][key], sort_keys=True), key
     for png in (tmp_path / "one" / "labels").glob("*.png"):
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "two" / "labels" / png.name)))
+
+
+_KILLED_RUN = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from label_fixtures import synthetic_dm
+from clustercam_pl.inference.steps import build_step
+from clustercam_pl.inference.steps.superpixel import SuperpixelStep
+from clustercam_pl.tasks.refine import refine_labels
+
+real = SuperpixelStep.__call__
+def slow(self, sample):  # slow enough to be killed in the middle of the run
+    time.sleep(0.3)
+    return real(self, sample)
+SuperpixelStep.__call__ = slow
+refine_labels(synthetic_dm(num_val=8), "val", {export!r}, [build_step({{"name": "superpixel", "n_segments": 60}})],
+              {out!r}, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_leaves_complete_files(setup, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dm, data, export = setup
+    out = tmp_path / "killed"
+    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), export=str(export), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    deadline = time.monotonic() + 120
+    while len(list((out / "labels").glob("*.png"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "labels").glob("*.png")))
+    assert 2 <= done < len(data), "the run was not killed in the middle"
+    step = build_step({"name": "superpixel", "n_segments": 60})
+    summary = refine_labels(dm, "val", export, [step], out, progress=False)
+    assert (summary["computed"], summary["resumed"]) == (len(data) - done, done)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+    refine_labels(dm, "val", export, [step], tmp_path / "fresh", progress=False)
+    for image_id in data:
+        a = np.asarray(Image.open(out / "labels" / f"{image_id}.png"))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "fresh" / "labels" / f"{image_id}.png")))
