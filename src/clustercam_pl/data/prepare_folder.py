@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import os
 import random
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -97,25 +99,71 @@ def _normalise(path: str) -> str | None:
 
 
 def scan_images(root: Path, exclude: Sequence[Path] = ()) -> list[str]:
-    """Image files under ``root`` (relative POSIX paths, sorted); hidden names and ``exclude`` folders skipped."""
+    """Image files under ``root`` (relative POSIX paths, sorted); hidden names and ``exclude`` folders skipped.
+
+    Symbolic links are followed (a class folder may link elsewhere), but each real file is listed once:
+    a folder link that points back into the tree walked (a loop would list every image again under a
+    longer path, with the link's folder as its class) and two paths of one file (one image under two ids,
+    possibly in train and val) are refused, naming the link.
+    """
     skip = {os.path.abspath(p) for p in exclude}
-    found = []
+    found: list[str] = []
+    first_of: dict[tuple[int, int], str] = {}  # (device, inode) of a real file -> its first path
+    same: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = os.path.realpath(dirpath)
+        for d in list(dirnames):
+            link = os.path.join(dirpath, d)
+            target = os.path.realpath(link)
+            if os.path.islink(link) and (here == target or here.startswith(target.rstrip(os.sep) + os.sep)):
+                raise PrepareError(
+                    f"{link} is a symbolic link to {target}, a folder that contains it: a loop that would list "
+                    f"every image under it again with another path and class. Remove the link (rm {shlex.quote(link)})"
+                )
         dirnames[:] = sorted(
             d for d in dirnames if not d.startswith(".") and os.path.abspath(os.path.join(dirpath, d)) not in skip
         )
         rel_dir = Path(dirpath).relative_to(root)
         for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                found.append((rel_dir / f).as_posix())
+            if f.startswith(".") or os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            rel = (rel_dir / f).as_posix()
+            st = os.stat(os.path.join(dirpath, f))
+            other = first_of.setdefault((st.st_dev, st.st_ino), rel)
+            if other != rel:
+                same.append(f"{root / rel} and {root / other}")
+            found.append(rel)
+    if same:
+        more = f" ... and {len(same) - 10} more" if len(same) > 10 else ""
+        raise PrepareError(
+            f"{len(same)} image file(s) are reached twice under {root} (through a symbolic link or a hard link): "
+            f"{'; '.join(sorted(same)[:10])}{more}. One image under two paths gets two ids (and, with "
+            "--labels-from-folders, two classes) and can land in train and in val; remove the extra link"
+        )
     return sorted(found)
+
+
+def read_text(path: Path) -> str:
+    """A text input file (labels, classes, split list) decoded as UTF-8 (a BOM is dropped); a file in
+    another encoding is refused naming the file, the line and how to convert it."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
+        raise PrepareError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x}); input files must be UTF-8. A file saved "
+            f"by Excel or Notepad on Windows is usually Windows-1252: convert it with "
+            f"`iconv -f cp1252 -t utf-8 {shlex.quote(str(path))} > {shlex.quote(str(fixed))}` and pass {fixed} instead"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ input files
 def read_classes_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Class names, line i = class i (mask value i). Blank lines inside, duplicates and 'background' are errors."""
     path = require_path(Path(path), "classes file (--classes)")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = read_text(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     names: list[str] = []
@@ -146,7 +194,7 @@ def read_csv_labels(path: Path, sep: str = ";") -> list[_Row]:
     if not sep:
         raise PrepareError("--label-sep must not be empty")
     rows: list[_Row] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header] != ["image", "labels"]:
@@ -171,7 +219,7 @@ def read_csv_labels(path: Path, sep: str = ";") -> list[_Row]:
 
 def read_json_labels(path: Path) -> list[_Row]:
     """Entries of a JSON labels file ``{"<path>": ["class", ...]}``, each with its line (duplicates kept)."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     try:
         pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
     except json.JSONDecodeError as e:
@@ -291,7 +339,7 @@ def read_split_files(
                 continue
             raise PrepareError(f"split file not found: {path} (--splits DIR needs train.txt and val.txt)")
         ids: list[str] = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for n, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             where = f"{path}:{n}"
