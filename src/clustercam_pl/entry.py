@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clustercam_pl.checkpoint import find_one_checkpoint
-from clustercam_pl.data.datamodule import DEFAULT_CROP
+from clustercam_pl.data.registry import dataset_kind
 from clustercam_pl.tasks.sweep import parse_override
 from clustercam_pl.utils import run_info
 from clustercam_pl.utils.checks import check_range
@@ -85,14 +85,8 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
 
 def _training_side(data: DictConfig) -> tuple[str, int | None]:
     """The config key that sets the side of the square training images, and its value (None: images
-    keep their own sizes, `train_transform=none` on VOC / COCO)."""
-    crop = data.get("crop_size")
-    if data.get("dataset") == "synthetic" and (crop is None or data.get("train_transform") == "none"):
-        size = (data.get("synthetic") or {}).get("image_size")
-        return "data.synthetic.image_size", None if size is None else int(size)
-    if data.get("train_transform") == "none":
-        return "data.crop_size", None
-    return "data.crop_size", DEFAULT_CROP if crop is None else int(crop)
+    keep their own sizes): a fact of the dataset kind."""
+    return dataset_kind(str(data.get("dataset"))).training_side(data)
 
 
 def _devices(cfg: DictConfig) -> int:

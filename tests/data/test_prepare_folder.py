@@ -20,6 +20,7 @@ from clustercam_pl.data.prepare_common import REPORT_NAME, PrepareError
 from clustercam_pl.data.prepare_folder import split_by_class
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, write_folder_dataset
 from clustercam_pl.prepare import cli, main
+from clustercam_pl.utils.files import partial_path
 
 K3 = SyntheticConfig(num_classes=3, image_size=32, num_train=10, num_val=4, num_test=2)
 NAMES = class_names(3)
@@ -182,7 +183,9 @@ def test_rerun_is_idempotent_and_a_refused_rerun_unprepares(raw, tmp_path: Path)
     out = tmp_path / "out"
     main(argv(raw, out))
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    (out / "SegmentationClass/train/000000.png.part").write_bytes(b"half")  # an interrupted write
+    (out / "SegmentationClass/train/000000.png.part").write_bytes(b"half")  # an interrupted write (earlier naming)
+    dead = partial_path(out / "SegmentationClass/train/000001.png", pid=2**22 + 1)  # above any pid_max
+    dead.write_bytes(b"half")  # and one of a killed writer
     main([*argv(raw, out), "--workers", "2"])  # and the process-pool path gives the same files
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before

@@ -33,14 +33,16 @@ every file is written under a temporary name and renamed, and the manifest is wr
 
 from __future__ import annotations
 
+import argparse
 import csv
 import difflib
 import io
 import json
+import logging
 import os
 import random
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -68,12 +70,15 @@ from clustercam_pl.data.prepare_common import (
     run_tasks,
     write_report,
 )
+from clustercam_pl.utils.files import remove_partials
 
 MASK_DIR = "SegmentationClass"
 LABEL_FILE = "cls_labels.json"
 IMAGE_FILES = "image_files.json"
 SPLIT_FILES = ("train", "val", "test")  # --splits DIR: train.txt and val.txt required, test.txt optional
 _SHOWN_NAMES = 12  # class names listed in an "unknown class" message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -454,7 +459,6 @@ def prepare_folder(
     full_decode: bool = True,
     workers: int = 0,
     progress: bool = True,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Check an image folder with labels (and masks), write the prepared layout under ``out``.
 
@@ -622,8 +626,7 @@ def prepare_folder(
             hist[r["id"]] = r["hist"]
             raw_fg += r["raw_fg"]
             raw_ignore += r["raw_ignore"]
-    for part in (out / MASK_DIR).rglob("*.part") if (out / MASK_DIR).is_dir() else ():
-        part.unlink()
+    remove_partials([out / MASK_DIR])  # of a killed earlier run
     if hist and raw_fg == 0 and raw_ignore > 0 and not binary_masks:
         values = "0 background, i = class i of the class list, 255 ignore"
         fix = (
@@ -637,7 +640,7 @@ def prepare_folder(
         )
 
     problems.sort(key=lambda p: (p.image_id, p.path))
-    bad = handle_problems(problems, skip_bad, log)
+    bad = handle_problems(problems, skip_bad)
 
     # 4. outputs
     kept = {name: [i for i in ids if i not in bad] for name, ids in split_ids.items()}
@@ -704,17 +707,82 @@ def prepare_folder(
     }
     write_manifest(out, Manifest(out, "folder", names, infos, {"labels": LABEL_FILE}, "labels"))
 
-    log(class_table(names, counts, sizes))
-    log("negatives".ljust(max(len(c) for c in names) + 2) + "".join(str(negatives[n]).rjust(12) for n in kept))
+    log.info(class_table(names, counts, sizes))
+    log.info("negatives".ljust(max(len(c) for c in names) + 2) + "".join(str(negatives[n]).rjust(12) for n in kept))
     for name, frac in pixel_fraction.items():
         shown = ", ".join(f"{n} {100 * v:.1f}%" for n, v in frac.items() if n != "ignored_of_all_pixels")
-        log(f"{name} mask pixels: {shown} (ignored: {100 * frac['ignored_of_all_pixels']:.1f}% of all)")
+        log.info(f"{name} mask pixels: {shown} (ignored: {100 * frac['ignored_of_all_pixels']:.1f}% of all)")
     if "train" in missing and missing["train"]:
-        log(f"warning: classes without a training image (they cannot be learned): {', '.join(missing['train'])}")
+        log.warning(f"classes without a training image (they cannot be learned): {', '.join(missing['train'])}")
     if "val" in missing and missing["val"]:
-        log(f"note: classes without a validation image: {', '.join(missing['val'])}")
+        log.info(f"note: classes without a validation image: {', '.join(missing['val'])}")
     if report["images_in_no_split"]:
-        log(f"note: {report['images_in_no_split']} image(s) under {images} are in no split file (not prepared)")
-    log(f"prepared {sum(sizes.values())} images, {k} class(es), under {out}; train with "
+        log.info(f"note: {report['images_in_no_split']} image(s) under {images} are in no split file (not prepared)")
+    log.info(f"prepared {sum(sizes.values())} images, {k} class(es), under {out}; train with "
         f"`python -m clustercam_pl.train +experiment=folder_vits data.data_root={out}`")
     return report
+
+
+# --------------------------------------------------------------------- the step of `prepare folder`
+HELP = "your own images with image-level labels (and optional masks)"
+DESCRIPTION = (
+    "Check and prepare your own images: image-level labels from a CSV, a JSON or the folder names, optional "
+    "masks, train/val(/test) splits. Every problem is named with its file."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m clustercam_pl.prepare folder`` (the shared ones are added by the command)."""
+    p.add_argument("--images", required=True, help="image folder (any sub-folders)")
+    lab = p.add_mutually_exclusive_group(required=True)
+    lab.add_argument(
+        "--labels",
+        help="CSV (UTF-8) with the header `image,labels` (class names separated by --label-sep; empty = negative "
+        'image) or JSON {"<image path>": ["class", ...]}; paths relative to --images',
+    )
+    lab.add_argument(
+        "--labels-from-folders",
+        action="store_true",
+        help="the first folder under --images is the image's (single) class",
+    )
+    p.add_argument(
+        "--classes", help="one class name per line; line i = class i in masks (default: the names found, sorted)"
+    )
+    p.add_argument(
+        "--masks",
+        help="optional masks <image path without suffix>.png: 0 background, i = class i, 255 ignore",
+    )
+    p.add_argument(
+        "--binary-masks", action="store_true", help="one-class masks stored as 0/255: read 255 as class 1"
+    )
+    p.add_argument("--label-sep", default=";", help="separator of class names in the CSV (default ;)")
+    spl = p.add_mutually_exclusive_group(required=True)
+    spl.add_argument(
+        "--val-fraction", type=float, help="fraction of each class's images for val (rare classes reach val)"
+    )
+    spl.add_argument("--splits", help="folder with train.txt, val.txt (and test.txt): image paths, one a line")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split (default 0)")
+    p.add_argument(
+        "--quick", action="store_true", help="check images by header only (faster; misses truncated files)"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``prepare folder`` with parsed arguments."""
+    return prepare_folder(
+        args.images,
+        args.out,
+        labels=args.labels,
+        labels_from_folders=args.labels_from_folders,
+        classes=args.classes,
+        masks=args.masks,
+        binary_masks=args.binary_masks,
+        label_sep=args.label_sep,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        splits=args.splits,
+        skip_bad=args.skip_bad,
+        full_decode=not args.quick,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )

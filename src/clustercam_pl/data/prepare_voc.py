@@ -23,6 +23,8 @@ ignored), so it can list a class the mask does not show. ``mask`` = classes with
 
 from __future__ import annotations
 
+import argparse
+import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,8 @@ from clustercam_pl.data.prepare_common import (
 
 MASK_DIR = "SegmentationClassAug"
 TRAIN_SPLITS = ("train_aug", "train")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,6 @@ def prepare_voc(
     full_decode: bool = True,
     workers: int = 0,
     progress: bool = True,
-    log: Any = print,
 ) -> dict[str, Any]:
     """Check the VOC tree, write masks, split lists, label files and the manifest under ``out``.
 
@@ -192,7 +195,7 @@ def prepare_voc(
         ids = aug_ids | set(splits["train"]) | set(splits.get("train_aug", ()))
         splits["train_aug"] = sorted(ids - val_set)
     if "train_aug" not in splits:
-        log("note: neither --sbd-root nor --aug-root given: split train_aug is not written (only train/val)")
+        log.info("note: neither --sbd-root nor --aug-root given: split train_aug is not written (only train/val)")
 
     def mask_source(i: str) -> str | None:
         for p in (
@@ -226,7 +229,7 @@ def prepare_voc(
         test_jpeg = require_path(troot / "JPEGImages", "VOC test JPEGImages folder")
         tasks += [_Task(i, str(test_jpeg / f"{i}.jpg"), None, None, None, full_decode) for i in test_ids]
     else:
-        log("note: no --test-root and no ImageSets/Segmentation/test.txt: split test is not written")
+        log.info("note: no --test-root and no ImageSets/Segmentation/test.txt: split test is not written")
 
     problems: list[Problem] = []
     xml_labels: dict[str, list[int]] = {}
@@ -244,7 +247,7 @@ def prepare_voc(
         if not labels.get(i):
             problems.append(Problem(i, f"{labels_from} labels", "empty label vector in a training split"))
     problems.sort(key=lambda p: p.image_id)
-    bad = handle_problems(problems, skip_bad, log)
+    bad = handle_problems(problems, skip_bad)
 
     kept = {name: [i for i in ids if i not in bad] for name, ids in splits.items()}
     kept_test = [i for i in test_ids if i not in bad]
@@ -287,13 +290,53 @@ def prepare_voc(
             "test", "splits/test.txt", relative_to_root(test_jpeg, out), ".jpg", None, False, len(kept_test)
         )
     write_manifest(out, Manifest(out, "voc", VOC_CLASSES, split_infos, label_files, labels_from))
-    log(class_table(VOC_CLASSES, counts, sizes))
+    log.info(class_table(VOC_CLASSES, counts, sizes))
     if test_jpeg is not None:
-        log(f"test: {len(kept_test)} images (no masks, no labels)")
+        log.info(f"test: {len(kept_test)} images (no masks, no labels)")
     if mismatch:
-        log(
+        log.info(
             "images whose XML labels differ from their mask labels: "
             + ", ".join(f"{k} {v}" for k, v in mismatch.items())
         )
-    log(f"prepared VOC under {out}")
+    log.info(f"prepared VOC under {out}")
     return report
+
+
+# ------------------------------------------------------------------------ the step of `prepare voc`
+HELP = "PASCAL VOC 2012 + SBD"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m clustercam_pl.prepare voc`` (the shared ones are added by the command)."""
+    p.add_argument("--voc-root", required=True, help="VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, ...)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--sbd-root", help="SBD benchmark_RELEASE/dataset (cls/*.mat, train.txt, val.txt)")
+    src.add_argument("--aug-root", help="a ready SegmentationClassAug folder of PNG masks")
+    p.add_argument("--test-root", help="VOC2012 test release folder (JPEGImages, ImageSets/Segmentation/test.txt)")
+    p.add_argument(
+        "--labels-from",
+        choices=("xml", "mask"),
+        default="xml",
+        help="default label source: XML <object> names (reference) or mask classes",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check images by header only (faster; a truncated JPEG is then not caught)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``prepare voc`` with parsed arguments."""
+    return prepare_voc(
+        args.voc_root,
+        args.out,
+        sbd_root=args.sbd_root,
+        aug_root=args.aug_root,
+        test_root=args.test_root,
+        labels_from=args.labels_from,
+        skip_bad=args.skip_bad,
+        full_decode=not args.quick,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
