@@ -101,7 +101,7 @@ class _Plain(logging.Formatter):
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``main`` for the shell: prints an input error as one message and returns exit status 1."""
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler(sys.stdout)  # the summary, as before; errors go to stderr
     handler.setFormatter(_Plain())
     logging.basicConfig(level=logging.INFO, handlers=[handler])  # no-op where logging is set up already
     try:
