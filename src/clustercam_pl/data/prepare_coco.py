@@ -32,6 +32,7 @@ manifest is written last. Work is streamed image by image (one mask in memory pe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -239,15 +240,9 @@ def prepare_coco(
             "masks_kept_from_earlier_run": reused,
             "stale_part_files_removed": len(stale),
         }
-        split_infos[split] = SplitInfo(
-            split,
-            f"splits/{split}.txt",
-            relative_to_root(image_dir, out),
-            ".jpg",
-            f"{MASK_DIR}/{sub}",
-            True,
-            0,
-        )
+        split_infos[split] = SplitInfo(name=split, list_file=f"splits/{split}.txt",
+                                       image_dir=relative_to_root(image_dir, out), image_ext=".jpg",
+                                       mask_dir=f"{MASK_DIR}/{sub}", has_labels=True)
         log.info(
             f"{sub}: {len(tasks)} annotated images ({unlabelled} without annotations left out), "
             f"{written} masks written, {reused} kept from an earlier run"
@@ -258,16 +253,7 @@ def prepare_coco(
     kept = {s: [i for i in ids if i not in bad] for s, ids in split_ids.items()}
     for s, ids in kept.items():
         write_split_list(out / "splits" / f"{s}.txt", ids)
-        info = split_infos[s]
-        split_infos[s] = SplitInfo(
-            info.name,
-            info.list_file,
-            info.image_dir,
-            info.image_ext,
-            info.mask_dir,
-            info.has_labels,
-            len(ids),
-        )
+        split_infos[s] = dataclasses.replace(split_infos[s], num_images=len(ids))
     good = sorted(set().union(*(set(v) for v in kept.values())))
     label_files = {"annotations": "cls_labels_annotations.json", "mask": "cls_labels_mask.json"}
     write_label_file(
