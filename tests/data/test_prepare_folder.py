@@ -464,6 +464,8 @@ def test_a_symlink_loop_in_the_image_tree_is_refused_naming_the_link(tmp_path: P
     )
     assert not (out / MANIFEST_NAME).exists()
     (images / "dog" / "more").unlink()  # without the loop: each file once, in one split, with its own class
+    (images / ".cache").mkdir()
+    (images / ".cache" / "back").symlink_to(images)  # inside a hidden folder, which is not scanned: no loop
     main(_folders_argv(images, out))
     splits = {s: (out / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val")}
     assert sorted(splits["train"] + splits["val"]) == [f"{c}/{c}{k}" for c in ("cat", "dog") for k in range(4)]

@@ -107,18 +107,21 @@ def _normalise(path: str) -> str | None:
 def scan_images(root: Path, exclude: Sequence[Path] = ()) -> list[str]:
     """Image files under ``root`` (relative POSIX paths, sorted); hidden names and ``exclude`` folders skipped.
 
-    Symbolic links are followed (a class folder may link elsewhere), but each real file is listed once:
-    a folder link that points back into the tree walked (a loop would list every image again under a
-    longer path, with the link's folder as its class) and two paths of one file (one image under two ids,
-    possibly in train and val) are refused, naming the link.
+    Symbolic links are followed (a class folder may link elsewhere), but a folder link that points back
+    into the tree walked (a loop would list every image again under a longer path, with the link's folder
+    as its class) and one file reached under two paths (one image under two ids, possibly in train and
+    val) are refused, naming the link.
     """
     skip = {os.path.abspath(p) for p in exclude}
     found: list[str] = []
     first_of: dict[tuple[int, int], str] = {}  # (device, inode) of a real file -> its first path
     same: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and os.path.abspath(os.path.join(dirpath, d)) not in skip
+        )
         here = os.path.realpath(dirpath)
-        for d in list(dirnames):
+        for d in dirnames:
             link = os.path.join(dirpath, d)
             target = os.path.realpath(link)
             if os.path.islink(link) and (here == target or here.startswith(target.rstrip(os.sep) + os.sep)):
@@ -126,9 +129,6 @@ def scan_images(root: Path, exclude: Sequence[Path] = ()) -> list[str]:
                     f"{link} is a symbolic link to {target}, a folder that contains it: a loop that would list "
                     f"every image under it again with another path and class. Remove the link (rm {shlex.quote(link)})"
                 )
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and os.path.abspath(os.path.join(dirpath, d)) not in skip
-        )
         rel_dir = Path(dirpath).relative_to(root)
         for f in filenames:
             if f.startswith(".") or os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS:
