@@ -3,6 +3,7 @@ resolver, atomic writes, and clear errors for files that do not fit."""
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import random
@@ -199,6 +200,42 @@ def test_offline_hub_name_fails_fast_with_instructions(monkeypatch):
     assert time.perf_counter() - t < 20
 
 
+def test_hub_probe_and_offline_download_leave_process_state_alone(monkeypatch):
+    """The probe used to set socket.setdefaulttimeout for every socket of the process, and an unreachable
+    hub flipped huggingface_hub's offline mode for good."""
+    import socket
+
+    import huggingface_hub.constants as hf_constants
+
+    from clustercam_pl.checkpoint.imagenet import _hub_reachable
+
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(7.5)
+    try:
+        _hub_reachable("localhost", timeout=1.0)
+        assert socket.getdefaulttimeout() == 7.5
+    finally:
+        socket.setdefaulttimeout(before)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    seen = []
+
+    def create_model(name, **kwargs):
+        seen.append(hf_constants.HF_HUB_OFFLINE)
+        raise FileNotFoundError(f"{name} is not in the cache")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr("timm.create_model", create_model)
+    with pytest.raises(RuntimeError, match=r"pass its path instead"):
+        imagenet_state_dict("deit_tiny_patch16_224")
+    assert seen == [True]  # offline (cache only) for the download ...
+    assert hf_constants.HF_HUB_OFFLINE is False  # ... and only for it
+
+
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         imagenet_state_dict(tmp_path / "nope.pth")
@@ -241,6 +278,52 @@ def test_save_replaces_and_leaves_no_temporary(tmp_path):
         io.save_checkpoint({"v": torch.tensor(v)}, tmp_path / "c.ckpt")
     assert int(io.load_checkpoint(tmp_path / "c.ckpt")["v"]) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"]
+
+
+SIZE_LIMITED = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    import numpy as np, torch
+    from clustercam_pl.checkpoint import AtomicCheckpointIO
+    from clustercam_pl.tasks.export_labels import write_npz
+    kind, path = sys.argv[1], Path(sys.argv[2])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+    try:
+        if kind == "checkpoint":  # the path Lightning's saves take (train.py's plugin)
+            AtomicCheckpointIO().save_checkpoint({"version": 2, "weights": torch.ones(1_000_000)}, path)
+        else:  # the label export's CAM file
+            write_npz(path, cam=np.random.default_rng(0).random((500, 500)))
+    except Exception as e:
+        print(type(e).__name__, e, sep="\\n")
+""")
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "npz"])
+def test_size_limit_during_a_save_names_file_and_cause_and_keeps_the_old_file(tmp_path, kind):
+    """torch.save reported a file-size limit as "PytorchStreamWriter ... unexpected pos" (no file, no cause),
+    the label export as "File too large" (no path)."""
+    import numpy as np
+
+    from clustercam_pl.tasks.export_labels import write_npz
+
+    path = tmp_path / ("last.ckpt" if kind == "checkpoint" else "cam.npz")
+    if kind == "checkpoint":
+        AtomicCheckpointIO().save_checkpoint({"version": 1}, path)
+    else:
+        write_npz(path, cam=np.ones((2, 2)))
+    old = path.read_bytes()
+    out = subprocess.run([sys.executable, "-c", SIZE_LIMITED, kind, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.splitlines() == [
+        "WriteError",
+        f"[Errno {errno.EFBIG}] could not write {path}: the file is larger than the file-size limit of this process or file system "
+        f"(ulimit -f). The previous {path.name} (if any) is intact and nothing else was changed; free space or "
+        "raise the limit, or write elsewhere, then run the command again",
+    ], out.stderr[-2000:]
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial left
+    if kind == "checkpoint":
+        assert AtomicCheckpointIO().load_checkpoint(path) == {"version": 1}
 
 
 # ------------------------------------------------------------ files written by earlier versions
