@@ -67,6 +67,17 @@ def test_truncated_checkpoint_names_the_file(tmp_path, parity_dir):
         f"record): probably an interrupted copy or save. {AGAIN}")
 
 
+def test_lightning_module_needs_a_framework_checkpoint(parity_dir):
+    from clustercam_pl.lit_module import module_from_checkpoint
+
+    path = parity_dir / "official_checkpoint.pth"
+    with pytest.raises(ValueError) as err:
+        module_from_checkpoint(path)
+    assert str(err.value) == (
+        f"{path} is a reference checkpoint: it has no training settings to build a ClusterCAMLitModule from; "
+        f"use its network: clustercam_pl.checkpoint.load_checkpoint('{path}').net")
+
+
 def test_checkpoint_for_another_class_count_names_tensor_and_shapes(parity_dir):
     sd = torch.load(parity_dir / "official_checkpoint.pth", weights_only=True)["model"]
     sd = reference_to_ours({k.removeprefix("module."): v for k, v in sd.items()})
