@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clustercam_pl.checkpoint import FORMAT
 from clustercam_pl.lit_module import NonFiniteLossError
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, lr_at
@@ -38,9 +39,10 @@ def test_synthetic_run_writes_metrics_and_checkpoints(tmp_path):
     assert metrics["global_step"] == 8 == summary["global_step"]  # 2 epochs x 16 images / batch 4
     assert set(metrics["per_class_iou"]) == {"background", "disc/stripes", "square/checker", "triangle/dots", "ring/noise"}
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["clustercam"]["format"] == 2 and ckpt["global_step"] == 8
+    assert ckpt["clustercam"]["format"] == FORMAT and ckpt["global_step"] == 8
     assert ckpt["clustercam"]["class_names"] == ["disc/stripes", "square/checker", "triangle/dots", "ring/noise"]
     assert ckpt["hyper_parameters"]["cam"]["cam_layers"] == 2 and "cam_layers" not in ckpt["clustercam"]["net_config"]
+    assert "net" not in ckpt["hyper_parameters"] and ckpt["clustercam"]["net_config"]["embed_dim"] == 32  # stored once
     assert (tmp_path / "config.yaml").is_file()
 
 
@@ -78,12 +80,12 @@ def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypa
 
 
 def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
-    from clustercam_pl.checkpoint import net_from_framework, read_file
+    from clustercam_pl.checkpoint import load_checkpoint
     from clustercam_pl.lit_module import module_from_checkpoint
 
     train(compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1"], output_dir=tmp_path))
     path = tmp_path / "checkpoints" / "last.ckpt"
-    net = net_from_framework(read_file(path), str(path))
+    net = load_checkpoint(path).net
     assert net.num_classes == 4 and net.backbone.embed_dim == 32
     # The whole module, with the run's CAM settings, for analysis (the notebook's loader).
     module = module_from_checkpoint(path)
@@ -93,10 +95,12 @@ def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
 
 
 def test_newer_checkpoint_format_is_refused(tmp_path):
-    from clustercam_pl.checkpoint import net_from_framework
+    from clustercam_pl.checkpoint import load_checkpoint
 
+    path = tmp_path / "x.ckpt"
+    torch.save({"clustercam": {"format": 99, "net_config": {}}, "state_dict": {}}, path)
     with pytest.raises(ValueError, match=r"x\.ckpt has checkpoint format 99, newer than this clustercam_pl reads"):
-        net_from_framework({"clustercam": {"format": 99, "net_config": {}}, "state_dict": {}}, "x.ckpt")
+        load_checkpoint(path)
 
 
 def test_non_finite_loss_stops_with_step_and_terms(tmp_path, monkeypatch):

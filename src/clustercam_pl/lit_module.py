@@ -219,24 +219,31 @@ class ClusterCAMLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None) if self._trainer else None
         checkpoint["clustercam"] = ckpt_io.framework_section(self.net, names)
+        # The network config is stored once, in clustercam.net_config; hparams keep it for the loggers.
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "net"}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming a file of an earlier format: the state dict keys are unchanged, the rest migrates.
-        checkpoint.update(ckpt_io.migrate(checkpoint, "checkpoint"))
+        source = str(self._trainer.ckpt_path) if self._trainer is not None else "checkpoint"
+        checkpoint.update(ckpt_io.migrate(checkpoint, source))
 
 
 def module_from_checkpoint(path: str | Path) -> ClusterCAMLitModule:
     """A `ClusterCAMLitModule` in eval mode from a framework checkpoint, for analysis and figures.
 
-    The network is rebuilt from the checkpoint's own network config, CAM/loss/optimiser settings from
-    its hyper-parameters (migrated from earlier formats); the file is read with `weights_only=True`.
+    The network comes from `checkpoint.load_checkpoint` (its stored network config, any format), the
+    CAM/loss/optimiser settings from the file's hyper-parameters; the file is read with `weights_only=True`.
     """
-    ckpt = ckpt_io.migrate(ckpt_io.read_file(path), str(path))
-    net = ckpt_io.net_from_framework(ckpt, str(path))
-    hp = ckpt.get("hyper_parameters", {})
+    loaded = ckpt_io.load_checkpoint(path)
+    if loaded.kind != "framework":
+        raise ValueError(f"{path} is a reference checkpoint: it has no training settings to build a "
+                         "ClusterCAMLitModule from; use its network: "
+                         f"clustercam_pl.checkpoint.load_checkpoint('{path}').net")
+    hp = loaded.hparams
     module = ClusterCAMLitModule(
-        net,
-        CAMConfig(**hp.get("cam", {})),
+        loaded.net,
+        CAMConfig(**loaded.cam),
         ClusterCAMLoss(**hp.get("loss", {})),
         OptimConfig(**hp.get("optim", {})),
         seg_start_epoch=hp.get("seg_start_epoch", 0),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clustercam_pl.cam.generate import multi_scale_cam, single_scale_cam
-from clustercam_pl.checkpoint import from_official_checkpoint
+from clustercam_pl.checkpoint import load_checkpoint
 from helpers import rel_err
 
 TOL = 1e-4
@@ -18,7 +18,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fused", "materialize"])
 def net(request, parity_dir):
-    return from_official_checkpoint(parity_dir / "official_checkpoint.pth", fused_attention=request.param).eval()
+    return load_checkpoint(parity_dir / "official_checkpoint.pth", fused_attention=request.param).net
 
 
 def test_checkpoint_architecture_is_inferred(net, expected):

@@ -47,6 +47,7 @@ from clustercam_pl.inference.network import (
 )
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.utils.distributed import Ranks
+from clustercam_pl.utils.files import atomic_write
 from clustercam_pl.utils.results import iou_table, write_metrics
 
 log = logging.getLogger("clustercam_pl.export_labels")
@@ -61,12 +62,11 @@ def output_paths(out_dir: Path, image_id: str) -> tuple[Path, Path]:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Compressed npz written to `<name>.part`, then renamed: never half-written under its own name."""
-    tmp = path.with_name(path.name + ".part")
+    """Compressed npz through `atomic_write`: never half-written under its own name; a full disk or a
+    size limit is a `WriteError` naming the file and the cause."""
     path.parent.mkdir(parents=True, exist_ok=True)  # ids of folder datasets are paths (train/cat/001)
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+    with atomic_write(path) as f:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
 
 
 def read_done(out_dir: Path, image_id: str, num_classes: int) -> dict[str, np.ndarray] | None:
