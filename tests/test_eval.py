@@ -30,7 +30,8 @@ from clustercam_pl.checkpoint import (
 )
 from clustercam_pl.data.imageio import voc_palette
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS, make_sample
-from clustercam_pl.eval import evaluate, protocol_from_config
+from clustercam_pl.entry import protocol_from_config
+from clustercam_pl.eval import evaluate
 from clustercam_pl.inference.crf import to_uint8_image
 from clustercam_pl.inference.network import predict, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
@@ -111,11 +112,11 @@ def test_protocol_matches_direct_computation(protocol, scales, flip, tmp_path, c
     assert summary["miou"] == pytest.approx(expected, abs=1e-6)
     out = capsys.readouterr().out
     assert f"protocol {protocol}: scales [{', '.join(f'{s:g}' for s in scales)}]" in out
-    assert ("with horizontal flip" in out) == flip and "no CRF" in out
+    assert ("with horizontal flip" in out) == flip and "no post-processing" in out
     assert f"mIoU {100 * expected:6.2f}" in out and "square/checker" in out
     written = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
     assert written["miou"] == pytest.approx(expected, abs=1e-6) and written["quoted"] == "last"
-    assert written["protocol"] == {"name": protocol, "scales": list(scales), "flip": flip, "crf": None}
+    assert written["protocol"] == {"name": protocol, "scales": list(scales), "flip": flip, "postprocess": []}
 
 
 def test_crf_protocol_matches_dense_crf_on_the_original_pixels(tmp_path, capsys):
@@ -125,8 +126,8 @@ def test_crf_protocol_matches_dense_crf_on_the_original_pixels(tmp_path, capsys)
     summary = evaluate(compose_eval([*DATA, f"ckpt_path={ckpt}", "eval=ss_crf"], tmp_path / "run"))
     expected, _ = direct_miou(net, crf=True)
     assert summary["miou"] == pytest.approx(expected, abs=1e-6)
-    assert summary["protocol"]["crf"] == {"n_iter": 10, "gauss_sxy": 4, "gauss_compat": 3, "bilat_sxy": 83,
-                                          "bilat_srgb": 5, "bilat_compat": 3}
+    assert summary["protocol"]["postprocess"] == [{"name": "crf", "n_iter": 10, "gauss_sxy": 4, "gauss_compat": 3,
+                                                   "bilat_sxy": 83, "bilat_srgb": 5, "bilat_compat": 3}]
     expected_text = "dense CRF (Gaussian sxy 4 compat 3, bilateral sxy 83 srgb 5 compat 3, 10 iterations)"
     assert expected_text in capsys.readouterr().out
 
@@ -252,7 +253,7 @@ def test_every_protocol_composes(name, tmp_path):
     p = protocol_from_config(compose_eval([f"eval={name}", "ckpt_path=x"], tmp_path).eval)
     assert p.name == name
     assert p.scales == ((1.0,) if name.startswith("ss") else MS)
-    assert p.flip == ("flip" in name) and (p.crf is not None) == name.endswith("crf")
+    assert p.flip == ("flip" in name) and [s.name for s in p.steps] == (["crf"] if name.endswith("crf") else [])
 
 
 def test_command_line(tmp_path):

@@ -142,7 +142,7 @@ def test_resume_redoes_only_what_is_missing(ckpt, tmp_path):
 def test_other_settings_are_refused_unless_overwrite(ckpt, tmp_path):
     out = tmp_path / "pl"
     run(ckpt, out, "limit=2")
-    with pytest.raises(ValueError, match=r"holds pseudo labels made with other settings \(cam: stored"):
+    with pytest.raises(ValueError, match=r"holds export_labels outputs made with another checkpoint or other settings \(cam: stored"):
         run(ckpt, out, "limit=2", "cam.bg_high=0.6")
     redo = run(ckpt, out, "limit=2", "cam.bg_high=0.6", "overwrite=true")
     assert redo["computed"] == 2 and redo["cam"]["bg_high"] == 0.6

@@ -17,7 +17,8 @@ from clustercam_pl.inference.network import cam_prediction, predict, scored_pseu
 from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.losses import ClusterCAMLoss
 from clustercam_pl.optim import OptimConfig
-from clustercam_pl.tasks.evaluate import Protocol, evaluate_network
+from clustercam_pl.inference.protocol import Protocol
+from clustercam_pl.tasks.evaluate import evaluate_network
 from helpers import tiny_net
 
 CAM = CAMConfig(cam_layers=2, par_iters=2, par_dilations=(1, 2))

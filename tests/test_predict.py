@@ -28,7 +28,7 @@ from clustercam_pl.data.imageio import read_image_any
 from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_sample
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
-from clustercam_pl.eval import protocol_from_config
+from clustercam_pl.entry import protocol_from_config
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
 from clustercam_pl.tasks.predict import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
 from clustercam_pl.train import train
@@ -271,7 +271,7 @@ def test_predict_cams_resume_and_redo(tiny_ckpt, tmp_path):
     assert not list(out.rglob("*.part"))
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 3  # rebuilt, no duplicates
 
-    with pytest.raises(ValueError, match=r"holds predictions made with another checkpoint or other settings \(threshold: stored 0\.0, now 0\.5\)\. Pass another out_dir=\.\.\., or overwrite=true to redo every image there\.$"):
+    with pytest.raises(ValueError, match=r"holds predict outputs made with another checkpoint or other settings \(threshold: stored 0\.0, now 0\.5\)\. Pass another out_dir=\.\.\., or overwrite=true to redo every output there$"):
         predict_cfg(tiny_ckpt, inputs, out, "cams=true", "eval=ms_flip")
     over = predict_cfg(tiny_ckpt, inputs, out, "cams=true", "eval=ms_flip", "overwrite=true")
     assert over["predicted"] == 3 and over["threshold"] == 0.5
@@ -329,7 +329,7 @@ def test_crf_in_a_worker_pool_equals_crf_in_the_process(tiny_ckpt, tmp_path):
         Image.fromarray(synthetic_rgb(i, 48)).save(inputs / f"img{i}.png")
     out = tmp_path / "out"
     summary = predict_cfg(tiny_ckpt, inputs, out, "eval=ss_crf", "crf_workers=1")  # one worker process
-    assert summary["predicted"] == 3 and summary["protocol"]["crf"] is not None
+    assert summary["predicted"] == 3 and [s["name"] for s in summary["protocol"]["postprocess"]] == ["crf"]
     ckpt = load_checkpoint(tiny_ckpt)
     settings = PredictSettings(protocol_from_config(compose_predict(["eval=ss_crf"]).eval))
     for i in range(3):

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from clustercam_pl.utils.files import atomic_write
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """Image file suffixes (compared case-insensitively) that folder datasets pick up: formats PIL decodes."""
 
@@ -35,6 +37,11 @@ def voc_palette(n: int = 256) -> list[int]:
             c >>= 3
         palette += [r, g, b]
     return palette
+
+
+def voc_colours(n: int = 256) -> np.ndarray:
+    """`voc_palette` as an (n, 3) uint8 array, for drawing (row c: the colour of class index c)."""
+    return np.array(voc_palette(n), dtype=np.uint8).reshape(n, 3)
 
 
 _PALETTE = voc_palette()
@@ -132,9 +139,9 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
 def write_index_png(
     path: str | os.PathLike[str], mask: np.ndarray, text: Mapping[str, str] | None = None
 ) -> None:
-    """Write uint8 (H, W) class indices as a palette PNG, atomically (temp name, then ``os.replace``).
+    """Write uint8 (H, W) class indices as a palette PNG, atomically (`utils.files.atomic_write`).
 
-    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file. Missing
+    A reader never sees a half-written mask: an interrupted run leaves only a partial file. Missing
     parent folders are created (image ids of folder datasets are paths such as ``scans/a/001``).
     ``text`` is stored as PNG text chunks (``Image.open(path).text`` reads them back).
     """
@@ -145,11 +152,10 @@ def write_index_png(
     im = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
     im.putpalette(_PALETTE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     info = None
     if text:
         info = PngInfo()
         for key, value in text.items():
             info.add_itxt(key, value)
-    im.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        im.save(f, format="PNG", pnginfo=info)
