@@ -1,8 +1,11 @@
 """Running forward-only commands on N processes: sharding without padding, launch settings and
-their errors, and the dense CRF worker pool against the CRF in the calling process. The
+their errors, a failing process, and the post-processing worker pool against the steps run in the
+calling process. The
 multi-process commands themselves are tested in test_eval.py and test_export_labels.py."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -121,3 +124,41 @@ def test_one_process_setting_under_several_external_processes_is_refused(monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"^WORLD_SIZE=2 \(torchrun\?\) but .* \(e\.g\. trainer=ddp trainer\.devices=2\)$"):
         launch(Launch(device="cpu"), lambda r: r)
+
+
+def _rank_1_fails(ranks: Ranks) -> int:
+    if ranks.rank == 1:
+        raise ValueError("rank 1 cannot read its share")
+    ranks.barrier()  # rank 0 waits for rank 1 in a collective (gloo's timeout: 30 min)
+    return ranks.rank
+
+
+def test_a_failing_process_ends_the_others_at_once_with_its_cause(capfd):
+    """Issue 24: an exception on one process of a multi-process command ends every process promptly,
+    and the output names the cause, never a wait for the collective timeout (2 forked CPU processes)."""
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match=r"rank 1 cannot read its share|another process of this command failed"):
+        launch(Launch(accelerator="cpu", devices=2, strategy="ddp_fork", device="cpu"), _rank_1_fails)
+    assert time.monotonic() - t0 < 120  # start-up and teardown; the collective timeout is 1800 s
+    err = capfd.readouterr().err
+    assert "process 1 of 2 failed, stopping the others: ValueError: rank 1 cannot read its share" in err
+
+
+def test_data_loader_workers_fit_the_machine(monkeypatch):
+    """Issue 24: data.num_workers (8 in conf/data/voc.yaml) is capped at the cores this machine's
+    processes share unless num_workers is given, which is used as it is."""
+    from omegaconf import OmegaConf
+
+    from clustercam_pl.entry import loader_workers
+
+    cfg = OmegaConf.create({"num_workers": None, "data": {"num_workers": 8}})
+    monkeypatch.setattr("clustercam_pl.entry.available_cores", lambda: 2)
+    assert loader_workers(cfg, processes_per_machine=1) == 2
+    assert loader_workers(cfg, processes_per_machine=4) == 1
+    monkeypatch.setattr("clustercam_pl.entry.available_cores", lambda: 64)
+    assert loader_workers(cfg, processes_per_machine=2) == 8
+    cfg.data.num_workers = 0
+    assert loader_workers(cfg, processes_per_machine=1) == 0
+    cfg.num_workers = 6
+    monkeypatch.setattr("clustercam_pl.entry.available_cores", lambda: 2)
+    assert loader_workers(cfg, processes_per_machine=1) == 6

@@ -32,6 +32,7 @@ from clustercam_pl.entry import protocol_from_config
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
 from clustercam_pl.tasks.predict import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
 from clustercam_pl.train import train
+from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
 from helpers import TINY_OVERRIDES, compose_train, hydra_config
 from helpers import tiny_net as make_tiny_net
 
@@ -393,3 +394,29 @@ def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tm
     assert (two_dir / "predictions.jsonl").read_text() == (one_dir / "predictions.jsonl").read_text()
     for rel in images:
         assert (two_dir / rel).read_bytes() == (one_dir / rel).read_bytes(), rel
+
+
+def test_second_run_into_a_busy_out_dir_is_refused_and_leaves_the_first_alone(tiny_ckpt, tmp_path):
+    """Issue 24: two predict runs into one out_dir. The first (here: its lock, held in this process, and
+    a partial file it is writing) owns the folder; the second is refused naming the folder and the owner,
+    and deletes nothing."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(synthetic_rgb(0, 48)).save(inputs / "a.png")
+    out = tmp_path / "out"
+    predict_cfg(tiny_ckpt, inputs, out)  # the settings the "first run" uses: meta.json agrees
+    first = FolderLock(out, ".predict.lock", user="predict run", hint="")
+    first.acquire()
+    try:
+        writing = partial_path(out / "a_overlay.jpg")  # the first run's file in flight (this live pid)
+        writing.write_bytes(b"half a jpeg")
+        stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        with pytest.raises(FolderBusyError, match=rf"^output folder {re.escape(str(out))} is in use by another "
+                           rf"predict run \(pid {os.getpid()} on host .*\); wait for it to end or stop it, or pass "
+                           r"another out_dir=\.\.\.\.$"):
+            predict_cfg(tiny_ckpt, inputs, out)
+        assert writing.read_bytes() == b"half a jpeg"
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps  # nothing written, nothing removed
+    finally:
+        first.release()
+    assert predict_cfg(tiny_ckpt, inputs, out)["reused"] == 1  # once the first has ended, a rerun goes ahead
