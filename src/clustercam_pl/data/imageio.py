@@ -14,8 +14,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from clustercam_pl.utils.files import atomic_write
-
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """Image file suffixes (compared case-insensitively) that folder datasets pick up: formats PIL decodes."""
 
@@ -139,9 +137,9 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
 def write_index_png(
     path: str | os.PathLike[str], mask: np.ndarray, text: Mapping[str, str] | None = None
 ) -> None:
-    """Write uint8 (H, W) class indices as a palette PNG, atomically (`utils.files.atomic_write`).
+    """Write uint8 (H, W) class indices as a palette PNG, atomically (temp name, then ``os.replace``).
 
-    A reader never sees a half-written mask: an interrupted run leaves only a partial file. Missing
+    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file. Missing
     parent folders are created (image ids of folder datasets are paths such as ``scans/a/001``).
     ``text`` is stored as PNG text chunks (``Image.open(path).text`` reads them back).
     """
@@ -152,10 +150,11 @@ def write_index_png(
     im = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
     im.putpalette(_PALETTE)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
     info = None
     if text:
         info = PngInfo()
         for key, value in text.items():
             info.add_itxt(key, value)
-    with atomic_write(path) as f:
-        im.save(f, format="PNG", pnginfo=info)
+    im.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
