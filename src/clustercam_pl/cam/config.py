@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from clustercam_pl.data.labels import IGNORE_INDEX
 
@@ -65,3 +66,10 @@ class CAMConfig:
     @property
     def cam_background(self) -> float:
         return (self.bg_high + self.bg_low) / 2 if self.cam_bg < 0 else self.cam_bg
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any], **overrides: Any) -> CAMConfig:
+        """The settings a checkpoint stored (`LoadedCheckpoint.cam`; {}: the reference's), `overrides`
+        winning; stored keys this version does not know (a newer checkpoint's) are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in stored.items() if k in known}, **overrides})

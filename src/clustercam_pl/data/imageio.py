@@ -39,6 +39,11 @@ def voc_palette(n: int = 256) -> list[int]:
     return palette
 
 
+def voc_colours(n: int = 256) -> np.ndarray:
+    """`voc_palette` as an (n, 3) uint8 array, for drawing (row c: the colour of class index c)."""
+    return np.array(voc_palette(n), dtype=np.uint8).reshape(n, 3)
+
+
 _PALETTE = voc_palette()
 
 

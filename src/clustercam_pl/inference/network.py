@@ -154,3 +154,11 @@ def cam_prediction(cams: Tensor, background: float) -> Tensor:
     """Label map (..., H, W) of CAMs (..., K, H, W) against a constant background score."""
     bg = torch.full_like(cams.narrow(-3, 0, 1), background)  # (..., 1, H, W)
     return torch.cat([bg, cams], dim=-3).argmax(-3)
+
+
+# TODO(merge): `ClusterViT.min_input_side` (models/vit.py) is the one home of this rule once merged.
+def min_input_side(net: ClusterCAMNet) -> int:
+    """The smallest input side the network takes: one cluster cell of patches (one patch without clusters)."""
+    backbone = net.backbone
+    cell = max(backbone.cluster_grid) if backbone.has_clusters else 1
+    return backbone.patch_size * cell

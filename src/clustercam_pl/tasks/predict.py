@@ -14,8 +14,8 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
     failed.txt           the inputs that could not be read (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
 
-Resumable: every file is written to ``<name>.part`` and renamed, the mask (with the record) last; an
-input is done when all of its files exist and read back, and a rerun computes only the others, then
+Resumable: every file is written atomically (`utils.files.atomic_write`), the mask (with the record)
+last; an input is done when all of its files exist and read back, and a rerun computes only the others, then
 rebuilds predictions.jsonl from the records (complete, no duplicates). `predict_subset` processes any
 subset of the inputs; `predict_images` with `ranks` (`distributed.launch`) gives each process its share
 of the inputs not done yet, and the main process alone writes predictions.jsonl and failed.txt. Plain
@@ -31,32 +31,32 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
-from clustercam_pl.checkpoint import find_one_checkpoint, load_checkpoint, resolve_class_names
+from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint, resolve_class_names
 from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
-from clustercam_pl.inference.crf import CRFPool, crf_refine, default_crf_workers, require_crf, to_uint8_image
-from clustercam_pl.inference.network import predict
+from clustercam_pl.inference.network import min_input_side, predict
+from clustercam_pl.inference.pool import StepPool, default_workers
+from clustercam_pl.inference.protocol import Protocol, postprocess
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.models.utils import training_mode
-from clustercam_pl.tasks.evaluate import Protocol
-from clustercam_pl.tasks.export_labels import file_sha256
 from clustercam_pl.utils.checks import check_range
 from clustercam_pl.utils.distributed import Ranks
-from clustercam_pl.utils.results import write_metrics, write_text_atomic
-from clustercam_pl.visualize import voc_palette
+from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256
+from clustercam_pl.utils.results import write_text_atomic
+from clustercam_pl.visualize import cam_image, overlay_image
 
 log = logging.getLogger("clustercam_pl.predict")
 
@@ -64,8 +64,6 @@ META_FORMAT = 1
 RECORD_KEY = "clustercam_prediction"
 """PNG text chunk of `<key>.png` that holds the image's predictions.jsonl record."""
 JSONL, FAILED, META = "predictions.jsonl", "failed.txt", "predict_meta.json"
-OVERLAY_ALPHA = 0.5  # weight of the class colour over a non-background pixel
-CAM_ALPHA = 0.5  # weight of the heat map over the image
 JPEG_QUALITY = 90
 
 
@@ -194,19 +192,6 @@ class ImagePrediction:
     predicted_size: tuple[int, int]  # (h, w) the network saw
 
 
-def cam_settings(stored: Mapping[str, Any]) -> CAMConfig:
-    """The CAM settings a checkpoint trained with (its `LoadedCheckpoint.cam`; {}: the reference's)."""
-    known = {f.name for f in fields(CAMConfig)}
-    return CAMConfig(**{k: v for k, v in stored.items() if k in known})
-
-
-def min_input_side(net: ClusterCAMNet) -> int:
-    """The smallest input side the network takes: one cluster cell of patches (one patch without clusters)."""
-    backbone = net.backbone
-    cell = max(backbone.cluster_grid) if backbone.has_clusters else 1
-    return backbone.patch_size * cell
-
-
 def working_size(height: int, width: int, max_side: int, min_side: int, scales: Sequence[float]) -> tuple[int, int]:
     """(h, w) the network sees: the image shrunk so its longer side is at most `max_side`, then enlarged
     where the smallest scale would make the shorter side smaller than `min_side` (aspect kept)."""
@@ -231,7 +216,7 @@ def _resize(array: np.ndarray, height: int, width: int, nearest: bool = False) -
 
 @dataclass
 class NetworkOutput:
-    """One image after the network, before its label map (the CRF, if any, may run elsewhere)."""
+    """One image after the network, before its label map (post-processing steps may run elsewhere)."""
 
     image: torch.Tensor  # (3, h, w) normalised, what the network saw
     probs: torch.Tensor  # (K+1, h, w) segmentation probabilities
@@ -280,59 +265,19 @@ def predict_image(
     net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
 ) -> ImagePrediction:
     """Mask, class scores and (if asked) CAMs of one uint8 (H, W, 3) image, at its own size (eval mode);
-    the CRF of the protocol in this process (`predict_subset` runs it in a `CRFPool`)."""
+    the protocol's post-processing in this process (`predict_subset` runs it in a `StepPool`)."""
     out = network_output(net, rgb, settings, device)
-    probs = out.probs[None]  # (1, K+1, h, w)
-    if settings.protocol.crf is not None:
-        probs = crf_refine(out.image[None], probs, None, settings.protocol.crf)
-    return image_prediction(out, probs.argmax(dim=1)[0].cpu().numpy())
+    [(_, label)] = postprocess([("image", out.image, out.probs)], settings.protocol)  # (h, w) uint8
+    return image_prediction(out, label)
 
 
-# ---------------------------------------------------------------------------------------- drawing
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def overlay_image(rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
-    """uint8 (H, W, 3): the image with its non-background pixels blended with the VOC colour of their
-    class, and a legend (colour, name) of the classes present in the top-left corner."""
-    pal = voc_palette().astype(np.float32)  # (256, 3)
-    out = rgb.astype(np.float32)
-    fg = label > 0  # (H, W)
-    out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[fg]]
-    im = Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8))
-    present = [int(v) for v in np.unique(label) if v > 0]
-    if present:
-        H, W = label.shape
-        size = int(np.clip(min(H, W) / 16, 10, 28))
-        font, draw = _font(size), ImageDraw.Draw(im)
-        pad, row = max(size // 4, 2), size + max(size // 4, 2)
-        names = [class_names[v - 1] if v - 1 < len(class_names) else f"class_{v}" for v in present]
-        width = max(draw.textlength(n, font=font) for n in names) + size + 3 * pad
-        draw.rectangle((0, 0, width, row * len(names) + pad), fill=(255, 255, 255))
-        for i, (v, name) in enumerate(zip(present, names, strict=True)):
-            y = pad + i * row
-            draw.rectangle((pad, y, pad + size, y + size), fill=tuple(int(c) for c in pal[v]), outline=(0, 0, 0))
-            draw.text((2 * pad + size, y), name, fill=(0, 0, 0), font=font)
-    return np.asarray(im)
-
-
-def cam_image(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3): the image blended with the jet heat map of a CAM (H, W) in [0, 1]."""
-    heat = cv2.applyColorMap(np.rint(cam.clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return np.rint((1 - CAM_ALPHA) * rgb + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
-
-
+# ------------------------------------------------------------------------------------------ files
 def file_label(name: str) -> str:
     """A class name as part of a file name: runs of characters other than letters, digits, '-', '.', '_'
     become '-' ('disc/stripes' -> 'disc-stripes')."""
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "class"
 
 
-# ------------------------------------------------------------------------------------------ files
 def output_paths(out_dir: Path, key: str, cam_names: Sequence[str] = ()) -> dict[str, Path]:
     """The files of one input: mask, overlay and one heat map per name in `cam_names`."""
     base = out_dir / key
@@ -343,11 +288,10 @@ def output_paths(out_dir: Path, key: str, cam_names: Sequence[str] = ()) -> dict
 
 
 def write_jpeg(path: Path, rgb: np.ndarray) -> None:
-    """A JPEG written to `<name>.part` and renamed: never half-written under its own name."""
+    """A JPEG written atomically: never half-written under its own name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(rgb).save(f, format="JPEG", quality=JPEG_QUALITY)
 
 
 def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[str], threshold: float) -> dict:
@@ -408,32 +352,6 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
     return record
 
 
-def remove_partials(out_dir: Path) -> int:
-    """Delete the `.part` files an interrupted run left behind (they are never read)."""
-    n = 0
-    for f in out_dir.rglob("*.part"):
-        f.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
-def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool, write: bool = True) -> None:
-    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours
-    (with `write`)."""
-    path = out_dir / META
-    if path.is_file() and not overwrite:
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-        if diff:
-            detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"{out_dir} holds predictions made with another checkpoint or other settings ({detail}). "
-                "Pass another out_dir=..., or overwrite=true to redo every image there."
-            )
-    if write:
-        write_metrics(path, meta)
-
-
 # ------------------------------------------------------------------------------------------- loop
 @dataclass
 class SubsetResult:
@@ -460,14 +378,14 @@ def done_records(items: Sequence[InputImage], indices: Iterable[int], out_dir: P
 
 def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[int], out_dir: Path,
              settings: PredictSettings, class_names: Sequence[str], device: torch.device,
-             crf_pool: CRFPool | None, progress: bool, result: SubsetResult) -> None:
-    """Predict and write `items[i]` for every i in `indices` into `result`. With the CRF, an image's job
-    goes to `crf_pool` once the network is done with it, and the next image's forward pass runs while
-    the pool works; its files are written when its label map comes back (in input order)."""
+             pool: StepPool | None, progress: bool, result: SubsetResult) -> None:
+    """Predict and write `items[i]` for every i in `indices` into `result`. With post-processing steps,
+    an image goes to `pool` once the network is done with it, and the next image's forward pass runs
+    while the pool works; its files are written when its label map comes back (in input order)."""
     bar = tqdm(total=len(indices), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-    waiting: dict[int, tuple[np.ndarray, NetworkOutput]] = {}  # index -> (rgb, network output)
+    waiting: dict[str, tuple[int, np.ndarray, NetworkOutput]] = {}  # key -> (index, rgb, network output)
 
-    def predicted() -> Iterator[tuple[int, NetworkOutput]]:
+    def predicted() -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         for i in indices:
             try:
                 rgb = read_image_any(items[i].path)  # (H, W, 3) uint8
@@ -477,18 +395,11 @@ def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[
                 bar.update()
                 continue
             out = network_output(net, rgb, settings, device)
-            waiting[i] = (rgb, out)
-            yield i, out
+            waiting[items[i].key] = (i, rgb, out)
+            yield items[i].key, out.image, out.probs  # (3, h, w), (K+1, h, w)
 
-    if settings.protocol.crf is None:
-        labels: Iterator[tuple[int, np.ndarray]] = (
-            (i, out.probs.argmax(dim=0).cpu().numpy()) for i, out in predicted())  # (h, w)
-    else:
-        pool = crf_pool if crf_pool is not None else CRFPool(settings.protocol.crf, 0)
-        jobs = ((i, to_uint8_image(out.image), out.probs.float().cpu().numpy()) for i, out in predicted())
-        labels = pool.imap(jobs)
-    for i, label in labels:
-        rgb, out = waiting.pop(i)
+    for key, label in postprocess(predicted(), settings.protocol, pool):  # label (h, w) uint8
+        i, rgb, out = waiting.pop(key)
         pred = image_prediction(out, label)
         result.records[i] = write_outputs(out_dir, items[i], rgb, pred, class_names, settings.threshold)
         result.computed += 1
@@ -506,13 +417,13 @@ def predict_subset(
     device: torch.device,
     overwrite: bool = False,
     progress: bool = True,
-    crf_pool: CRFPool | None = None,
+    pool: StepPool | None = None,
 ) -> SubsetResult:
     """Predict `items[i]` for every i in `indices` that is not done yet (all of them with `overwrite`).
 
     Only those files are written, each atomically, so disjoint index sets can run in separate processes
     over one out_dir. An unreadable input is logged and returned as failed; the others still run.
-    The protocol's CRF runs in `crf_pool` (None: in this process).
+    The protocol's post-processing runs in `pool` (None: in this process).
     """
     result = SubsetResult()
     if overwrite:
@@ -520,7 +431,7 @@ def predict_subset(
     else:
         result.records, todo = done_records(items, indices, out_dir, settings.cams)
         result.reused = len(result.records)
-    _compute(net, items, todo, out_dir, settings, class_names, device, crf_pool, progress, result)
+    _compute(net, items, todo, out_dir, settings, class_names, device, pool, progress, result)
     return result
 
 
@@ -556,58 +467,78 @@ def predict_images(
     net_overrides: Mapping[str, Any] | None = None,
     crf_workers: int | None = None,
     ranks: Ranks | None = None,
+    on_claim: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Predict every input of `input_spec` into `out_dir` with one checkpoint (module docstring); returns a
     summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies.
 
+    `out_dir` is claimed first (`utils.files.OutputFolder`): a second run into it while this one runs
+    is refused, naming the owner; `on_claim` (main process) runs once it is ours (e.g. to record env.json).
     `ranks` (`distributed.launch`): each process checks its share of the inputs, then predicts its
     share of those not done yet (every input by exactly one process); the main process writes
     predictions.jsonl and failed.txt, and every process returns the summary one process would.
-    `crf_workers`: CRF worker processes (None: the available cores shared by this machine's
-    processes; 0: in this process).
+    `crf_workers`: post-processing worker processes (None: the available cores shared by this
+    machine's processes; 0: in this process).
     """
     ranks = ranks or Ranks(device=device)  # its device is the one used
-    if protocol.crf is not None:
-        require_crf()  # before the checkpoint is read
+    protocol.require()  # before the checkpoint is read
     out_dir = Path(out_dir)
     path = find_one_checkpoint(ckpt_spec)
     ckpt = load_checkpoint(path, **dict(net_overrides or {}))
+    names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams)
+    items = list_inputs(input_spec, exclude=out_dir)
+    meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
+            **settings.as_dict()}
+    with OutputFolder(out_dir, meta, command="predict", overwrite=overwrite, meta_name=META).claim(ranks):
+        if ranks.is_main:
+            if on_claim is not None:
+                on_claim()
+            log.info("%s: %d inputs -> %s (%s, %d classes%s)", path, len(items), out_dir, protocol.name,
+                     len(names), f", {ranks.world_size} processes" if ranks.distributed else "")
+        # Done-checks sharded, then the inputs not done yet sharded: balanced on a rerun too.
+        mine = ranks.shard(range(len(items)))
+        records, todo = ({}, list(mine)) if overwrite else done_records(items, mine, out_dir, cams)
+        todo = sorted(i for share in ranks.gather(todo) for i in share)
+        result = SubsetResult(records=records, reused=len(records))
+        workers = default_workers(ranks.local_world_size) if crf_workers is None else crf_workers
+        if ranks.is_main and protocol.steps:
+            log.info("post-processing in %s",
+                     f"{workers} worker process(es) per process" if workers else "the main process")
+        net = ckpt.net.to(ranks.device).eval()
+        t0 = time.perf_counter()
+        # In flight: two images per worker and the next one, whose forward pass overlaps their post-processing.
+        with StepPool(protocol.steps, workers, max_pending=2 * workers + 1) as pool:
+            _compute(net, items, ranks.shard(todo), out_dir, settings, names, ranks.device, pool,
+                     progress and ranks.is_main, result)
+        seconds = ranks.max(time.perf_counter() - t0)
+        summary = _gather(items, result, out_dir, ranks, seconds)
+    summary = {"checkpoint": str(path), "out_dir": str(out_dir), **summary, **settings.as_dict(), "class_names": names}
+    if ranks.is_main:
+        split = f"; per process {summary['predicted_per_process']}" if ranks.distributed else ""
+        log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s%s); results in %s",
+                 summary["predicted"], summary["reused"], len(summary["failed"]), seconds,
+                 summary["images_per_s"], split, out_dir / JSONL)
+    return summary
+
+
+def _settings(
+    ckpt: LoadedCheckpoint, path: Path, protocol: Protocol, class_names: Sequence[str] | None,
+    threshold: float, max_side: int, cams: bool,
+) -> tuple[list[str], PredictSettings]:
+    """The class names and the settings of a run, checked against the checkpoint's network."""
     K = ckpt.net.num_classes
     if class_names is not None and len(class_names) != K:
         raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
     names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
-    settings = PredictSettings(protocol, threshold, max_side, cams, cam_settings(ckpt.cam))
+    settings = PredictSettings(protocol, threshold, max_side, cams, CAMConfig.from_stored(ckpt.cam))
     if cams:  # before any image, not at the first one with a class above the threshold
         check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
-    items = list_inputs(input_spec, exclude=out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
-            **settings.as_dict()}
-    check_meta(out_dir, meta, overwrite, write=False)  # every process: none waits on one that refused
-    ranks.barrier()
-    if ranks.is_main:
-        if n := remove_partials(out_dir):
-            log.info("removed %d partial files of an interrupted run", n)
-        write_metrics(out_dir / META, meta)
-        log.info("%s: %d inputs -> %s (%s, %d classes%s)", path, len(items), out_dir, protocol.name, K,
-                 f", {ranks.world_size} processes" if ranks.distributed else "")
-    ranks.barrier()  # no process writes before the leftovers are gone
+    return names, settings
 
-    # Done-checks sharded, then the inputs not done yet sharded: balanced on a rerun too.
-    mine = ranks.shard(range(len(items)))
-    records, todo = ({}, list(mine)) if overwrite else done_records(items, mine, out_dir, cams)
-    todo = sorted(i for share in ranks.gather(todo) for i in share)
-    result = SubsetResult(records=records, reused=len(records))
-    workers = default_crf_workers(ranks.local_world_size) if crf_workers is None else crf_workers
-    if ranks.is_main and protocol.crf is not None:
-        log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
-    net = ckpt.net.to(ranks.device).eval()
-    t0 = time.perf_counter()
-    # In flight: two images per worker and the next one, whose forward pass overlaps their CRF.
-    with CRFPool(protocol.crf, workers if protocol.crf is not None else 0, max_pending=2 * workers + 1) as pool:
-        _compute(net, items, ranks.shard(todo), out_dir, settings, names, ranks.device, pool,
-                 progress and ranks.is_main, result)
-    seconds = ranks.max(time.perf_counter() - t0)
+
+def _gather(items: Sequence[InputImage], result: SubsetResult, out_dir: Path, ranks: Ranks,
+            seconds: float) -> dict[str, Any]:
+    """Every process's records and failures: predictions.jsonl and failed.txt (main process), the counts."""
     shares = ranks.gather((result.records, result.failed, result.computed))
     all_records = {i: r for recs, _, _ in shares for i, r in recs.items()}
     all_failed = {i: reason for _, fails, _ in shares for i, reason in fails.items()}
@@ -617,17 +548,10 @@ def predict_images(
     if ranks.is_main:
         write_jsonl(out_dir, [all_records[i] for i in sorted(all_records)])
         write_failed(out_dir, failed)
-    reused = len(all_records) - computed
-    summary = {
-        "checkpoint": str(path), "out_dir": str(out_dir), "inputs": len(items),
-        "predicted": computed, "reused": reused, "processes": ranks.world_size, "predicted_per_process": per_process,
+    return {
+        "inputs": len(items), "predicted": computed, "reused": len(all_records) - computed,
+        "processes": ranks.world_size, "predicted_per_process": per_process,
         "failed": [os.path.abspath(item.path) for item, _ in failed],
         "seconds": round(seconds, 3),
         "images_per_s": round(computed / seconds, 3) if computed and seconds > 0 else None,
-        **settings.as_dict(), "class_names": names,
     }
-    if ranks.is_main:
-        split = f"; per process {per_process}" if ranks.distributed else ""
-        log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s%s); results in %s",
-                 computed, reused, len(failed), seconds, summary["images_per_s"], split, out_dir / JSONL)
-    return summary
