@@ -56,6 +56,7 @@ def _predict(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
         class_names=None if names is None else [str(n) for n in OmegaConf.to_container(names)],
         overwrite=bool(cfg.get("overwrite", False)), progress=bool(cfg.get("progress", True)),
         net_overrides=net_overrides(cfg), crf_workers=cfg.get("crf_workers"), ranks=ranks,
+        max_pixels=cfg.max_pixels,
     )
     if summary["failed"] and ranks.is_main:
         log.error("%d of %d inputs could not be read (listed in %s); exit status %d",

@@ -45,7 +45,13 @@ from tqdm import tqdm
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
 from clustercam_pl.checkpoint import find_one_checkpoint, load_checkpoint, resolve_class_names
-from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
+from clustercam_pl.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    read_image_reduced,
+    write_index_png,
+)
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 from clustercam_pl.inference.crf import CRFPool, crf_refine, default_crf_workers, require_crf, to_uint8_image
 from clustercam_pl.inference.network import predict
@@ -172,10 +178,13 @@ class PredictSettings:
     max_side: int = 1024
     cams: bool = False
     cam: CAMConfig = field(default_factory=CAMConfig)  # scales / flip / cam_layers / p2p_refine of the CAMs
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger inputs fail (decompression bombs); not in as_dict
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, ge=0, le=1)
         check_range("max_side", self.max_side, ge=1, integer=True)
+        if self.max_pixels is not None:
+            check_range("max_pixels", self.max_pixels, ge=1, integer=True)
 
     def as_dict(self) -> dict[str, Any]:
         cam = ({"scales": list(self.cam.scales), "flip": self.cam.flip, "cam_layers": self.cam.cam_layers,
@@ -240,18 +249,25 @@ class NetworkOutput:
     size: tuple[int, int]  # (H, W) of the input
 
 
+def network_size(net: ClusterCAMNet, settings: PredictSettings, height: int, width: int) -> tuple[int, int]:
+    """(h, w) the network sees an input of `height` x `width` at (`working_size` for its scales and CAMs)."""
+    scales = [*settings.protocol.scales, *(settings.cam.scales if settings.cams else ())]
+    return working_size(height, width, settings.max_side, min_input_side(net), scales)
+
+
 @torch.no_grad()
 def network_output(
-    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
+    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device,
+    size: tuple[int, int] | None = None,
 ) -> NetworkOutput:
     """Probabilities, class scores and (if asked) CAMs of one uint8 (H, W, 3) image (eval mode).
 
     The network sees the image at `working_size`; CAMs come back at the input's size, bilinearly.
+    `size`: the input's (H, W) when `rgb` is it decoded reduced (`read_image_reduced`), at least (h, w).
     """
-    H, W = rgb.shape[:2]
+    H, W = size or rgb.shape[:2]
     p = settings.protocol
-    scales = [*p.scales, *(settings.cam.scales if settings.cams else ())]
-    h, w = working_size(H, W, settings.max_side, min_input_side(net), scales)
+    h, w = network_size(net, settings, H, W)
     x, _ = apply_transform(build_eval_transform(), _resize(rgb, h, w))
     x = x[None].to(device)  # (1, 3, h, w)
     pred = predict(net, x, p.scales, p.flip)
@@ -296,34 +312,53 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def _row_strips(height: int, width: int, pixels: int = 1 << 20) -> Iterator[slice]:
+    """Row ranges of about `pixels` pixels: per-pixel float maths in strips keeps a 100-megapixel
+    picture's temporaries at a few MB instead of several GB, with the same result."""
+    rows = max(1, pixels // max(width, 1))
+    return (slice(y, y + rows) for y in range(0, height, rows))
+
+
 def overlay_image(rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """uint8 (H, W, 3): the image with its non-background pixels blended with the VOC colour of their
     class, and a legend (colour, name) of the classes present in the top-left corner."""
     pal = voc_palette().astype(np.float32)  # (256, 3)
-    out = rgb.astype(np.float32)
-    fg = label > 0  # (H, W)
-    out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[fg]]
-    im = Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8))
-    present = [int(v) for v in np.unique(label) if v > 0]
+    blended = np.empty_like(rgb)  # (H, W, 3) uint8
+    for rows in _row_strips(*label.shape):
+        out = rgb[rows].astype(np.float32)  # (r, W, 3)
+        fg = label[rows] > 0  # (r, W)
+        out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[rows][fg]]
+        blended[rows] = np.rint(out).clip(0, 255).astype(np.uint8)
+    counts = sum(np.bincount(label[rows].ravel(), minlength=256) for rows in _row_strips(*label.shape))  # (256,)
+    present = [int(v) for v in np.flatnonzero(counts) if v > 0]
     if present:
         H, W = label.shape
         size = int(np.clip(min(H, W) / 16, 10, 28))
-        font, draw = _font(size), ImageDraw.Draw(im)
         pad, row = max(size // 4, 2), size + max(size // 4, 2)
         names = [class_names[v - 1] if v - 1 < len(class_names) else f"class_{v}" for v in present]
-        width = max(draw.textlength(n, font=font) for n in names) + size + 3 * pad
-        draw.rectangle((0, 0, width, row * len(names) + pad), fill=(255, 255, 255))
+        font = _font(size)
+        width = max(font.getlength(n) for n in names) + size + 3 * pad
+        bottom = row * len(names) + pad
+        # drawn on the corner it covers only: no full-size PIL copy of a 100-megapixel picture
+        corner = (slice(0, min(H, math.ceil(bottom) + 2)), slice(0, min(W, math.ceil(width) + 2)))
+        im = Image.fromarray(np.ascontiguousarray(blended[corner]))
+        draw = ImageDraw.Draw(im)
+        draw.rectangle((0, 0, width, bottom), fill=(255, 255, 255))
         for i, (v, name) in enumerate(zip(present, names, strict=True)):
             y = pad + i * row
             draw.rectangle((pad, y, pad + size, y + size), fill=tuple(int(c) for c in pal[v]), outline=(0, 0, 0))
             draw.text((2 * pad + size, y), name, fill=(0, 0, 0), font=font)
-    return np.asarray(im)
+        blended[corner] = np.asarray(im)
+    return blended
 
 
 def cam_image(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3): the image blended with the jet heat map of a CAM (H, W) in [0, 1]."""
-    heat = cv2.applyColorMap(np.rint(cam.clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return np.rint((1 - CAM_ALPHA) * rgb + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
+    out = np.empty_like(rgb)  # (H, W, 3) uint8
+    for rows in _row_strips(*cam.shape):
+        heat = cv2.applyColorMap(np.rint(cam[rows].clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        out[rows] = np.rint((1 - CAM_ALPHA) * rgb[rows] + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
+    return out
 
 
 def file_label(name: str) -> str:
@@ -353,7 +388,8 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> None:
 def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[str], threshold: float) -> dict:
     """The image's predictions.jsonl line."""
     H, W = pred.label.shape
-    counts = np.bincount(pred.label.ravel(), minlength=len(class_names) + 1)  # (K+1,)
+    counts = sum(np.bincount(pred.label[rows].ravel(), minlength=len(class_names) + 1)  # (K+1,)
+                 for rows in _row_strips(H, W))  # in strips: bincount widens to int64, 8 bytes a pixel
     names = ["background", *class_names]
     return {
         "input": os.path.abspath(item.path),
@@ -469,14 +505,16 @@ def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[
 
     def predicted() -> Iterator[tuple[int, NetworkOutput]]:
         for i in indices:
-            try:
-                rgb = read_image_any(items[i].path)  # (H, W, 3) uint8
+            try:  # decoded no larger than the network needs (a 100 MP JPEG at 1/8): (h', w', 3) uint8
+                image = read_image_reduced(items[i].path, lambda H, W: network_size(net, settings, H, W),
+                                           settings.max_pixels)
             except ImageReadError as e:
                 log.error("skipping %s: %s", items[i].path, e)
                 result.failed[i] = str(e)
                 bar.update()
                 continue
-            out = network_output(net, rgb, settings, device)
+            rgb = image.rgb
+            out = network_output(net, rgb, settings, device, image.size)
             waiting[i] = (rgb, out)
             yield i, out
 
@@ -489,6 +527,7 @@ def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[
         labels = pool.imap(jobs)
     for i, label in labels:
         rgb, out = waiting.pop(i)
+        rgb = _resize(rgb, *out.size)  # (H, W, 3): the overlay and CAM pictures have the input's size
         pred = image_prediction(out, label)
         result.records[i] = write_outputs(out_dir, items[i], rgb, pred, class_names, settings.threshold)
         result.computed += 1
@@ -556,6 +595,7 @@ def predict_images(
     net_overrides: Mapping[str, Any] | None = None,
     crf_workers: int | None = None,
     ranks: Ranks | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Predict every input of `input_spec` into `out_dir` with one checkpoint (module docstring); returns a
     summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies.
@@ -564,7 +604,8 @@ def predict_images(
     share of those not done yet (every input by exactly one process); the main process writes
     predictions.jsonl and failed.txt, and every process returns the summary one process would.
     `crf_workers`: CRF worker processes (None: the available cores shared by this machine's
-    processes; 0: in this process).
+    processes; 0: in this process). `max_pixels`: an input whose header declares more pixels fails
+    (listed in failed.txt) before it is decoded; None: no limit.
     """
     ranks = ranks or Ranks(device=device)  # its device is the one used
     if protocol.crf is not None:
@@ -576,7 +617,7 @@ def predict_images(
     if class_names is not None and len(class_names) != K:
         raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
     names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
-    settings = PredictSettings(protocol, threshold, max_side, cams, cam_settings(ckpt.cam))
+    settings = PredictSettings(protocol, threshold, max_side, cams, cam_settings(ckpt.cam), max_pixels)
     if cams:  # before any image, not at the first one with a class above the threshold
         check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
     items = list_inputs(input_spec, exclude=out_dir)
