@@ -85,6 +85,8 @@ class InputImage:
 
 
 def _image_files(folder: Path, exclude: Path | None) -> list[Path]:
+    """The image files below `folder`; links to folders are not entered (`Path.rglob`), so a link loop
+    cannot make the listing endless."""
     files = []
     for f in folder.rglob("*"):
         if f.suffix.lower() not in IMAGE_EXTENSIONS or not f.is_file():
@@ -93,6 +95,65 @@ def _image_files(folder: Path, exclude: Path | None) -> list[Path]:
             continue  # our own outputs, when out_dir lies inside the input folder
         files.append(f)
     return sorted(files, key=lambda f: f.as_posix())
+
+
+def _component_regex(part: str) -> str:
+    """One path component of a glob pattern as a regex: ``*`` and ``?`` stay inside the component, ``[...]``
+    is a class (``[!...]`` negated); a name starting with '.' only matches a pattern starting with '.'."""
+    out, i = [] if part.startswith(".") else [r"(?!\.)"], 0
+    while i < len(part):
+        c = part[i]
+        end = part.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif end != -1:
+            body = part[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """The files a glob pattern matches, as `glob.glob(pattern, recursive=True)` lists them, but walked here
+    for ``**``: `glob` enters links to folders without end, so a link loop (two links to a parent folder)
+    makes it list ~2^40 paths. Here every real folder is entered once (through its real path when the
+    tree holds it, else through the first link); a link to one already entered is logged and skipped.
+    The order is that of the sorted paths."""
+    if "**" not in pattern:  # no recursion: as deep as the pattern, a loop cannot make it endless
+        return [Path(f) for f in glob.glob(pattern) if Path(f).is_file()]
+    if pattern.endswith(("/", os.sep)):
+        return []  # matches folders only
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:fixed]) if fixed else Path()
+    rest = parts[fixed:]
+    regex = re.compile("".join(
+        (r"(?:(?!\.)[^/]+/)*" if n < len(rest) - 1 else r"(?:(?!\.)[^/]+/)*(?!\.)[^/]+") if part == "**"
+        else _component_regex(part) + ("/" if n < len(rest) - 1 else "")
+        for n, part in enumerate(rest)))
+    hidden = any(part.startswith(".") for part in rest)  # else hidden folders cannot match: not entered
+    files: list[Path] = []
+    entered: set[tuple[int, int]] = set()
+    pending = [base]  # the tree itself first, then the links to folders found in it: real paths win
+    while pending:
+        top = pending.pop(0)
+        for folder, dirs, names in os.walk(top):  # links to folders are listed in `dirs`, not entered
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in entered:
+                log.info("not entering %s: it leads to %s, already listed", folder, os.path.realpath(folder))
+                dirs[:] = []
+                continue
+            entered.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if hidden or not d.startswith("."))
+            pending += [Path(folder) / d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            rel = Path(folder).relative_to(base)
+            files += [Path(folder) / n for n in names if regex.fullmatch((rel / n).as_posix())]
+    return [f for f in files if f.is_file()]
 
 
 def _list_file(path: Path) -> list[Path]:
@@ -107,9 +168,10 @@ def _list_file(path: Path) -> list[Path]:
 
 
 def _keys(files: Sequence[Path], root: Path) -> list[str]:
-    """Output names: the path relative to `root` without suffix; inputs that would share one (a.jpg and
+    """Output names: the path as listed (links not resolved: a link to a file elsewhere must not put its
+    outputs outside out_dir) relative to `root` without suffix; inputs that would share one (a.jpg and
     a.png in one folder) keep their suffix in the name instead (a_jpg, a_png)."""
-    rel = [Path(os.path.relpath(f.resolve(), root)).as_posix() for f in files]
+    rel = [Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files]
     plain = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
     counts: dict[str, int] = {}
     for k in plain:
@@ -141,15 +203,14 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
             if exclude is not None and p.resolve().is_relative_to(exclude):
                 raise ValueError(f"{key}={text} is out_dir or lies inside it ({exclude}): the masks would land "
                                  "among the inputs; pass an out_dir=... outside the input folder")
-            files, root = _image_files(p, exclude), p.resolve()
+            files, root = _image_files(p, exclude), Path(os.path.abspath(p))
         elif glob.has_magic(text):
-            files = sorted((Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file()),
-                           key=lambda f: f.as_posix())
+            files = sorted(_glob_files(text), key=lambda f: f.as_posix())
             files, root = [f for f in files if exclude is None or not f.resolve().is_relative_to(exclude)], None
         elif p.is_file() and p.suffix.lower() == ".txt":
             files, root = _list_file(p), None
         elif p.is_file():
-            files, root = [p], p.resolve().parent
+            files, root = [p], Path(os.path.abspath(p)).parent
         else:
             raise FileNotFoundError(f"{key}={text} does not exist: pass {key}=<folder | glob | image | .txt list>")
         if not files:
@@ -164,7 +225,7 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
         unique.setdefault(str(f.resolve()), f)
     files = list(unique.values())
     if root is None:
-        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+        root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
     return [InputImage(f, k) for f, k in zip(files, _keys(files, root), strict=True)]
 
 
