@@ -109,10 +109,11 @@ class DecodedImage:
 
 
 @contextmanager
-def _own_pixel_limit() -> Iterator[None]:
-    """PIL's process-wide bomb check off while one file is opened: the caller's ``max_pixels``, checked from
-    the header before any pixel is decoded, replaces it (PIL's fixed 89 MP warning / 179 MP error would
-    refuse genuine large photos). Restored at once; image reading is single-threaded in each process."""
+def own_pixel_limit() -> Iterator[None]:
+    """PIL's process-wide bomb check off while one file is opened: the caller's own limit (``max_pixels``,
+    checked from the header before any pixel is decoded; or files it wrote itself) replaces it: PIL's
+    fixed 89 MP warning / 179 MP error would refuse genuine large photos. Restored at once; image
+    reading is single-threaded in each process."""
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -164,7 +165,7 @@ def read_image_reduced(
     """
     path = Path(path)
     try:
-        with _own_pixel_limit(), Image.open(path) as im:
+        with own_pixel_limit(), Image.open(path) as im:
             W, H = im.size  # as stored; checked before the orientation: a PNG's EXIF may sit after its pixels
             if max_pixels is not None and H * W > max_pixels:
                 raise ImageTooLargeError(

@@ -11,7 +11,8 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
                          sigmoid class-token score of every class (at scale 1 when the protocol
                          has it), the classes above the threshold, the pixel fraction of each class
                          in the mask
-    failed.txt           the inputs that could not be read (path, tab, reason); absent when none
+    failed.txt           the inputs that could not be read or declare more than `max_pixels` pixels
+                         (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
 
 Resumable: every file is written to ``<name>.part`` and renamed, the mask (with the record) last; an
@@ -49,6 +50,7 @@ from clustercam_pl.data.imageio import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageReadError,
+    own_pixel_limit,
     read_image_reduced,
     write_index_png,
 )
@@ -481,7 +483,7 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
     if not all(p.is_file() for p in paths.values()):
         return None
     try:
-        with Image.open(paths["mask"]) as im:
+        with own_pixel_limit(), Image.open(paths["mask"]) as im:  # ours: as large as the input we accepted
             im.load()
             record = json.loads(im.text[RECORD_KEY])
             mask_size = im.size
@@ -494,7 +496,7 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
             if name == "mask":
                 got = mask_size
             else:
-                with Image.open(p) as im:
+                with own_pixel_limit(), Image.open(p) as im:
                     im.load()
                     got = im.size
             if got != size:
