@@ -69,7 +69,7 @@ def test_bomb_png_fails_by_name_and_the_others_are_predicted(tiny_ckpt, tmp_path
     assert Image.MAX_IMAGE_PIXELS == limit  # PIL's process-wide check is back as it was
     reason = (f"image {bomb}: its header declares 100000 x 100000 = 10,000,000,000 pixels, more than "
               "max_pixels=200000000 (a decompression bomb, or a huge scan); if the file is genuine, pass "
-              "max_pixels=10000000000 (decoding it takes up to 40.0 GB)")
+              "max_pixels=10000000000 (decoding it whole needs at least 40.0 GB)")
     assert (out / "failed.txt").read_text() == f"{bomb}\t{reason}\n"
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["output"] for r in records] == ["a", "c"]  # the image after the bomb was predicted too

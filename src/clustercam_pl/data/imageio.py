@@ -21,7 +21,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".
 
 
 DEFAULT_MAX_PIXELS = 200_000_000
-"""Images whose header declares more pixels are refused by `read_image_any` (a decompression bomb: a tiny
+"""Images whose header declares more pixels are refused by `read_image_reduced` (a decompression bomb: a tiny
 file claiming 10^5 x 10^5 pixels would take 30 GB and more to decode); a genuine 100-megapixel photo passes."""
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -160,8 +160,9 @@ def read_image_reduced(
     the image to (None: full size); the image is decoded shrunk by an integer factor down to at least that.
 
     Refuses (`ImageTooLargeError`, before decoding anything) an image whose header declares more than
-    `max_pixels` pixels (None: no limit). Memory: a JPEG is never decoded larger than 2 x `need` per side
-    (DCT scaling), other formats once at full size (4 bytes per pixel) before they are reduced.
+    `max_pixels` pixels (None: no limit). Memory: a JPEG is decoded at the smallest of 1, 1/2, 1/4, 1/8
+    of its side that keeps `need` (DCT scaling: its full-size pixels never exist), other formats once at
+    full size (4 bytes a pixel) and reduced before any conversion.
     """
     path = Path(path)
     try:
@@ -171,13 +172,15 @@ def read_image_reduced(
                 raise ImageTooLargeError(
                     f"image {path}: its header declares {W} x {H} = {W * H:,} pixels, more than max_pixels="
                     f"{max_pixels} (a decompression bomb, or a huge scan); if the file is genuine, pass "
-                    f"max_pixels={W * H} (decoding it takes up to {4 * W * H / 1e9:.1f} GB)"
+                    f"max_pixels={W * H} (decoding it whole needs at least {4 * W * H / 1e9:.1f} GB)"
                 )
             H, W = _displayed_size(im)
-            im2 = _decode_reduced(im, (H, W), need(H, W)) if need is not None else im
             if need is None:
                 im.load()  # decode everything here: a truncated file fails now, naming the file
-            arr = _to_rgb8(ImageOps.exif_transpose(im2))  # (h, w, 3)
+                decoded = im
+            else:
+                decoded = _decode_reduced(im, (H, W), need(H, W))
+            arr = _to_rgb8(ImageOps.exif_transpose(decoded))  # (h, w, 3)
     except FileNotFoundError as e:
         raise ImageReadError(f"missing image: {path}") from e
     except ImageReadError:

@@ -124,8 +124,7 @@ def _glob_files(pattern: str) -> list[Path]:
     """The files a glob pattern matches, as `glob.glob(pattern, recursive=True)` lists them, but walked here
     for ``**``: `glob` enters links to folders without end, so a link loop (two links to a parent folder)
     makes it list ~2^40 paths. Here every real folder is entered once (through its real path when the
-    tree holds it, else through the first link); a link to one already entered is logged and skipped.
-    The order is that of the sorted paths."""
+    tree holds it, else through the first link); a link to one already entered is logged and skipped."""
     if "**" not in pattern:  # no recursion: as deep as the pattern, a loop cannot make it endless
         return [Path(f) for f in glob.glob(pattern) if Path(f).is_file()]
     if pattern.endswith(("/", os.sep)):
