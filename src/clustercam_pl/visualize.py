@@ -9,7 +9,7 @@ they never switch the backend of a notebook or a training process.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -385,31 +385,50 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def row_strips(height: int, width: int, pixels: int = 1 << 20) -> Iterator[slice]:
+    """Row ranges of about `pixels` pixels: per-pixel float maths in strips keeps a 100-megapixel
+    picture's temporaries at a few MB instead of several GB, with the same result."""
+    rows = max(1, pixels // max(width, 1))
+    return (slice(y, y + rows) for y in range(0, height, rows))
+
+
 def overlay_image(rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """uint8 (H, W, 3): the image with its non-background pixels blended with the VOC colour of their
     class, and a legend (colour, name) of the classes present in the top-left corner."""
     pal = label_colours().astype(np.float32)  # (256, 3)
-    out = rgb.astype(np.float32)
-    fg = label > 0  # (H, W)
-    out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[fg]]
-    im = Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8))
-    present = [int(v) for v in np.unique(label) if v > 0]
+    blended = np.empty_like(rgb)  # (H, W, 3) uint8
+    for rows in row_strips(*label.shape):
+        out = rgb[rows].astype(np.float32)  # (r, W, 3)
+        fg = label[rows] > 0  # (r, W)
+        out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[rows][fg]]
+        blended[rows] = np.rint(out).clip(0, 255).astype(np.uint8)
+    counts = sum(np.bincount(label[rows].ravel(), minlength=256) for rows in row_strips(*label.shape))  # (256,)
+    present = [int(v) for v in np.flatnonzero(counts) if v > 0]
     if present:
         H, W = label.shape
         size = int(np.clip(min(H, W) / 16, 10, 28))
-        font, draw = _font(size), ImageDraw.Draw(im)
         pad, row = max(size // 4, 2), size + max(size // 4, 2)
         names = [class_names[v - 1] if v - 1 < len(class_names) else f"class_{v}" for v in present]
-        width = max(draw.textlength(n, font=font) for n in names) + size + 3 * pad
-        draw.rectangle((0, 0, width, row * len(names) + pad), fill=(255, 255, 255))
+        font = _font(size)
+        width = max(font.getlength(n) for n in names) + size + 3 * pad
+        bottom = row * len(names) + pad
+        # drawn on the corner it covers only: no full-size PIL copy of a 100-megapixel picture
+        corner = (slice(0, min(H, math.ceil(bottom) + 2)), slice(0, min(W, math.ceil(width) + 2)))
+        im = Image.fromarray(np.ascontiguousarray(blended[corner]))
+        draw = ImageDraw.Draw(im)
+        draw.rectangle((0, 0, width, bottom), fill=(255, 255, 255))
         for i, (v, name) in enumerate(zip(present, names, strict=True)):
             y = pad + i * row
             draw.rectangle((pad, y, pad + size, y + size), fill=tuple(int(c) for c in pal[v]), outline=(0, 0, 0))
             draw.text((2 * pad + size, y), name, fill=(0, 0, 0), font=font)
-    return np.asarray(im)
+        blended[corner] = np.asarray(im)
+    return blended
 
 
 def cam_image(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3): the image blended with the jet heat map of a CAM (H, W) in [0, 1]."""
-    heat = cv2.applyColorMap(np.rint(cam.clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return np.rint((1 - CAM_ALPHA) * rgb + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
+    out = np.empty_like(rgb)  # (H, W, 3) uint8
+    for rows in row_strips(*cam.shape):
+        heat = cv2.applyColorMap(np.rint(cam[rows].clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        out[rows] = np.rint((1 - CAM_ALPHA) * rgb[rows] + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
+    return out

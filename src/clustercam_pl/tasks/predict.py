@@ -11,7 +11,8 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
                          sigmoid class-token score of every class (at scale 1 when the protocol
                          has it), the classes above the threshold, the pixel fraction of each class
                          in the mask
-    failed.txt           the inputs that could not be read (path, tab, reason); absent when none
+    failed.txt           the inputs that could not be read or declare more than `max_pixels` pixels
+                         (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
 
 Resumable: every file is written atomically (`utils.files.atomic_write`), the mask (with the record)
@@ -45,7 +46,14 @@ from tqdm import tqdm
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint, resolve_class_names
-from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
+from clustercam_pl.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    own_pixel_limit,
+    read_image_reduced,
+    write_index_png,
+)
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 from clustercam_pl.inference.network import min_input_side, predict
 from clustercam_pl.inference.pool import StepPool, default_workers
@@ -56,7 +64,7 @@ from clustercam_pl.utils.checks import check_range
 from clustercam_pl.utils.distributed import Ranks
 from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256
 from clustercam_pl.utils.results import write_text_atomic
-from clustercam_pl.visualize import cam_image, overlay_image
+from clustercam_pl.visualize import cam_image, overlay_image, row_strips
 
 log = logging.getLogger("clustercam_pl.predict")
 
@@ -77,6 +85,8 @@ class InputImage:
 
 
 def _image_files(folder: Path, exclude: Path | None) -> list[Path]:
+    """The image files below `folder`; links to folders are not entered (`Path.rglob`), so a link loop
+    cannot make the listing endless."""
     files = []
     for f in folder.rglob("*"):
         if f.suffix.lower() not in IMAGE_EXTENSIONS or not f.is_file():
@@ -85,6 +95,64 @@ def _image_files(folder: Path, exclude: Path | None) -> list[Path]:
             continue  # our own outputs, when out_dir lies inside the input folder
         files.append(f)
     return sorted(files, key=lambda f: f.as_posix())
+
+
+def _component_regex(part: str) -> str:
+    """One path component of a glob pattern as a regex: ``*`` and ``?`` stay inside the component, ``[...]``
+    is a class (``[!...]`` negated); a name starting with '.' only matches a pattern starting with '.'."""
+    out, i = [] if part.startswith(".") else [r"(?!\.)"], 0
+    while i < len(part):
+        c = part[i]
+        end = part.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif end != -1:
+            body = part[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """The files a glob pattern matches, as `glob.glob(pattern, recursive=True)` lists them, but walked here
+    for ``**``: `glob` enters links to folders without end, so a link loop (two links to a parent folder)
+    makes it list ~2^40 paths. Here every real folder is entered once (through its real path when the
+    tree holds it, else through the first link); a link to one already entered is logged and skipped."""
+    if "**" not in pattern:  # no recursion: as deep as the pattern, a loop cannot make it endless
+        return [Path(f) for f in glob.glob(pattern) if Path(f).is_file()]
+    if pattern.endswith(("/", os.sep)):
+        return []  # matches folders only
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:fixed]) if fixed else Path()
+    rest = parts[fixed:]
+    regex = re.compile("".join(
+        (r"(?:(?!\.)[^/]+/)*" if n < len(rest) - 1 else r"(?:(?!\.)[^/]+/)*(?!\.)[^/]+") if part == "**"
+        else _component_regex(part) + ("/" if n < len(rest) - 1 else "")
+        for n, part in enumerate(rest)))
+    hidden = any(part.startswith(".") for part in rest)  # else hidden folders cannot match: not entered
+    files: list[Path] = []
+    entered: set[tuple[int, int]] = set()
+    pending = [base]  # the tree itself first, then the links to folders found in it: real paths win
+    while pending:
+        top = pending.pop(0)
+        for folder, dirs, names in os.walk(top):  # links to folders are listed in `dirs`, not entered
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in entered:
+                log.info("not entering %s: it leads to %s, already listed", folder, os.path.realpath(folder))
+                dirs[:] = []
+                continue
+            entered.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if hidden or not d.startswith("."))
+            pending += [Path(folder) / d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            rel = Path(folder).relative_to(base)
+            files += [Path(folder) / n for n in names if regex.fullmatch((rel / n).as_posix())]
+    return [f for f in files if f.is_file()]
 
 
 def _list_file(path: Path) -> list[Path]:
@@ -99,9 +167,10 @@ def _list_file(path: Path) -> list[Path]:
 
 
 def _keys(files: Sequence[Path], root: Path) -> list[str]:
-    """Output names: the path relative to `root` without suffix; inputs that would share one (a.jpg and
+    """Output names: the path as listed (links not resolved: a link to a file elsewhere must not put its
+    outputs outside out_dir) relative to `root` without suffix; inputs that would share one (a.jpg and
     a.png in one folder) keep their suffix in the name instead (a_jpg, a_png)."""
-    rel = [Path(os.path.relpath(f.resolve(), root)).as_posix() for f in files]
+    rel = [Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files]
     plain = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
     counts: dict[str, int] = {}
     for k in plain:
@@ -133,15 +202,14 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
             if exclude is not None and p.resolve().is_relative_to(exclude):
                 raise ValueError(f"{key}={text} is out_dir or lies inside it ({exclude}): the masks would land "
                                  "among the inputs; pass an out_dir=... outside the input folder")
-            files, root = _image_files(p, exclude), p.resolve()
+            files, root = _image_files(p, exclude), Path(os.path.abspath(p))
         elif glob.has_magic(text):
-            files = sorted((Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file()),
-                           key=lambda f: f.as_posix())
+            files = sorted(_glob_files(text), key=lambda f: f.as_posix())
             files, root = [f for f in files if exclude is None or not f.resolve().is_relative_to(exclude)], None
         elif p.is_file() and p.suffix.lower() == ".txt":
             files, root = _list_file(p), None
         elif p.is_file():
-            files, root = [p], p.resolve().parent
+            files, root = [p], Path(os.path.abspath(p)).parent
         else:
             raise FileNotFoundError(f"{key}={text} does not exist: pass {key}=<folder | glob | image | .txt list>")
         if not files:
@@ -156,7 +224,7 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
         unique.setdefault(str(f.resolve()), f)
     files = list(unique.values())
     if root is None:
-        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+        root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
     return [InputImage(f, k) for f, k in zip(files, _keys(files, root), strict=True)]
 
 
@@ -170,10 +238,13 @@ class PredictSettings:
     max_side: int = 1024
     cams: bool = False
     cam: CAMConfig = field(default_factory=CAMConfig)  # scales / flip / cam_layers / p2p_refine of the CAMs
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger inputs fail (decompression bombs); not in as_dict
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, ge=0, le=1)
         check_range("max_side", self.max_side, ge=1, integer=True)
+        if self.max_pixels is not None:
+            check_range("max_pixels", self.max_pixels, ge=1, integer=True)
 
     def as_dict(self) -> dict[str, Any]:
         cam = ({"scales": list(self.cam.scales), "flip": self.cam.flip, "cam_layers": self.cam.cam_layers,
@@ -225,18 +296,25 @@ class NetworkOutput:
     size: tuple[int, int]  # (H, W) of the input
 
 
+def network_size(net: ClusterCAMNet, settings: PredictSettings, height: int, width: int) -> tuple[int, int]:
+    """(h, w) the network sees an input of `height` x `width` at (`working_size` for its scales and CAMs)."""
+    scales = [*settings.protocol.scales, *(settings.cam.scales if settings.cams else ())]
+    return working_size(height, width, settings.max_side, min_input_side(net), scales)
+
+
 @torch.no_grad()
 def network_output(
-    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
+    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device,
+    size: tuple[int, int] | None = None,
 ) -> NetworkOutput:
     """Probabilities, class scores and (if asked) CAMs of one uint8 (H, W, 3) image (eval mode).
 
     The network sees the image at `working_size`; CAMs come back at the input's size, bilinearly.
+    `size`: the input's (H, W) when `rgb` is it decoded reduced (`read_image_reduced`), at least (h, w).
     """
-    H, W = rgb.shape[:2]
+    H, W = size or rgb.shape[:2]
     p = settings.protocol
-    scales = [*p.scales, *(settings.cam.scales if settings.cams else ())]
-    h, w = working_size(H, W, settings.max_side, min_input_side(net), scales)
+    h, w = network_size(net, settings, H, W)
     x, _ = apply_transform(build_eval_transform(), _resize(rgb, h, w))
     x = x[None].to(device)  # (1, 3, h, w)
     pred = predict(net, x, p.scales, p.flip)
@@ -297,7 +375,8 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> None:
 def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[str], threshold: float) -> dict:
     """The image's predictions.jsonl line."""
     H, W = pred.label.shape
-    counts = np.bincount(pred.label.ravel(), minlength=len(class_names) + 1)  # (K+1,)
+    counts = sum(np.bincount(pred.label[rows].ravel(), minlength=len(class_names) + 1)  # (K+1,)
+                 for rows in row_strips(H, W))  # in strips: bincount widens to int64, 8 bytes a pixel
     names = ["background", *class_names]
     return {
         "input": os.path.abspath(item.path),
@@ -328,7 +407,7 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
     if not all(p.is_file() for p in paths.values()):
         return None
     try:
-        with Image.open(paths["mask"]) as im:
+        with own_pixel_limit(), Image.open(paths["mask"]) as im:  # ours: as large as the input we accepted
             im.load()
             record = json.loads(im.text[RECORD_KEY])
             mask_size = im.size
@@ -341,7 +420,7 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
             if name == "mask":
                 got = mask_size
             else:
-                with Image.open(p) as im:
+                with own_pixel_limit(), Image.open(p) as im:
                     im.load()
                     got = im.size
             if got != size:
@@ -387,19 +466,22 @@ def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[
 
     def predicted() -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         for i in indices:
-            try:
-                rgb = read_image_any(items[i].path)  # (H, W, 3) uint8
+            try:  # decoded no larger than the network needs (a 100 MP JPEG at 1/8): (h', w', 3) uint8
+                image = read_image_reduced(items[i].path, lambda H, W: network_size(net, settings, H, W),
+                                           settings.max_pixels)
             except ImageReadError as e:
                 log.error("skipping %s: %s", items[i].path, e)
                 result.failed[i] = str(e)
                 bar.update()
                 continue
-            out = network_output(net, rgb, settings, device)
+            rgb = image.rgb
+            out = network_output(net, rgb, settings, device, image.size)
             waiting[items[i].key] = (i, rgb, out)
             yield items[i].key, out.image, out.probs  # (3, h, w), (K+1, h, w)
 
     for key, label in postprocess(predicted(), settings.protocol, pool):  # label (h, w) uint8
         i, rgb, out = waiting.pop(key)
+        rgb = _resize(rgb, *out.size)  # (H, W, 3): the overlay and CAM pictures have the input's size
         pred = image_prediction(out, label)
         result.records[i] = write_outputs(out_dir, items[i], rgb, pred, class_names, settings.threshold)
         result.computed += 1
@@ -468,6 +550,7 @@ def predict_images(
     crf_workers: int | None = None,
     ranks: Ranks | None = None,
     on_claim: Callable[[], None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Predict every input of `input_spec` into `out_dir` with one checkpoint (module docstring); returns a
     summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies.
@@ -478,14 +561,15 @@ def predict_images(
     share of those not done yet (every input by exactly one process); the main process writes
     predictions.jsonl and failed.txt, and every process returns the summary one process would.
     `crf_workers`: post-processing worker processes (None: the available cores shared by this
-    machine's processes; 0: in this process).
+    machine's processes; 0: in this process). `max_pixels`: an input whose header declares more pixels
+    fails (listed in failed.txt) before it is decoded; None: no limit.
     """
     ranks = ranks or Ranks(device=device)  # its device is the one used
     protocol.require()  # before the checkpoint is read
     out_dir = Path(out_dir)
     path = find_one_checkpoint(ckpt_spec)
     ckpt = load_checkpoint(path, **dict(net_overrides or {}))
-    names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams)
+    names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams, max_pixels)
     items = list_inputs(input_spec, exclude=out_dir)
     meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
             **settings.as_dict()}
@@ -523,14 +607,14 @@ def predict_images(
 
 def _settings(
     ckpt: LoadedCheckpoint, path: Path, protocol: Protocol, class_names: Sequence[str] | None,
-    threshold: float, max_side: int, cams: bool,
+    threshold: float, max_side: int, cams: bool, max_pixels: int | None,
 ) -> tuple[list[str], PredictSettings]:
     """The class names and the settings of a run, checked against the checkpoint's network."""
     K = ckpt.net.num_classes
     if class_names is not None and len(class_names) != K:
         raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
     names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
-    settings = PredictSettings(protocol, threshold, max_side, cams, CAMConfig.from_stored(ckpt.cam))
+    settings = PredictSettings(protocol, threshold, max_side, cams, CAMConfig.from_stored(ckpt.cam), max_pixels)
     if cams:  # before any image, not at the first one with a class above the threshold
         check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
     return names, settings
