@@ -1,6 +1,6 @@
 """What the Hydra entry points share: building objects from the config, checks, run-folder state.
 
-Only entry points (train, eval, pseudo_labels, bench) import this module; everything below them
+Only the Hydra entry points (train, eval, export_labels, predict) import this module; everything below them
 takes plain arguments.
 """
 

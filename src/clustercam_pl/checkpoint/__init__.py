@@ -191,7 +191,7 @@ def migrate(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def framework_section(net: ClusterCAMNet, class_names: Sequence[str] | None) -> dict[str, Any]:
     """What a framework checkpoint carries besides Lightning's own keys."""
-    return {"format": FORMAT, "net_config": net.config,
+    return {"format": FORMAT, "net_config": net.cfg.to_dict(),
             "class_names": None if class_names is None else [str(n) for n in class_names]}
 
 
@@ -449,7 +449,7 @@ def imagenet_to_ours(
     that does not fit is an error naming the tensors and the presets that would fit.
     """
     bb = net.backbone
-    K, C = bb.num_classes, bb.embed_dim
+    K, C = bb.cfg.num_classes, bb.cfg.embed_dim
     used: set[str] = set()
     missing: list[str] = []
 

@@ -122,8 +122,8 @@ class WSSSDataModule(L.LightningDataModule):
         skip_unlabeled: drop training images without any class (logged) instead of raising.
         use_negatives: train on negative images (no class present: all-zero target, all-background
             pseudo label). False: leave them out of training (logged); evaluation always scores every
-            image. None: True for "folder"; for VOC/COCO an empty training label stays an error (see
-            ``skip_unlabeled``), as before.
+            image. None: True for "folder"; for VOC/COCO an empty training label is an error (see
+            ``skip_unlabeled``).
         seed: seed of the synthetic images and of the augmentation when ``num_workers=0``.
         synthetic: options of :class:`~clustercam_pl.data.synthetic.SyntheticConfig` (num_classes,
             image_size, num_train, num_val, num_test and the difficulty knobs).

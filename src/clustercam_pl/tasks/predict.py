@@ -32,7 +32,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
+from clustercam_pl.cam.generate import multi_scale_cam
 from clustercam_pl.checkpoint import find_one_checkpoint, load_checkpoint, resolve_class_names
 from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
@@ -196,15 +196,12 @@ class ImagePrediction:
 
 def cam_settings(stored: Mapping[str, Any]) -> CAMConfig:
     """The CAM settings a checkpoint trained with (its `LoadedCheckpoint.cam`; {}: the reference's)."""
-    known = {f.name for f in fields(CAMConfig)}
-    return CAMConfig(**{k: v for k, v in stored.items() if k in known})
+    return CAMConfig.from_stored(stored, "the checkpoint")
 
 
 def min_input_side(net: ClusterCAMNet) -> int:
     """The smallest input side the network takes: one cluster cell of patches (one patch without clusters)."""
-    backbone = net.backbone
-    cell = max(backbone.cluster_grid) if backbone.has_clusters else 1
-    return backbone.patch_size * cell
+    return net.backbone.min_input_side
 
 
 def working_size(height: int, width: int, max_side: int, min_side: int, scales: Sequence[float]) -> tuple[int, int]:
@@ -572,13 +569,13 @@ def predict_images(
     out_dir = Path(out_dir)
     path = find_one_checkpoint(ckpt_spec)
     ckpt = load_checkpoint(path, **dict(net_overrides or {}))
-    K = ckpt.net.num_classes
+    K = ckpt.net.cfg.num_classes
     if class_names is not None and len(class_names) != K:
         raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
     names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
     settings = PredictSettings(protocol, threshold, max_side, cams, cam_settings(ckpt.cam))
     if cams:  # before any image, not at the first one with a class above the threshold
-        check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
+        settings.cam.check_for(ckpt.net.cfg)
     items = list_inputs(input_spec, exclude=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
