@@ -46,7 +46,7 @@ def test_reference_round_trip_with_and_without_wrapper(tmp_path):
     for name, obj in variants.items():
         torch.save(obj, tmp_path / f"{name}.pth")
         loaded = load_checkpoint(tmp_path / f"{name}.pth").net
-        assert loaded.backbone.num_heads == 4 and loaded.backbone.depth == 3 and loaded.num_classes == 4
+        assert loaded.cfg.num_heads == 4 and loaded.cfg.depth == 3 and loaded.cfg.num_classes == 4
         torch.testing.assert_close(loaded(x).seg_logits, net(x).seg_logits)
 
 

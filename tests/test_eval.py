@@ -74,7 +74,7 @@ def compose_eval(overrides: list[str], out: Path, config: str = "eval"):
 def direct_probs(net: ClusterCAMNet, image: torch.Tensor, scales, flip: bool) -> torch.Tensor:
     """The reference's infer_e2e.py loop written out per image (align_corners=True resize at every scale)."""
     _, _, H, W = image.shape
-    probs = torch.zeros(1, net.num_classes + 1, H, W)
+    probs = torch.zeros(1, net.cfg.num_classes + 1, H, W)
     with torch.no_grad():
         for s in scales:
             x = F.interpolate(image, size=(int(H * s), int(W * s)), mode="bilinear", align_corners=True)

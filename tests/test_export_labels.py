@@ -26,7 +26,7 @@ from clustercam_pl.checkpoint import framework_section
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
 from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.lit_module import ClusterCAMLitModule
-from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.losses import LossConfig
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig
@@ -83,7 +83,7 @@ def test_export_writes_labels_cams_and_scores_them(ckpt, tmp_path, capsys):
 
     # The labels are the LightningModule's pseudo labels with the network in eval mode.
     cam = CAMConfig(cam_layers=2, par_iters=2, par_dilations=(1, 2))
-    module = ClusterCAMLitModule(tiny_net(), cam, ClusterCAMLoss(), OptimConfig()).eval()
+    module = ClusterCAMLitModule(tiny_net(), cam, LossConfig(), OptimConfig()).eval()
     ds = SyntheticWSSS("train", SyntheticConfig.from_dict(SYN), seed=0, with_mask=True)
     pseudo_metric, cam_metric = SegmentationIoU(5), SegmentationIoU(5)
     for i, image_id in enumerate(IDS):

@@ -21,7 +21,7 @@ from clustercam_pl.inference.pool import StepPool
 from clustercam_pl.inference.protocol import Protocol, label_maps
 from clustercam_pl.inference.steps import build_step
 from clustercam_pl.lit_module import ClusterCAMLitModule
-from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.losses import LossConfig
 from clustercam_pl.optim import OptimConfig
 from clustercam_pl.tasks.evaluate import evaluate_network
 from helpers import tiny_net
@@ -38,7 +38,7 @@ def _items() -> list[dict]:
 
 def _validate(batches: list[dict]) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
-    module = ClusterCAMLitModule(tiny_net(3), CAM, ClusterCAMLoss(), OptimConfig()).eval()
+    module = ClusterCAMLitModule(tiny_net(3), CAM, LossConfig(), OptimConfig()).eval()
     for i, batch in enumerate(batches):
         module.validation_step(batch, i)
     return {"seg": module.val_seg.confmat.clone(), "pseudo": module.val_pseudo.confmat.clone(),

@@ -1,8 +1,8 @@
 """What the Hydra entry points share: building objects from the config, checks, run-folder state,
 the protocol of the forward-only commands and config values as plain Python.
 
-Only entry points (train, eval, export_labels, predict, bench) import this module; everything below
-them takes plain arguments.
+Only the Hydra entry points (train, eval, export_labels, predict, bench) import this module; everything
+below them takes plain arguments.
 """
 
 from __future__ import annotations

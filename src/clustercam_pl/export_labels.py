@@ -43,7 +43,7 @@ def cam_settings(cfg: DictConfig, ckpt: LoadedCheckpoint) -> CAMConfig:
     values = OmegaConf.to_container(cfg.cam, resolve=True)
     values.pop("_target_", None)
     return CAMConfig.from_stored(
-        {k: v for k, v in ckpt.cam.items() if k in FROM_CHECKPOINT},
+        {k: v for k, v in ckpt.cam.items() if k in FROM_CHECKPOINT}, ckpt.path,
         **{k: v for k, v in values.items() if not (k in FROM_CHECKPOINT and v is None)},
     )
 

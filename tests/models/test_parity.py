@@ -23,8 +23,8 @@ def net(request, parity_dir):
 
 def test_checkpoint_architecture_is_inferred(net, expected):
     bb = net.backbone
-    assert (bb.embed_dim, bb.depth, bb.num_heads, net.num_classes) == (48, 12, 6, 3)
-    assert net.feature_channels == 48 + 12 * 6 * 3
+    assert (bb.cfg.embed_dim, bb.cfg.depth, bb.cfg.num_heads, net.cfg.num_classes) == (48, 12, 6, 3)
+    assert net.cfg.feature_channels == 48 + 12 * 6 * 3
     assert all(b.cluster for b in bb.blocks)
 
 

@@ -73,5 +73,5 @@ def migrate(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def framework_section(net: ClusterCAMNet, class_names: Sequence[str] | None) -> dict[str, Any]:
     """What a framework checkpoint carries besides Lightning's own keys."""
-    return {"format": FORMAT, "net_config": net.config,
+    return {"format": FORMAT, "net_config": net.cfg.to_dict(),
             "class_names": None if class_names is None else [str(n) for n in class_names]}

@@ -86,7 +86,7 @@ def imagenet_to_ours(
     that does not fit is an error naming the tensors and the presets that would fit.
     """
     bb = net.backbone
-    K, C = bb.num_classes, bb.embed_dim
+    K, C = bb.cfg.num_classes, bb.cfg.embed_dim
     used: set[str] = set()
     missing: list[str] = []
 

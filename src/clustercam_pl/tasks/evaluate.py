@@ -144,7 +144,7 @@ def evaluate_network(
     """
     ranks = ranks or Ranks(device=device)
     net = ckpt.net.to(device).eval()
-    C = net.num_classes + 1
+    C = net.cfg.num_classes + 1
     confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C) rows: mask
     n_images, t0 = 0, time.perf_counter()
     for mask, image_id, labels in _label_maps(net, loader, protocol, device, pool):  # labels (h, w) uint8
@@ -293,9 +293,9 @@ def _evaluate_paths(
         pool.start()  # the workers start while the checkpoint loads
         for path in paths:
             ckpt = load_checkpoint(path, **(net_overrides or {}))
-            if ckpt.net.num_classes != dm.num_classes:
+            if ckpt.net.cfg.num_classes != dm.num_classes:
                 raise ValueError(
-                    f"{path} predicts {ckpt.net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
+                    f"{path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
             result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks)

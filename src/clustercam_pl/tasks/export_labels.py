@@ -37,6 +37,7 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.checkpoint import LoadedCheckpoint
 from clustercam_pl.data.imageio import write_index_png
+from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.inference.network import (
     cam_prediction,
     crop_predictions,
@@ -106,7 +107,7 @@ def process_batch(
     image, cls_label = batch["image"].to(device), batch["cls_label"].to(device)  # (B, 3, H, W), (B, K)
     size = batch.get("image_size")
     cams, pseudo = pseudo_labels_per_image(net, par, image, cls_label, cam, size)  # (B, K, H, W), (B, H, W)
-    C = net.num_classes + 1
+    C = net.cfg.num_classes + 1
     masks = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
     stats = []
     for i, (image_id, label, mask) in enumerate(
@@ -125,8 +126,8 @@ def process_batch(
         if mask is not None:
             mask = mask.to(device)
             counts = {
-                "confmat_pseudo": confusion_matrix(scored_pseudo_label(label, cam.ignore_index), mask, C),
-                "confmat_pseudo_valid": confusion_matrix(label, mask, C, ignore_pred=cam.ignore_index),
+                "confmat_pseudo": confusion_matrix(scored_pseudo_label(label, IGNORE_INDEX), mask, C),
+                "confmat_pseudo_valid": confusion_matrix(label, mask, C, ignore_pred=IGNORE_INDEX),
                 "confmat_cam": confusion_matrix(cam_prediction(cams[i, :, :h, :w], cam.cam_background), mask, C),
             }
             arrays |= {k: v.cpu().numpy() for k, v in counts.items()}
@@ -173,9 +174,9 @@ def export_split(
         if int(limit) < 1:
             raise ValueError(f"limit={limit} must be a positive number of images (or null for all)")
         ids = ids[: int(limit)]
-    if ckpt.net.num_classes != dm.num_classes:
+    if ckpt.net.cfg.num_classes != dm.num_classes:
         raise ValueError(
-            f"{ckpt.path} predicts {ckpt.net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
+            f"{ckpt.path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
             "pass the data config the network was trained with"
         )
     meta = {
@@ -190,7 +191,7 @@ def export_split(
         if cam.train_mode and ranks.is_main:
             log.info("CAMs are made in eval mode (deterministic); cam.train_mode=true applies to training only")
         mine = ranks.shard(range(len(ids)))  # this process's items; each image in one share
-        stats, todo = _done(ids, mine, out_dir, ckpt.net.num_classes + 1, has_masks, overwrite)
+        stats, todo = _done(ids, mine, out_dir, ckpt.net.cfg.num_classes + 1, has_masks, overwrite)
         n_done, n_todo = (int(v) for v in ranks.sum(torch.tensor([len(stats), len(todo)])))
         if ranks.is_main:
             log.info("%s %s: %d images, %d already done, %d to do -> %s%s", dm.dataset, split, len(ids), n_done,

@@ -44,7 +44,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
+from clustercam_pl.cam.generate import multi_scale_cam
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint, resolve_class_names
 from clustercam_pl.data.imageio import (
     DEFAULT_MAX_PIXELS,
@@ -610,13 +610,14 @@ def _settings(
     threshold: float, max_side: int, cams: bool, max_pixels: int | None,
 ) -> tuple[list[str], PredictSettings]:
     """The class names and the settings of a run, checked against the checkpoint's network."""
-    K = ckpt.net.num_classes
+    K = ckpt.net.cfg.num_classes
     if class_names is not None and len(class_names) != K:
         raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
     names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
-    settings = PredictSettings(protocol, threshold, max_side, cams, CAMConfig.from_stored(ckpt.cam), max_pixels)
+    cam = CAMConfig.from_stored(ckpt.cam, str(path))
+    settings = PredictSettings(protocol, threshold, max_side, cams, cam, max_pixels)
     if cams:  # before any image, not at the first one with a class above the threshold
-        check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
+        settings.cam.check_for(ckpt.net.cfg)
     return names, settings
 
 
