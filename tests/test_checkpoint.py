@@ -3,12 +3,16 @@ resolver, atomic writes, and clear errors for files that do not fit."""
 
 from __future__ import annotations
 
+import errno
 import json
+import pickle
+import random
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,12 +20,14 @@ import torch
 from omegaconf import open_dict
 
 from clustercam_pl.checkpoint import (
+    FORMAT,
     AtomicCheckpointIO,
-    from_official_checkpoint,
     imagenet_state_dict,
+    load_checkpoint,
     load_imagenet_weights,
     load_state_dict_checked,
     ours_to_reference,
+    reference_net,
     reference_to_ours,
 )
 from clustercam_pl.models import ClusterCAMNet
@@ -39,23 +45,37 @@ def test_reference_round_trip_with_and_without_wrapper(tmp_path):
     net.eval()
     for name, obj in variants.items():
         torch.save(obj, tmp_path / f"{name}.pth")
-        loaded = from_official_checkpoint(tmp_path / f"{name}.pth").eval()
-        assert loaded.backbone.num_heads == 4 and loaded.backbone.depth == 3 and loaded.num_classes == 4
+        loaded = load_checkpoint(tmp_path / f"{name}.pth").net
+        assert loaded.cfg.num_heads == 4 and loaded.cfg.depth == 3 and loaded.cfg.num_classes == 4
         torch.testing.assert_close(loaded(x).seg_logits, net(x).seg_logits)
 
 
 def test_reference_final_norm_is_accepted_and_ignored(parity_dir):
     sd = torch.load(parity_dir / "official_checkpoint.pth", weights_only=True)["model"]
     assert "module.norm.weight" in sd  # the reference saves it; we do not build it
-    from_official_checkpoint(sd)
+    reference_net(sd)
 
 
 def test_truncated_checkpoint_names_the_file(tmp_path, parity_dir):
     data = (parity_dir / "official_checkpoint.pth").read_bytes()
     bad = tmp_path / "half.pth"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"cannot read checkpoint .*half\.pth.*truncated"):
-        from_official_checkpoint(bad)
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*half\.pth.*truncated") as err:
+        load_checkpoint(bad)
+    assert str(err.value) == (
+        f"cannot read checkpoint {bad}: it is truncated ({len(data) // 2} bytes; the zip archive has no end "
+        f"record): probably an interrupted copy or save. {AGAIN}")
+
+
+def test_lightning_module_needs_a_framework_checkpoint(parity_dir):
+    from clustercam_pl.lit_module import module_from_checkpoint
+
+    path = parity_dir / "official_checkpoint.pth"
+    with pytest.raises(ValueError) as err:
+        module_from_checkpoint(path)
+    assert str(err.value) == (
+        f"{path} is a reference checkpoint: it has no training settings to build a ClusterCAMLitModule from; "
+        f"use its network: clustercam_pl.checkpoint.load_checkpoint('{path}').net")
 
 
 def test_checkpoint_for_another_class_count_names_tensor_and_shapes(parity_dir):
@@ -66,21 +86,84 @@ def test_checkpoint_for_another_class_count_names_tensor_and_shapes(parity_dir):
         load_state_dict_checked(net, sd, "official_checkpoint.pth")
 
 
-def test_pickled_code_is_refused(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+AGAIN = "Copy or download it again, or pass another checkpoint (a run folder gives its checkpoints/last.ckpt)"
+CALLS_CODE = ("it holds Python code that would run on load (it would call print). Checkpoints are read with "
+              "weights_only=True, which loads tensors and plain values only. Use a checkpoint from a source you "
+              "trust, or have the program that wrote this file save plain tensors (torch.save(model.state_dict(), "
+              "...)) and pass that file")
 
+
+class _CallsPrint:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path):
     p = tmp_path / "evil.pth"
-    torch.save({"model": Evil()}, p)
-    out = tmp_path / "evil.tensors.pth"
-    expected = (f"refusing to read {p}: it holds Python code that would run on load (it would call print), and "
-                "checkpoints are read with weights_only=True. Only if you trust the file, convert it once to plain "
-                f"tensors and pass the copy: python -c \"import torch; torch.save(torch.load('{p}', weights_only=False), "
-                f"'{out}')\"")
+    torch.save({"model": _CallsPrint()}, p)
     with pytest.raises(ValueError) as err:
-        from_official_checkpoint(p)
-    assert str(err.value) == expected
+        load_checkpoint(p)
+    assert str(err.value) == f"refusing to read {p}: {CALLS_CODE}"
+
+
+def _html(path):
+    path.write_text("<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n")
+
+
+def _random(path):
+    path.write_bytes(random.Random(0).randbytes(4096))  # starts with b"\xcd\x07,\xd8": no zip, no pickle
+
+
+def _foreign_zip(path):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("README.txt", "not weights")
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _legacy_cut(path):
+    torch.save({"w": torch.zeros(1000)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _torch_code(path):
+    torch.save({"model": _CallsPrint()}, path)
+
+
+def _pickle_code(path):
+    path.write_bytes(pickle.dumps({"x": _CallsPrint()}, protocol=2))
+
+
+UNREADABLE = {
+    "html": (_html, "it is not a PyTorch checkpoint but a web page (it starts with '<!DOCTYPE html>'): a download "
+                    "that saved an error or login page"),
+    "random": (_random, "it is not a PyTorch checkpoint (neither a zip archive nor a pickle; it starts with "
+                        "b'\\xcd\\x07,\\xd8\\xbeo\\x9fb')"),
+    "foreign_zip": (_foreign_zip, "it is a zip archive but not a PyTorch checkpoint (no data.pkl; it holds README.txt)"),
+    "empty": (_empty, "it is empty (0 bytes): an interrupted copy or save"),
+    "legacy_cut": (_legacy_cut, "it is truncated (100 bytes; EOFError: no detail): probably an interrupted copy or save"),
+    "torch_code": (_torch_code, None),
+    "pickle_code": (_pickle_code, None),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNREADABLE))
+def test_damaged_files_are_told_apart_from_code(tmp_path, kind):
+    """Only a pickle that really calls code is refused as code; a damaged or foreign file is named as such,
+    and no message advises weights_only=False (torch's own messages do, for any of these files)."""
+    make, what = UNREADABLE[kind]
+    path = tmp_path / "model.ckpt"
+    make(path)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    if what is None:
+        assert message == f"refusing to read {path}: {CALLS_CODE}"
+    else:
+        assert message == f"cannot read checkpoint {path}: {what}. {AGAIN}"
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
 
 
 def _timm_vit(tmp_path):
@@ -128,6 +211,42 @@ def test_offline_hub_name_fails_fast_with_instructions(monkeypatch):
     assert time.perf_counter() - t < 20
 
 
+def test_hub_probe_and_offline_download_leave_process_state_alone(monkeypatch):
+    """The probe used to set socket.setdefaulttimeout for every socket of the process, and an unreachable
+    hub flipped huggingface_hub's offline mode for good."""
+    import socket
+
+    import huggingface_hub.constants as hf_constants
+
+    from clustercam_pl.checkpoint.imagenet import _hub_reachable
+
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(7.5)
+    try:
+        _hub_reachable("localhost", timeout=1.0)
+        assert socket.getdefaulttimeout() == 7.5
+    finally:
+        socket.setdefaulttimeout(before)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    seen = []
+
+    def create_model(name, **kwargs):
+        seen.append(hf_constants.HF_HUB_OFFLINE)
+        raise FileNotFoundError(f"{name} is not in the cache")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr("timm.create_model", create_model)
+    with pytest.raises(RuntimeError, match=r"pass its path instead"):
+        imagenet_state_dict("deit_tiny_patch16_224")
+    assert seen == [True]  # offline (cache only) for the download ...
+    assert hf_constants.HF_HUB_OFFLINE is False  # ... and only for it
+
+
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         imagenet_state_dict(tmp_path / "nope.pth")
@@ -172,6 +291,52 @@ def test_save_replaces_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"]
 
 
+SIZE_LIMITED = textwrap.dedent("""
+    import resource, signal, sys
+    from pathlib import Path
+    import numpy as np, torch
+    from clustercam_pl.checkpoint import AtomicCheckpointIO
+    from clustercam_pl.tasks.export_labels import write_npz
+    kind, path = sys.argv[1], Path(sys.argv[2])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+    try:
+        if kind == "checkpoint":  # the path Lightning's saves take (train.py's plugin)
+            AtomicCheckpointIO().save_checkpoint({"version": 2, "weights": torch.ones(1_000_000)}, path)
+        else:  # the label export's CAM file
+            write_npz(path, cam=np.random.default_rng(0).random((500, 500)))
+    except Exception as e:
+        print(type(e).__name__, e, sep="\\n")
+""")
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "npz"])
+def test_size_limit_during_a_save_names_file_and_cause_and_keeps_the_old_file(tmp_path, kind):
+    """torch.save reported a file-size limit as "PytorchStreamWriter ... unexpected pos" (no file, no cause),
+    the label export as "File too large" (no path)."""
+    import numpy as np
+
+    from clustercam_pl.tasks.export_labels import write_npz
+
+    path = tmp_path / ("last.ckpt" if kind == "checkpoint" else "cam.npz")
+    if kind == "checkpoint":
+        AtomicCheckpointIO().save_checkpoint({"version": 1}, path)
+    else:
+        write_npz(path, cam=np.ones((2, 2)))
+    old = path.read_bytes()
+    out = subprocess.run([sys.executable, "-c", SIZE_LIMITED, kind, str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.splitlines() == [
+        "WriteError",
+        f"[Errno {errno.EFBIG}] could not write {path}: the file is larger than the file-size limit of this process or file system "
+        f"(ulimit -f). The previous {path.name} (if any) is intact and nothing else was changed; free space or "
+        "raise the limit, or write elsewhere, then run the command again",
+    ], out.stderr[-2000:]
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial left
+    if kind == "checkpoint":
+        assert AtomicCheckpointIO().load_checkpoint(path) == {"version": 1}
+
+
 # ------------------------------------------------------------ files written by earlier versions
 FIXTURES = Path(__file__).parent / "fixtures"
 FORMAT1 = FIXTURES / "format1_synthetic_tiny.ckpt"
@@ -179,12 +344,12 @@ FORMAT1_EXPECTED = json.loads((FIXTURES / "format1_synthetic_tiny.json").read_te
 
 
 def test_format1_checkpoint_migrates_on_read():
-    from clustercam_pl.checkpoint import load_checkpoint, migrate, read_file
+    from clustercam_pl.checkpoint import migrate, read_file
 
     raw = read_file(FORMAT1)
     assert raw["clustercam"]["format"] == 1 and raw["clustercam"]["net_config"]["cam_layers"] == 2
     new = migrate(raw, str(FORMAT1))
-    assert new["clustercam"]["format"] == 2 and "p2p_refine" not in new["clustercam"]["net_config"]
+    assert new["clustercam"]["format"] == FORMAT and "p2p_refine" not in new["clustercam"]["net_config"]
     assert new["hyper_parameters"]["cam"]["cam_layers"] == 2 and new["hyper_parameters"]["cam"]["p2p_refine"] is False
     assert raw["clustercam"]["format"] == 1  # the input is not changed
     loaded = load_checkpoint(FORMAT1)
@@ -227,7 +392,66 @@ def test_format1_checkpoint_resumes_training(tmp_path):
     summary = train(compose_train(overrides, output_dir=tmp_path))
     assert summary["epoch"] == 3 and summary["global_step"] == 6  # resumed at step 4, one epoch of 2 steps
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert resumed["clustercam"]["format"] == 2 and resumed["global_step"] == 6
+    assert resumed["clustercam"]["format"] == FORMAT and resumed["global_step"] == 6
+
+
+FORMAT2 = FIXTURES / "format2_synthetic_tiny.ckpt"
+FORMAT2_EXPECTED = json.loads((FIXTURES / "format2_synthetic_tiny.json").read_text())
+
+
+def test_format2_checkpoint_migrates_on_read():
+    from clustercam_pl.checkpoint import migrate, read_file
+
+    raw = read_file(FORMAT2)
+    assert raw["clustercam"]["format"] == 2 and raw["hyper_parameters"]["net"] == raw["clustercam"]["net_config"]
+    new = migrate(raw, str(FORMAT2))
+    assert new["clustercam"]["format"] == FORMAT == 3 and "net" not in new["hyper_parameters"]  # stored once
+    assert new["clustercam"]["net_config"] == raw["clustercam"]["net_config"]
+    assert new["hyper_parameters"]["cam"] == raw["hyper_parameters"]["cam"]
+    assert "net" in raw["hyper_parameters"]  # the input is not changed
+    loaded = load_checkpoint(FORMAT2)
+    assert loaded.kind == "framework" and loaded.cam["cam_layers"] == 2 and loaded.cam["p2p_refine"] is False
+    assert loaded.class_names == ["disc/stripes", "square/checker", "triangle/dots", "ring/noise"]
+    assert loaded.net.cfg.embed_dim == 16 and loaded.epoch == 2 and loaded.global_step == 4
+
+
+def test_format2_checkpoint_evaluates_and_exports_as_before(tmp_path):
+    from hydra import compose
+
+    from clustercam_pl.eval import evaluate
+    from clustercam_pl.export_labels import export_pseudo_labels
+    from helpers import hydra_config
+
+    data = [*FORMAT2_EXPECTED["data_overrides"], "device=cpu"]
+    with hydra_config():
+        ev = compose("eval", overrides=[*data, f"ckpt_path={FORMAT2}", "eval=ss"])
+        ex = compose("export_labels", overrides=[*data, f"ckpt_path={FORMAT2}", "split=val", "cam.par_iters=2",
+                                                 f"out_dir={tmp_path / 'pl'}"])
+    for cfg, sub in ((ev, "eval"), (ex, "export")):
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / sub)
+    summary = evaluate(ev)
+    assert summary["miou"] == pytest.approx(FORMAT2_EXPECTED["eval_ss_val_miou"], abs=1e-7)
+    assert summary["per_class_iou"] == pytest.approx(FORMAT2_EXPECTED["eval_ss_val_per_class"], abs=1e-7)
+    exported = export_pseudo_labels(ex)
+    expected = FORMAT2_EXPECTED["pseudo_labels_val_par_iters2"]
+    assert exported["pseudo_miou"] == pytest.approx(expected["pseudo_miou"], abs=1e-7)
+    assert exported["cam_miou"] == pytest.approx(expected["cam_miou"], abs=1e-7)
+
+
+def test_format2_checkpoint_resumes_training_and_writes_the_current_format(tmp_path):
+    from clustercam_pl.train import train
+    from helpers import compose_train
+
+    overrides = ["+experiment=synthetic", "logger=none", "net.embed_dim=16", "net.depth=2", "net.num_heads=2",
+                 "cam.cam_layers=2", "net.decoder_width=8", *FORMAT2_EXPECTED["data_overrides"][1:],
+                 "data.global_batch_size=4", "data.val_batch_size=2", "cam.par_iters=2", "trainer.max_epochs=3",
+                 "trainer.enable_progress_bar=false", "model.seg_start_epoch=1", f"ckpt_path={FORMAT2}"]
+    summary = train(compose_train(overrides, output_dir=tmp_path))
+    assert summary["epoch"] == 3 and summary["global_step"] == 6  # resumed at step 4, one epoch of 2 steps
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["clustercam"]["format"] == FORMAT and resumed["global_step"] == 6
+    assert "net" not in resumed["hyper_parameters"] and resumed["clustercam"]["net_config"]["embed_dim"] == 16
 
 
 # ------------------------------------------------------------------ one resolver for every command

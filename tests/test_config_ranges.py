@@ -6,20 +6,24 @@ from __future__ import annotations
 import pytest
 from hydra.errors import InstantiationException
 
+from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.data.datamodule import WSSSDataModule
 from clustercam_pl.entry import check_config
+from clustercam_pl.losses import LossConfig
+from clustercam_pl.optim import OptimConfig
 from clustercam_pl.train import build, train
 from clustercam_pl.utils.checks import check_range, describe_range
 from helpers import TINY_OVERRIDES, compose_train
 
 LR_RULE = (
-    "valid: optim.lr > 0 (absolute), or optim.lr=0 to use optim.lr_per_512 > 0 (lr = lr_per_512 * global batch / 512)"
+    "valid: optim.lr > 0 (absolute), or optim.lr=null to use optim.lr_per_512 > 0 (lr = lr_per_512 * global batch / 512)"
 )
 
 CASES = [
     # the default config (optim=reference): lr_per_512 = 5e-4
     (["optim.lr=-0.001"], f"invalid learning rate: optim.lr=-0.001, optim.lr_per_512=0.0005; {LR_RULE}"),
-    (["optim.lr_per_512=0"], f"invalid learning rate: optim.lr=0.0, optim.lr_per_512=0; {LR_RULE}"),
+    (["optim.lr_per_512=0"], f"invalid learning rate: optim.lr=null, optim.lr_per_512=0; {LR_RULE}"),
+    (["optim.lr=0"], f"invalid learning rate: optim.lr=0, optim.lr_per_512=0.0005; {LR_RULE}"),  # 0 no longer means unset
     (["optim.lr=0.001", "optim.lr_per_512=-1"], f"invalid learning rate: optim.lr=0.001, optim.lr_per_512=-1; {LR_RULE}"),
     (["optim.lr=fast"], f"invalid learning rate: optim.lr='fast', optim.lr_per_512=0.0005; {LR_RULE}"),
     (["optim.weight_decay=-0.05"], "optim.weight_decay=-0.05 is out of range: must be >= 0"),
@@ -39,6 +43,8 @@ CASES = [
     (["data.synthetic.num_train=-5"], "data.synthetic.num_train=-5 is out of range: must be >= 0"),
     (["loss.w_seg=-0.1"], "loss.w_seg=-0.1 is out of range: must be >= 0"),
     (["loss.w_cls=nan"], "loss.w_cls=nan is not valid: must be a finite number >= 0"),
+    (["cam.cam_bg=-1"], "cam.cam_bg=-1 is out of range: must be in [0, 1]"),  # -1 no longer means the mean
+    (["cam.cam_layers=13"], "cam.cam_layers=13 must be in 1..12, the network's depth (net.depth=12)"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range: must be >= 1"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is out of range: must be >= 1"),
 ]
@@ -57,10 +63,16 @@ def test_out_of_range_values_name_their_key(overrides, message, tmp_path):
         assert repr(err) in str(e.value)
 
 
-def test_the_defaults_pass(tmp_path):
+def test_the_defaults_pass_and_build_the_documented_settings(tmp_path):
     cfg = compose_train([], output_dir=tmp_path)
     check_config(cfg)
-    build(cfg)
+    _, model = build(cfg)
+    # conf/{cam,loss,optim} restate no Python default differently; unset values are null, not magic numbers.
+    assert model.cam_cfg == CAMConfig() and model.cam_cfg.cam_bg is None
+    assert model.cam_cfg.cam_background == pytest.approx(0.4)  # the mean of bg_high 0.5 and bg_low 0.3
+    assert model.criterion.cfg == LossConfig() and model.hparams["loss"] == {"w_cls": 1.0, "w_patch": 1.0, "w_seg": 0.1}
+    assert model.optim_cfg == OptimConfig() and model.optim_cfg.lr is None
+    assert model.optim_cfg.base_lr(9) == pytest.approx(5e-4 * 9 / 512)  # derived from lr_per_512
 
 
 def test_crop_size_below_the_minimum():

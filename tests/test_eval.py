@@ -30,7 +30,8 @@ from clustercam_pl.checkpoint import (
 )
 from clustercam_pl.data.imageio import voc_palette
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS, make_sample
-from clustercam_pl.eval import evaluate, protocol_from_config
+from clustercam_pl.entry import protocol_from_config
+from clustercam_pl.eval import evaluate
 from clustercam_pl.inference.crf import to_uint8_image
 from clustercam_pl.inference.network import predict, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
@@ -73,7 +74,7 @@ def compose_eval(overrides: list[str], out: Path, config: str = "eval"):
 def direct_probs(net: ClusterCAMNet, image: torch.Tensor, scales, flip: bool) -> torch.Tensor:
     """The reference's infer_e2e.py loop written out per image (align_corners=True resize at every scale)."""
     _, _, H, W = image.shape
-    probs = torch.zeros(1, net.num_classes + 1, H, W)
+    probs = torch.zeros(1, net.cfg.num_classes + 1, H, W)
     with torch.no_grad():
         for s in scales:
             x = F.interpolate(image, size=(int(H * s), int(W * s)), mode="bilinear", align_corners=True)
@@ -111,11 +112,11 @@ def test_protocol_matches_direct_computation(protocol, scales, flip, tmp_path, c
     assert summary["miou"] == pytest.approx(expected, abs=1e-6)
     out = capsys.readouterr().out
     assert f"protocol {protocol}: scales [{', '.join(f'{s:g}' for s in scales)}]" in out
-    assert ("with horizontal flip" in out) == flip and "no CRF" in out
+    assert ("with horizontal flip" in out) == flip and "no post-processing" in out
     assert f"mIoU {100 * expected:6.2f}" in out and "square/checker" in out
     written = json.loads((tmp_path / "run" / "eval_metrics.json").read_text())
     assert written["miou"] == pytest.approx(expected, abs=1e-6) and written["quoted"] == "last"
-    assert written["protocol"] == {"name": protocol, "scales": list(scales), "flip": flip, "crf": None}
+    assert written["protocol"] == {"name": protocol, "scales": list(scales), "flip": flip, "postprocess": []}
 
 
 def test_crf_protocol_matches_dense_crf_on_the_original_pixels(tmp_path, capsys):
@@ -125,8 +126,8 @@ def test_crf_protocol_matches_dense_crf_on_the_original_pixels(tmp_path, capsys)
     summary = evaluate(compose_eval([*DATA, f"ckpt_path={ckpt}", "eval=ss_crf"], tmp_path / "run"))
     expected, _ = direct_miou(net, crf=True)
     assert summary["miou"] == pytest.approx(expected, abs=1e-6)
-    assert summary["protocol"]["crf"] == {"n_iter": 10, "gauss_sxy": 4, "gauss_compat": 3, "bilat_sxy": 83,
-                                          "bilat_srgb": 5, "bilat_compat": 3}
+    assert summary["protocol"]["postprocess"] == [{"name": "crf", "n_iter": 10, "gauss_sxy": 4, "gauss_compat": 3,
+                                                   "bilat_sxy": 83, "bilat_srgb": 5, "bilat_compat": 3}]
     expected_text = "dense CRF (Gaussian sxy 4 compat 3, bilateral sxy 83 srgb 5 compat 3, 10 iterations)"
     assert expected_text in capsys.readouterr().out
 
@@ -252,7 +253,7 @@ def test_every_protocol_composes(name, tmp_path):
     p = protocol_from_config(compose_eval([f"eval={name}", "ckpt_path=x"], tmp_path).eval)
     assert p.name == name
     assert p.scales == ((1.0,) if name.startswith("ss") else MS)
-    assert p.flip == ("flip" in name) and (p.crf is not None) == name.endswith("crf")
+    assert p.flip == ("flip" in name) and [s.name for s in p.steps] == (["crf"] if name.endswith("crf") else [])
 
 
 def test_command_line(tmp_path):
@@ -350,3 +351,44 @@ def test_script_ddp_inside_basic_multirun_is_refused(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "re-launches the sweep in every rank. Use trainer=ddp_spawn" in done.stdout + done.stderr
+
+
+def test_export_of_a_split_whose_ids_are_paths(tmp_path, monkeypatch):
+    """Issue 24: image ids with folders (a folder dataset's `batch_a/img_001`) are scored, exported into
+    sub-folders, packed, and the metrics are written."""
+    original = SyntheticWSSS.__getitem__
+
+    def with_path_ids(self, i):
+        item = original(self, i)
+        return {**item, "image_id": f"batch_{'ab'[i % 2]}/img_{i:03d}"}
+
+    monkeypatch.setattr(SyntheticWSSS, "__getitem__", with_path_ids)
+    net = tiny_net()
+    ckpt = save_framework(net, tmp_path / "last.ckpt")
+    run = tmp_path / "run"
+    summary = evaluate(compose_eval([*DATA, f"ckpt_path={ckpt}", "eval=ss", "export=true"], run))
+    expected, preds = direct_miou(net)
+    assert summary["miou"] == pytest.approx(expected, abs=1e-6)
+    ids = [f"batch_{'ab'[i % 2]}/img_{i:03d}" for i in range(4)]
+    folder = run / "results" / "VOC2012" / "Segmentation" / "comp6_val_cls"
+    for image_id, pred in zip(ids, preds, strict=True):
+        with Image.open(folder / f"{image_id}.png") as im:
+            np.testing.assert_array_equal(np.array(im), pred)
+    with tarfile.open(summary["export_archive"]) as tar:
+        assert sorted(tar.getnames()) == sorted(f"results/VOC2012/Segmentation/comp6_val_cls/{i}.png" for i in ids)
+    written = json.loads((run / "eval_metrics.json").read_text())
+    assert written["miou"] == pytest.approx(expected, abs=1e-6)
+    assert written["export_archive"] == summary["export_archive"]
+
+
+def test_a_postprocess_step_is_one_config_entry(tmp_path):
+    """Any registered step joins a protocol from the command line (`+postprocess@eval.postprocess.<key>=<name>`)
+    or as a list of step configs; settings of a protocol's step change with `eval.postprocess.<key>.<field>`."""
+    added = compose_eval(["eval=ss", "ckpt_path=x", "+postprocess@eval.postprocess.crf=crf",
+                          "eval.postprocess.crf.n_iter=4"], tmp_path)
+    assert protocol_from_config(added.eval).as_dict()["postprocess"] == [
+        {"name": "crf", "n_iter": 4, "gauss_sxy": 4, "gauss_compat": 3, "bilat_sxy": 83, "bilat_srgb": 5,
+         "bilat_compat": 3}]
+    listed = compose_eval(["eval=ss", "ckpt_path=x", "~eval.postprocess", "+eval.postprocess=[{name:crf,n_iter:4}]"],
+                          tmp_path)
+    assert protocol_from_config(listed.eval) == protocol_from_config(added.eval)

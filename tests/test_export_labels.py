@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,11 +26,12 @@ from clustercam_pl.checkpoint import framework_section
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
 from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.lit_module import ClusterCAMLitModule
-from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.losses import LossConfig
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig
 from clustercam_pl.tasks.export_labels import read_done
+from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
 from helpers import hydra_config
 from helpers import tiny_net as make_tiny_net
 
@@ -81,7 +83,7 @@ def test_export_writes_labels_cams_and_scores_them(ckpt, tmp_path, capsys):
 
     # The labels are the LightningModule's pseudo labels with the network in eval mode.
     cam = CAMConfig(cam_layers=2, par_iters=2, par_dilations=(1, 2))
-    module = ClusterCAMLitModule(tiny_net(), cam, ClusterCAMLoss(), OptimConfig()).eval()
+    module = ClusterCAMLitModule(tiny_net(), cam, LossConfig(), OptimConfig()).eval()
     ds = SyntheticWSSS("train", SyntheticConfig.from_dict(SYN), seed=0, with_mask=True)
     pseudo_metric, cam_metric = SegmentationIoU(5), SegmentationIoU(5)
     for i, image_id in enumerate(IDS):
@@ -142,7 +144,7 @@ def test_resume_redoes_only_what_is_missing(ckpt, tmp_path):
 def test_other_settings_are_refused_unless_overwrite(ckpt, tmp_path):
     out = tmp_path / "pl"
     run(ckpt, out, "limit=2")
-    with pytest.raises(ValueError, match=r"holds pseudo labels made with other settings \(cam: stored"):
+    with pytest.raises(ValueError, match=r"holds export_labels outputs made with another checkpoint or other settings \(cam: stored"):
         run(ckpt, out, "limit=2", "cam.bg_high=0.6")
     redo = run(ckpt, out, "limit=2", "cam.bg_high=0.6", "overwrite=true")
     assert redo["computed"] == 2 and redo["cam"]["bg_high"] == 0.6
@@ -248,3 +250,25 @@ def test_sigkill_during_two_process_export_then_rerun_completes(ckpt, tmp_path):
     for i in range(n):  # complete and readable
         assert read_done(out, f"synthetic_train_{i:06d}", 5), i
     assert rerun.stdout.count("pseudo-label mIoU") == 1
+
+
+def test_second_export_into_a_busy_out_dir_is_refused_and_leaves_the_first_alone(ckpt, tmp_path):
+    """Issue 24: a second export into an out_dir that a running export owns (its lock held here, a
+    label it is writing) is refused, naming the folder and the owner, and deletes nothing."""
+    out = tmp_path / "pl"
+    run(ckpt, out, "limit=2")
+    first = FolderLock(out, ".export_labels.lock", user="export_labels run", hint="")
+    first.acquire()
+    try:
+        writing = partial_path(out / "labels" / f"{IDS[2]}.png")  # in flight, by this live pid
+        writing.write_bytes(b"half a png")
+        stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        with pytest.raises(FolderBusyError, match=rf"^output folder {re.escape(str(out))} is in use by another "
+                           rf"export_labels run \(pid {os.getpid()} on host .*\); wait for it to end or stop it, "
+                           r"or pass another out_dir=\.\.\.\.$"):
+            run(ckpt, out, "limit=2")
+        assert writing.read_bytes() == b"half a png"
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+    finally:
+        first.release()
+    assert run(ckpt, out, "limit=2")["resumed"] == 2

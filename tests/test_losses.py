@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clustercam_pl.losses import ClusterCAMLoss, clustercam_losses, seg_loss
+from clustercam_pl.losses import ClusterCAMLoss, LossConfig, clustercam_losses, seg_loss
 from helpers import rel_err
 
 
@@ -28,7 +28,7 @@ def test_losses_match_reference_fixture(expected):
 def test_without_pseudo_label_there_is_no_seg_term():
     cls_logits, patch_logits = torch.randn(2, 3), torch.randn(2, 3)
     label = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
-    losses = ClusterCAMLoss(w_cls=2.0, w_patch=0.5)(cls_logits, patch_logits, None, label)
+    losses = ClusterCAMLoss(LossConfig(w_cls=2.0, w_patch=0.5))(cls_logits, patch_logits, None, label)
     assert set(losses) == {"cls", "patch", "total"}
     torch.testing.assert_close(losses["total"], 2.0 * losses["cls"] + 0.5 * losses["patch"])
     with pytest.raises(ValueError, match="seg_logits is None"):

@@ -69,3 +69,12 @@ def test_fused_adamw_takes_the_loop_implementations_steps():
     for a, b, p0 in zip(nets[0].parameters(), nets[1].parameters(), before, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
         assert not torch.equal(a, p0)  # every tensor moved (decay and no-decay groups)
+
+
+def test_an_unset_learning_rate_is_null_and_old_checkpoints_zero_reads_as_unset():
+    assert OptimConfig().lr is None and OptimConfig(lr=2e-3).base_lr(9) == 2e-3
+    # Checkpoints of earlier versions stored lr=0.0 for "derive it".
+    stored = {k: v for k, v in vars(OptimConfig()).items()} | {"lr": 0.0}
+    assert OptimConfig.from_stored(stored) == OptimConfig()
+    with pytest.raises(ValueError, match=r"optim\.lr=0, .*or optim\.lr=null to use optim\.lr_per_512 > 0"):
+        OptimConfig(lr=0)

@@ -28,10 +28,11 @@ from clustercam_pl.data.imageio import read_image_any
 from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_sample
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
-from clustercam_pl.eval import protocol_from_config
+from clustercam_pl.entry import protocol_from_config
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
 from clustercam_pl.tasks.predict import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
 from clustercam_pl.train import train
+from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
 from helpers import TINY_OVERRIDES, compose_train, hydra_config
 from helpers import tiny_net as make_tiny_net
 
@@ -271,7 +272,7 @@ def test_predict_cams_resume_and_redo(tiny_ckpt, tmp_path):
     assert not list(out.rglob("*.part"))
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 3  # rebuilt, no duplicates
 
-    with pytest.raises(ValueError, match=r"holds predictions made with another checkpoint or other settings \(threshold: stored 0\.0, now 0\.5\)\. Pass another out_dir=\.\.\., or overwrite=true to redo every image there\.$"):
+    with pytest.raises(ValueError, match=r"holds predict outputs made with another checkpoint or other settings \(threshold: stored 0\.0, now 0\.5\)\. Pass another out_dir=\.\.\., or overwrite=true to redo every output there$"):
         predict_cfg(tiny_ckpt, inputs, out, "cams=true", "eval=ms_flip")
     over = predict_cfg(tiny_ckpt, inputs, out, "cams=true", "eval=ms_flip", "overwrite=true")
     assert over["predicted"] == 3 and over["threshold"] == 0.5
@@ -329,7 +330,7 @@ def test_crf_in_a_worker_pool_equals_crf_in_the_process(tiny_ckpt, tmp_path):
         Image.fromarray(synthetic_rgb(i, 48)).save(inputs / f"img{i}.png")
     out = tmp_path / "out"
     summary = predict_cfg(tiny_ckpt, inputs, out, "eval=ss_crf", "crf_workers=1")  # one worker process
-    assert summary["predicted"] == 3 and summary["protocol"]["crf"] is not None
+    assert summary["predicted"] == 3 and [s["name"] for s in summary["protocol"]["postprocess"]] == ["crf"]
     ckpt = load_checkpoint(tiny_ckpt)
     settings = PredictSettings(protocol_from_config(compose_predict(["eval=ss_crf"]).eval))
     for i in range(3):
@@ -393,3 +394,29 @@ def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tm
     assert (two_dir / "predictions.jsonl").read_text() == (one_dir / "predictions.jsonl").read_text()
     for rel in images:
         assert (two_dir / rel).read_bytes() == (one_dir / rel).read_bytes(), rel
+
+
+def test_second_run_into_a_busy_out_dir_is_refused_and_leaves_the_first_alone(tiny_ckpt, tmp_path):
+    """Issue 24: two predict runs into one out_dir. The first (here: its lock, held in this process, and
+    a partial file it is writing) owns the folder; the second is refused naming the folder and the owner,
+    and deletes nothing."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(synthetic_rgb(0, 48)).save(inputs / "a.png")
+    out = tmp_path / "out"
+    predict_cfg(tiny_ckpt, inputs, out)  # the settings the "first run" uses: meta.json agrees
+    first = FolderLock(out, ".predict.lock", user="predict run", hint="")
+    first.acquire()
+    try:
+        writing = partial_path(out / "a_overlay.jpg")  # the first run's file in flight (this live pid)
+        writing.write_bytes(b"half a jpeg")
+        stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        with pytest.raises(FolderBusyError, match=rf"^output folder {re.escape(str(out))} is in use by another "
+                           rf"predict run \(pid {os.getpid()} on host .*\); wait for it to end or stop it, or pass "
+                           r"another out_dir=\.\.\.\.$"):
+            predict_cfg(tiny_ckpt, inputs, out)
+        assert writing.read_bytes() == b"half a jpeg"
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps  # nothing written, nothing removed
+    finally:
+        first.release()
+    assert predict_cfg(tiny_ckpt, inputs, out)["reused"] == 1  # once the first has ended, a rerun goes ahead

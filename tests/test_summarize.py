@@ -123,6 +123,29 @@ def test_errors_name_the_input(tmp_path, capsys):
     assert f"error: cannot read {tmp_path / 's' / '0' / 'metrics.json'}" in capsys.readouterr().err
 
 
+def test_broken_jobs_are_listed_with_their_file_and_the_others_summarised(tmp_path, capsys):
+    grid_sweep(tmp_path / "sweep")
+    metrics = tmp_path / "sweep" / "2" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:20])  # truncated: a job killed while writing, a full disk
+    overrides = tmp_path / "sweep" / "5" / ".hydra" / "overrides.yaml"
+    overrides.write_text("[seed=1\n")  # not YAML: an unclosed list
+    assert cli([str(tmp_path / "sweep"), "--no-plots"]) == 1  # after the summary: a script notices
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0:2] for line in err.splitlines()] == [["error", f" cannot read {metrics}"],
+                                                                   ["error", f" cannot read {overrides}"]]
+    assert err.splitlines()[0].endswith("; rerun the job, or delete the file to list the job as pending")
+    assert "| [2,2] | 0.5 | 1 | 1 | 0.3100 | 0.7500 | 3 |" in out  # job 3 alone: job 2's metrics unread
+    assert "| [3,3] | 0.25 | 1 | 0 | 0.4000 | 0.7000 | 4 |" in out
+    assert "broken (2 of 8: a file could not be read; left out of the table):" in out
+    assert f"- 2: cannot read {metrics}: Unterminated string" in out
+    assert f"- 5: cannot read {overrides}: while parsing" in out
+    assert "pending (1 of 8: no metrics.json yet" in out  # job 7, as before
+    summary = summarize([tmp_path / "sweep"])
+    assert [r.folder.name for r in summary.broken] == ["2", "5"] and len(summary.settings) == 4
+    with (tmp_path / "sweep" / "summary.csv").open() as f:
+        assert [r["n"] for r in csv.DictReader(f)] == ["1", "1", "1", "2"]
+
+
 @pytest.mark.slow
 def test_four_job_synthetic_sweep(tmp_path, capsys):
     """Two cluster grids x two seeds, two steps each, then summarize: two rows of n = 2 whose mean and std

@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from clustercam_pl.checkpoint import FORMAT
 from clustercam_pl.lit_module import NonFiniteLossError
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, lr_at
 from clustercam_pl.train import train
+from clustercam_pl.utils.run_folder import RunFolderLock
 from helpers import TINY_OVERRIDES, compose_train
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
        "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+# Runs that load tests/preemption.py's callback by its Hydra `_target_`.
+ENV_TESTS = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "tests"), ENV.get("PYTHONPATH")) if p)}
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clustercam_pl.train", *args], cwd=cwd, env=ENV,
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None,
+            **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clustercam_pl.train", *args], cwd=cwd, env=env or ENV,
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
@@ -38,9 +43,10 @@ def test_synthetic_run_writes_metrics_and_checkpoints(tmp_path):
     assert metrics["global_step"] == 8 == summary["global_step"]  # 2 epochs x 16 images / batch 4
     assert set(metrics["per_class_iou"]) == {"background", "disc/stripes", "square/checker", "triangle/dots", "ring/noise"}
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["clustercam"]["format"] == 2 and ckpt["global_step"] == 8
+    assert ckpt["clustercam"]["format"] == FORMAT and ckpt["global_step"] == 8
     assert ckpt["clustercam"]["class_names"] == ["disc/stripes", "square/checker", "triangle/dots", "ring/noise"]
     assert ckpt["hyper_parameters"]["cam"]["cam_layers"] == 2 and "cam_layers" not in ckpt["clustercam"]["net_config"]
+    assert "net" not in ckpt["hyper_parameters"] and ckpt["clustercam"]["net_config"]["embed_dim"] == 32  # stored once
     assert (tmp_path / "config.yaml").is_file()
 
 
@@ -63,7 +69,7 @@ def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
 def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypatch):
     # `model.compile=true` compiles once, before training, and the run trains through the compiled
     # modules. Dynamo's `eager` backend keeps it fast (graph capture, no code generation);
-    # tests/models/test_network.py checks inductor's numbers.
+    # tests/models/test_clustercam.py::test_inductor_compiled_network_matches_eager checks inductor's numbers.
     calls = []
     original = ClusterCAMNet.compile_parts
     monkeypatch.setattr(ClusterCAMNet, "compile_parts",
@@ -78,25 +84,39 @@ def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypa
 
 
 def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
-    from clustercam_pl.checkpoint import net_from_framework, read_file
+    from clustercam_pl.checkpoint import load_checkpoint
     from clustercam_pl.lit_module import module_from_checkpoint
 
     train(compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1"], output_dir=tmp_path))
     path = tmp_path / "checkpoints" / "last.ckpt"
-    net = net_from_framework(read_file(path), str(path))
-    assert net.num_classes == 4 and net.backbone.embed_dim == 32
+    net = load_checkpoint(path).net
+    assert net.cfg.num_classes == 4 and net.cfg.embed_dim == 32
     # The whole module, with the run's CAM settings, for analysis (the notebook's loader).
     module = module_from_checkpoint(path)
     assert not module.training and module.cam_cfg.par_iters == 2 and module.hparams.seg_start_epoch == 1
     for a, b in zip(module.net.state_dict().values(), net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    # Hyper-parameters as earlier versions stored them: ignore_index 255, cam_bg -1 ("the mean"), lr 0 ("derive it").
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    hp["cam"] |= {"ignore_index": 255, "cam_bg": -1.0}
+    hp["optim"] |= {"lr": 0.0}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    old = module_from_checkpoint(tmp_path / "old.ckpt")
+    assert old.cam_cfg == module.cam_cfg and old.cam_cfg.cam_bg is None and old.optim_cfg.lr is None
+    hp["cam"]["ignore_index"] = 0
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"other\.ckpt was trained with cam\.ignore_index=0; "):
+        module_from_checkpoint(tmp_path / "other.ckpt")
 
 
 def test_newer_checkpoint_format_is_refused(tmp_path):
-    from clustercam_pl.checkpoint import net_from_framework
+    from clustercam_pl.checkpoint import load_checkpoint
 
+    path = tmp_path / "x.ckpt"
+    torch.save({"clustercam": {"format": 99, "net_config": {}}, "state_dict": {}}, path)
     with pytest.raises(ValueError, match=r"x\.ckpt has checkpoint format 99, newer than this clustercam_pl reads"):
-        net_from_framework({"clustercam": {"format": 99, "net_config": {}}, "state_dict": {}}, "x.ckpt")
+        load_checkpoint(path)
 
 
 def test_non_finite_loss_stops_with_step_and_terms(tmp_path, monkeypatch):
@@ -133,58 +153,83 @@ def test_resume_at_epoch_boundary_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=lambda m, k=k: f"{k}: {m}")
 
 
-def start_cli(args: list[str]) -> subprocess.Popen:
-    """A training run in the background, stdout and stderr merged, to interrupt with a signal."""
-    return subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+# Preemption: the run signals itself at a chosen point (tests/preemption.py), so what it saved is known
+# exactly, whatever the load; the resume runs two steps past the save, not the whole plan.
+PREEMPT = [*TINY_OVERRIDES, "callbacks.step_checkpoint.every_n_train_steps=2"]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
-    t = time.time()
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before {path} appeared:\n{proc.stdout.read()}")
-        if time.time() - t > timeout:
-            proc.kill()
-            raise AssertionError(f"{path} did not appear in {timeout}s")
-        time.sleep(0.2)
+def signal_at(where: str, step: int, signame: str = "SIGTERM") -> list[str]:
+    return ["+callbacks.preempt._target_=preemption.SignalAt", f"+callbacks.preempt.where={where}",
+            f"+callbacks.preempt.step={step}", f"+callbacks.preempt.signame={signame}"]
+
+
+# 4 steps per epoch, validation after steps 4 and 8, step checkpoints (and last.ckpt) every 2 steps.
+SIGTERM_POINTS = [
+    ("batch", 2, 3),  # arrives in the batch from step 2 to 3: saved after that batch
+    ("validation", 4, 4),  # in the first validation, before its last batch
+    ("save", 2, 2),  # inside the step checkpoint's save at step 2
+]
+
+
+@pytest.mark.parametrize("where,step,saved", SIGTERM_POINTS, ids=[p[0] for p in SIGTERM_POINTS])
+def test_sigterm_saves_where_the_run_stops_then_resumes(where, step, saved, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with pytest.raises(SystemExit) as stop:
+        train(compose_train([*PREEMPT, *signal_at(where, step)], output_dir=tmp_path))
+    assert stop.value.code in (None, 0)  # a clean exit: SLURM requeues, the rerun resumes
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == saved
+    assert f"SIGTERM: saved {last} at step {saved}; rerun the same command to resume" in caplog.text
+    assert not (tmp_path / "metrics.json").exists()  # stopped, not finished
+    caplog.clear()
+    resumed = train(compose_train([*PREEMPT, f"trainer.max_steps={saved + 2}"], output_dir=tmp_path))
+    assert f"resuming from {last}" in caplog.text
+    assert resumed["global_step"] == saved + 2
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == saved + 2
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_reaches_planned_steps(tmp_path):
+def test_sigterm_to_the_command_exits_cleanly_after_saving(tmp_path):
+    # The command line's own exit: status 0 and the message, through Hydra and the real signal handler.
     run = tmp_path / "run"
-    args = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
-            "callbacks.step_checkpoint.every_n_train_steps=3", f"hydra.run.dir={run}"]
-    proc = start_cli(args)
-    _wait_for(run / "checkpoints" / "last.ckpt", proc, 240)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)  # mid-epoch: 300 steps per epoch
-    proc.wait(30)
-    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 3 <= saved < 300
-    done = run_cli(args, REPO)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in done.stdout + done.stderr
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["global_step"] == 600
+    done = run_cli([*PREEMPT, *signal_at("batch", 2), f"hydra.run.dir={run}"], REPO, env=ENV_TESTS)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert f"SIGTERM: saved {run / 'checkpoints' / 'last.ckpt'} at step 3" in out
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert not (run / "metrics.json").exists()
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+def test_sigkill_then_resume_from_the_last_step_checkpoint(tmp_path):
+    # SIGKILL cannot be handled: the run resumes from the step checkpoint before it (every 2 steps).
     run = tmp_path / "run"
-    args = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
-            "callbacks.step_checkpoint.every_n_train_steps=5", f"hydra.run.dir={run}"]
-    proc = start_cli(args)
-    _wait_for(run / "checkpoints" / "last.ckpt", proc, 240)  # step 5 was saved: training is stepping (load varies)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "SIGTERM: saved" in out
-    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < step < 600
-    done = run_cli(args, REPO)
+    killed = run_cli([*PREEMPT, *signal_at("batch", 5, "SIGKILL"), f"hydra.run.dir={run}"], REPO, env=ENV_TESTS)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    done = run_cli([*PREEMPT, "trainer.max_steps=6", f"hydra.run.dir={run}"], REPO)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads((run / "metrics.json").read_text())["global_step"] == 600
+    assert f"resuming from {last}" in done.stdout + done.stderr
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_refused_second_training_leaves_the_first_ones_hydra_files(tmp_path):
+    # Hydra used to write .hydra/ before the run folder's lock was taken: now the training writes it
+    # once the folder is its own, so a second training on a busy folder changes none of its bytes.
+    run = tmp_path / "run"
+    first = run_cli([*TINY_OVERRIDES, "trainer.max_steps=1", f"hydra.run.dir={run}"], REPO)
+    assert first.returncode == 0, first.stdout + first.stderr
+    files = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+    assert set(files) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert b"trainer.max_steps=1" in files["overrides.yaml"] and b"max_steps: 1" in files["config.yaml"]
+    with RunFolderLock(run):  # as if the first training were still running
+        second = run_cli([*TINY_OVERRIDES, "trainer.max_steps=2", "seed=5", f"hydra.run.dir={run}"], REPO)
+    assert second.returncode != 0
+    assert f"run folder {run} is in use by another training (pid {os.getpid()} " in second.stdout + second.stderr
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == files
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.lit_module import ClusterCAMLitModule
-from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.losses import LossConfig
 from clustercam_pl.models import ClusterCAMNet, NetConfig
 from clustercam_pl.models.config import preset_names
 from clustercam_pl.optim import OptimConfig, adamw
@@ -154,7 +154,7 @@ def build(
     torch.manual_seed(seed)
     cfg = NetConfig.preset(net, num_classes=num_classes, fused_attention=fused, **net_overrides)
     cam_cfg = cam_cfg or CAMConfig()  # conf/cam/default.yaml: the VOC reference settings
-    module = ClusterCAMLitModule(ClusterCAMNet(cfg), cam_cfg, ClusterCAMLoss(), OptimConfig(), seg_start_epoch=0)
+    module = ClusterCAMLitModule(ClusterCAMNet(cfg), cam_cfg, LossConfig(), OptimConfig(), seg_start_epoch=0)
     module = module.to(device).train()
     opt = adamw(module.net, module.optim_cfg, global_batch=9)  # conf/optim/reference.yaml, batch 9
     if compile_net:
@@ -173,13 +173,27 @@ def random_batch(
 
 
 @contextlib.contextmanager
-def phases(b: Bench, timer: PhaseTimer | None):
-    """Let the LightningModule mark its phases (CAM passes, PAR, forward) on `timer` during a step."""
-    b.module.phase_hook = timer.mark if timer else None
+def phases(b: Bench, timer: PhaseTimer | None, losses: dict[str, Tensor] | None = None):
+    """Mark the phases of the module's own step on `timer` from PyTorch module hooks, no step changes.
+
+    "cam" when PAR starts (the multi-scale CAM passes are done), "par" when the network's training
+    forward starts (the pseudo labels are done), "forward" when the loss is computed. The loss
+    terms, detached, go into `losses`. Hooks are removed on exit.
+    """
+    m = b.module
+    handles = []
+    if timer is not None:
+        handles += [m.par.register_forward_pre_hook(lambda *_: timer.mark("cam")),
+                    m.net.register_forward_pre_hook(lambda *_: timer.mark("par")),
+                    m.criterion.register_forward_hook(lambda *_: timer.mark("forward"))]
+    if losses is not None:
+        handles.append(m.criterion.register_forward_hook(
+            lambda _m, _in, out: losses.update({k: v.detach() for k, v in out.items()})))
     try:
         yield
     finally:
-        b.module.phase_hook = None
+        for h in handles:
+            h.remove()
 
 
 def train_step(
@@ -191,14 +205,15 @@ def train_step(
     after it, backward outside autocast, then `step`), so the previous step's gradients are alive
     during this step's forward, as in training. Returns the detached losses.
     """
-    with phases(b, timer), b.autocast():
+    losses: dict[str, Tensor] = {}
+    with phases(b, timer, losses), b.autocast():
         loss = b.module.training_step({"image": image, "cls_label": cls_label}, 0)
     b.opt.zero_grad(set_to_none=True)
     loss.backward()
     b.opt.step()
     if timer:
         timer.mark("backward_step")
-    return {k: v.detach() for k, v in b.module.last_losses.items()}
+    return losses
 
 
 def cam_step(
@@ -207,7 +222,10 @@ def cam_step(
     """What pseudo-label export does per batch: eval-mode multi-scale CAMs, then PAR pseudo labels."""
     b.module.eval()
     with phases(b, timer), b.autocast():
-        return {"pseudo": b.module.segmentation_targets(image, cls_label)[1]}
+        pseudo = b.module.segmentation_targets(image, cls_label)[1]
+    if timer:
+        timer.mark("par")
+    return {"pseudo": pseudo}
 
 
 # --------------------------------------------------------------------------------- measuring

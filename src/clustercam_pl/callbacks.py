@@ -10,37 +10,48 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
 
 class PreemptionCheckpoint(L.Callback):
-    """`last.ckpt` at the end of training and, on SIGTERM (SLURM preemption, `kill`), after the current step.
+    """`last.ckpt` at the end of training and, on SIGTERM (SLURM preemption, `kill`), where the run stops.
 
-    Lightning notices the signal and exits after the batch; this saves first, so the next start of
-    the same run folder resumes from the step that was running. The step checkpoints write
-    `last.ckpt` every N steps only; the save at the end makes it hold the final weights too.
+    Lightning's handler only sets `trainer.received_sigterm`; its loops then raise `SIGTERMException`
+    (a `SystemExit`, exit status 0) at the next batch end of training or validation, or at the epoch
+    end. Whatever the run was doing when the signal came (a batch, validation, a checkpoint save), that
+    exception passes through `on_exception`, which saves here first and says so, so the next start of
+    the same run folder resumes from the last finished step. The step checkpoints write `last.ckpt`
+    every N steps only; the save at the end makes it hold the final weights too.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt"):
         self.dirpath, self.filename = dirpath, filename
         self.saved_at: int | None = None
 
+    def _path(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / self.filename
+
     def _save(self, trainer: L.Trainer) -> Path:
-        path = Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / self.filename
+        path = self._path(trainer)
         trainer.save_checkpoint(path)  # every rank calls it; the strategy writes on rank 0
         self.saved_at = trainer.global_step
         return path
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.received_sigterm and self.saved_at is None:
-            path = self._save(trainer)
-            log.warning("SIGTERM: saved %s at step %d; rerun the same command to resume", path, trainer.global_step)
+    def _save_for_sigterm(self, trainer: L.Trainer) -> None:
+        # (saved already: the signal came after the save at the end of training)
+        path = self._path(trainer) if self.saved_at == trainer.global_step else self._save(trainer)
+        log.warning("SIGTERM: saved %s at step %d; rerun the same command to resume", path, trainer.global_step)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self._save_for_sigterm(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.saved_at != trainer.global_step:
             path = self._save(trainer)
-            if trainer.received_sigterm:  # stopped before a training batch ended
+            if trainer.received_sigterm:  # the signal came after the last batch: training ended anyway
                 log.warning("SIGTERM: saved %s at step %d; rerun the same command to resume", path,
                             trainer.global_step)
 

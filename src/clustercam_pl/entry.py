@@ -1,7 +1,8 @@
-"""What the Hydra entry points share: building objects from the config, checks, run-folder state.
+"""What the Hydra entry points share: building objects from the config, checks, run-folder state,
+the protocol of the forward-only commands and config values as plain Python.
 
-Only entry points (train, eval, pseudo_labels, bench) import this module; everything below them
-takes plain arguments.
+Only the Hydra entry points (train, eval, export_labels, predict, bench) import this module; everything
+below them takes plain arguments.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from clustercam_pl.checkpoint import find_one_checkpoint
-from clustercam_pl.data.datamodule import DEFAULT_CROP
+from clustercam_pl.data.registry import dataset_kind
+from clustercam_pl.inference.pool import available_cores
+from clustercam_pl.inference.protocol import Protocol
 from clustercam_pl.tasks.sweep import parse_override
 from clustercam_pl.utils import run_info
 from clustercam_pl.utils.checks import check_range
@@ -85,14 +88,8 @@ def check_multirun_strategy(cfg: DictConfig) -> None:
 
 def _training_side(data: DictConfig) -> tuple[str, int | None]:
     """The config key that sets the side of the square training images, and its value (None: images
-    keep their own sizes, `train_transform=none` on VOC / COCO)."""
-    crop = data.get("crop_size")
-    if data.get("dataset") == "synthetic" and (crop is None or data.get("train_transform") == "none"):
-        size = (data.get("synthetic") or {}).get("image_size")
-        return "data.synthetic.image_size", None if size is None else int(size)
-    if data.get("train_transform") == "none":
-        return "data.crop_size", None
-    return "data.crop_size", DEFAULT_CROP if crop is None else int(crop)
+    keep their own sizes): a fact of the dataset kind."""
+    return dataset_kind(str(data.get("dataset"))).training_side(data)
 
 
 def _devices(cfg: DictConfig) -> int:
@@ -111,6 +108,31 @@ def net_overrides(cfg: DictConfig) -> dict[str, Any]:
     """`net_overrides` as a plain dict (reference checkpoints only)."""
     value = cfg.get("net_overrides")
     return dict(OmegaConf.to_container(value, resolve=True)) if value is not None else {}
+
+
+def as_list(value: Any) -> str | list[str]:
+    """A path setting that may be one value or a list (`ckpt_path`, `input`): str, or list of str."""
+    if isinstance(value, ListConfig | list | tuple):
+        return [str(v) for v in value]
+    return str(value) if value is not None else ""
+
+
+def protocol_from_config(cfg: DictConfig) -> Protocol:
+    """The `eval` group as a `Protocol`. `postprocess` is a mapping {key: step config} in order (what the
+    defaults list `/postprocess@postprocess.<key>: <name>` builds) or a list of step configs."""
+    steps = OmegaConf.to_container(cfg.postprocess, resolve=True) if cfg.get("postprocess") is not None else []
+    if isinstance(steps, dict):
+        steps = [{"name": key, **value} if "name" not in value else value for key, value in steps.items()]
+    return Protocol.from_values(cfg.name, list(cfg.scales), cfg.flip, steps)
+
+
+def loader_workers(cfg: DictConfig, processes_per_machine: int) -> int:
+    """DataLoader workers per process: `num_workers`, or (null) `data.num_workers` capped at the cores
+    this machine's processes share, so a small machine is not asked for more workers than it has."""
+    if cfg.get("num_workers") is not None:
+        return int(cfg.num_workers)
+    cores = max(1, available_cores() // max(int(processes_per_machine), 1))
+    return min(int(cfg.data.num_workers), cores)
 
 
 def launch_settings(cfg: DictConfig) -> Launch:

@@ -4,9 +4,9 @@
 with its result: mIoU (VOC convention) and the per-class IoU table; with several checkpoints the last
 and the best are reported (`quote=last|best`). `export=true` writes and packs the predictions for the
 VOC evaluation server. `trainer=ddp trainer.devices=N` (or `trainer.num_nodes`, `trainer=ddp_spawn`,
-SLURM tasks) runs it on N processes, as training; `crf_workers` sets the CRF worker processes. The
-work is `clustercam_pl.tasks.evaluate`; `evaluate(cfg)` is importable (tests call it); `main` is the Hydra
-wrapper.
+SLURM tasks) runs it on N processes, as training; `crf_workers` sets the post-processing worker
+processes. The work is `clustercam_pl.tasks.evaluate`; `evaluate(cfg)` is importable (tests call it);
+`main` is the Hydra wrapper.
 """
 
 from __future__ import annotations
@@ -16,33 +16,23 @@ from typing import Any
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from clustercam_pl.entry import (
+    as_list,
     check_multirun_strategy,
     launch_settings,
+    loader_workers,
     net_overrides,
+    protocol_from_config,
     record_env,
     resolved_copy,
     run_dir,
-    write_metrics,
 )
-from clustercam_pl.tasks.evaluate import Protocol, evaluate_checkpoints, report
+from clustercam_pl.tasks.evaluate import evaluate_checkpoints, report
 from clustercam_pl.utils.distributed import Ranks, launch
 
 log = logging.getLogger("clustercam_pl.eval")
-
-
-def protocol_from_config(cfg: DictConfig) -> Protocol:
-    crf = cfg.get("crf")
-    crf = OmegaConf.to_container(crf, resolve=True) if crf is not None else None
-    return Protocol.from_values(cfg.name, list(cfg.scales), cfg.flip, crf)
-
-
-def checkpoint_spec(value: Any) -> str | list[str]:
-    if isinstance(value, ListConfig | list | tuple):
-        return [str(v) for v in value]
-    return str(value) if value is not None else ""
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -59,19 +49,14 @@ def _evaluate(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         record_env(cfg, out_dir, accelerator=ranks.device.type, world_size=ranks.world_size)
-    dm = instantiate(cfg.data, _convert_="all")
+    dm = instantiate(cfg.data, _convert_="all", num_workers=loader_workers(cfg, ranks.local_world_size))
     summary = evaluate_checkpoints(
-        checkpoint_spec(cfg.ckpt_path), dm, str(cfg.split), protocol, ranks.device, out_dir,
-        quote=str(cfg.get("quote", "last")),
-        limit=cfg.get("limit"), export_comp=str(cfg.export_comp) if cfg.get("export", False) else None,
-        net_overrides=net_overrides(cfg), crf_workers=cfg.get("crf_workers"),
-        ranks=ranks,
+        as_list(cfg.ckpt_path), dm, str(cfg.split), protocol, ranks.device, out_dir,
+        quote=str(cfg.quote), limit=cfg.limit, export_comp=str(cfg.export_comp) if cfg.export else None,
+        net_overrides=net_overrides(cfg), crf_workers=cfg.crf_workers, ranks=ranks,
     )
     if ranks.is_main:
-        text = report(summary)
-        print(text, flush=True)
-        (out_dir / "eval_report.txt").write_text(text + "\n")
-        write_metrics(out_dir / "eval_metrics.json", summary)
+        print(report(summary), flush=True)
         log.info("run folder: %s", out_dir)
     return summary
 

@@ -23,6 +23,7 @@ from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load
 from clustercam_pl.entry import (
     check_multirun_strategy,
     launch_settings,
+    loader_workers,
     net_overrides,
     record_env,
     resolved_copy,
@@ -38,16 +39,13 @@ FROM_CHECKPOINT = ("cam_layers", "p2p_refine")
 
 
 def cam_settings(cfg: DictConfig, ckpt: LoadedCheckpoint) -> CAMConfig:
-    """`cfg.cam`, with the settings left null filled from the checkpoint's own CAM settings."""
+    """`cfg.cam`, with the settings left null (`FROM_CHECKPOINT`) taken from the checkpoint's own."""
     values = OmegaConf.to_container(cfg.cam, resolve=True)
     values.pop("_target_", None)
-    for key in FROM_CHECKPOINT:
-        if values.get(key) is None:
-            if key in ckpt.cam:
-                values[key] = ckpt.cam[key]
-            else:
-                values.pop(key)
-    return CAMConfig(**values)
+    return CAMConfig.from_stored(
+        {k: v for k, v in ckpt.cam.items() if k in FROM_CHECKPOINT}, ckpt.path,
+        **{k: v for k, v in values.items() if not (k in FROM_CHECKPOINT and v is None)},
+    )
 
 
 def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
@@ -60,20 +58,20 @@ def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
 
 def _export(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
     device = ranks.device
-    dm = instantiate(cfg.data, _convert_="all")
-    split = str(cfg.split) if cfg.get("split") else dm.train_split
+    dm = instantiate(cfg.data, _convert_="all", num_workers=loader_workers(cfg, ranks.local_world_size))
+    split = str(cfg.split) if cfg.split else dm.train_split
     path = find_one_checkpoint(cfg.ckpt_path)
     ckpt = load_checkpoint(path, **net_overrides(cfg))
     cam = cam_settings(cfg, ckpt)
     default_out = Path(str(cfg.paths.root_dir)) / "outputs" / "pseudo_labels" / f"{dm.dataset}_{split}"
-    out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else default_out
+    out_dir = Path(str(cfg.out_dir)) if cfg.out_dir else default_out
     if ranks.is_main:
         try:
             record_env(cfg, run_dir(cfg), accelerator=device.type, world_size=ranks.world_size)
         except Exception as e:  # outside a Hydra run paths.output_dir may not resolve
             log.debug("no run folder for env.json: %s", e)
-    summary = export_split(ckpt, dm, split, cam, out_dir, device, int(cfg.get("cam_downscale", 4)),
-                           cfg.get("limit"), bool(cfg.get("overwrite", False)), ranks=ranks)
+    summary = export_split(ckpt, dm, split, cam, out_dir, device, int(cfg.cam_downscale), cfg.limit,
+                           bool(cfg.overwrite), ranks=ranks)
     if ranks.is_main:
         print(summary["text"], flush=True)
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,11 @@ from torch import Tensor
 
 from clustercam_pl import checkpoint as ckpt_io
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import check_cam_layers, pseudo_label_step
+from clustercam_pl.cam.generate import pseudo_label_step
 from clustercam_pl.cam.par import PAR
+from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.inference.network import cam_prediction, predict, pseudo_labels_per_image, scored_pseudo_label
-from clustercam_pl.losses import ClusterCAMLoss
+from clustercam_pl.losses import ClusterCAMLoss, LossConfig
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, adamw, lr_at
@@ -47,7 +47,7 @@ class ClusterCAMLitModule(L.LightningModule):
     Args:
         net: the network (built from `conf/net`).
         cam: CAM -> pseudo-label settings.
-        loss: the three-term loss with its weights.
+        loss: the weights of the three loss terms.
         optim: optimiser and schedule.
         seg_start_epoch: the segmentation loss (and the pseudo-label work) starts at this epoch
             (reference 50 of 80 on VOC, 40 of 60 on COCO).
@@ -62,7 +62,7 @@ class ClusterCAMLitModule(L.LightningModule):
         self,
         net: ClusterCAMNet,
         cam: CAMConfig,
-        loss: ClusterCAMLoss,
+        loss: LossConfig,
         optim: OptimConfig,
         seg_start_epoch: int = 50,
         pretrained: str | None = None,
@@ -73,9 +73,9 @@ class ClusterCAMLitModule(L.LightningModule):
         super().__init__()
         # Plain types only, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
-            "net": dict(net.config),
+            "net": net.cfg.to_dict(),
             "cam": asdict(cam),
-            "loss": dict(w_cls=loss.w_cls, w_patch=loss.w_patch, w_seg=loss.w_seg),
+            "loss": asdict(loss),
             "optim": asdict(optim),
             "seg_start_epoch": int(seg_start_epoch),
             "pretrained": None if pretrained is None else str(pretrained),
@@ -83,18 +83,19 @@ class ClusterCAMLitModule(L.LightningModule):
             "check_finite": bool(check_finite),
             "compile": bool(compile),
         })
-        check_cam_layers(cam.cam_layers, net.cfg.depth)
-        self.net, self.cam_cfg, self.criterion, self.optim_cfg = net, cam, loss, optim
+        cam.check_for(net.cfg)
+        self.net, self.cam_cfg, self.optim_cfg = net, cam, optim
+        self.criterion = ClusterCAMLoss(loss)
         self.par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters)
-        K = net.num_classes
-        self.val_seg = SegmentationIoU(K + 1, ignore_index=cam.ignore_index)
-        self.val_pseudo = SegmentationIoU(K + 1, ignore_index=cam.ignore_index)
-        self.val_cam = SegmentationIoU(K + 1, ignore_index=cam.ignore_index)
+        K = net.cfg.num_classes
+        # Scored against the masks: their void value is IGNORE_INDEX, whatever the CAM settings.
+        self.val_seg = SegmentationIoU(K + 1, ignore_index=IGNORE_INDEX)
+        self.val_pseudo = SegmentationIoU(K + 1, ignore_index=IGNORE_INDEX)
+        self.val_cam = SegmentationIoU(K + 1, ignore_index=IGNORE_INDEX)
         self.val_map = PerImageAveragePrecision()
         self.best_seg_miou: float = float("nan")
-        self.last_losses: dict[str, Tensor] = {}  # detached loss terms of the last training step
-        # Called with a phase name ("cam", "par", "forward") during a step: the benchmark's timer.
-        self.phase_hook: Callable[[str], None] | None = None
+        # The decoder's per-class IoU (K + 1,) of the last validation with masks; None before one.
+        self.last_per_class_iou: Tensor | None = None
 
     # ----------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -111,12 +112,7 @@ class ClusterCAMLitModule(L.LightningModule):
     # ------------------------------------------------------------------------------ CAM step
     def segmentation_targets(self, image: Tensor, cls_label: Tensor) -> tuple[Tensor, Tensor]:
         """Multi-scale CAMs (B, K, H, W) masked by the labels, and the pseudo labels (B, H, W) the decoder learns."""
-        hook = self.phase_hook
-        out = pseudo_label_step(self.net, self.par, self.cam_cfg, image, cls_label,
-                                after_cams=(lambda: hook("cam")) if hook else None)
-        if hook:
-            hook("par")
-        return out
+        return pseudo_label_step(self.net, self.par, self.cam_cfg, image, cls_label)
 
     def seg_active(self) -> bool:
         return self.current_epoch >= self.hparams.seg_start_epoch
@@ -128,14 +124,12 @@ class ClusterCAMLitModule(L.LightningModule):
         pseudo = self.segmentation_targets(image, cls_label)[1] if use_seg else None  # (B, H, W)
         out = self.net(image, with_seg=use_seg)
         losses = self.criterion(out.cls_logits, out.patch_logits, out.seg_logits, cls_label, pseudo)
-        if self.phase_hook:
-            self.phase_hook("forward")
         if self.hparams.check_finite and not torch.isfinite(losses["total"]):
             self._stop_on_non_finite(losses)
         B = image.shape[0]
-        self.last_losses = {k: v.detach() for k, v in losses.items()}
-        self.log_dict({f"train/loss_{k}": v for k, v in self.last_losses.items()}, batch_size=B, prog_bar=False)
-        self.log("train/loss", self.last_losses["total"], batch_size=B, prog_bar=True)
+        detached = {k: v.detach() for k, v in losses.items()}
+        self.log_dict({f"train/loss_{k}": v for k, v in detached.items()}, batch_size=B, prog_bar=False)
+        self.log("train/loss", detached["total"], batch_size=B, prog_bar=True)
         self.log("train/alpha_mean", self._alpha_mean(), batch_size=B)
         return losses["total"]
 
@@ -165,7 +159,7 @@ class ClusterCAMLitModule(L.LightningModule):
         self.val_seg.update(pred.probs.argmax(1), mask)  # padding: 0 predicted, 255 in the mask
         if self.hparams.val_pseudo_labels:
             cams, pseudo = pseudo_labels_per_image(self.net, self.par, image, cls_label, self.cam_cfg, size)
-            self.val_pseudo.update(scored_pseudo_label(pseudo, self.cam_cfg.ignore_index), mask)
+            self.val_pseudo.update(scored_pseudo_label(pseudo, IGNORE_INDEX), mask)
             self.val_cam.update(cam_prediction(cams, self.cam_cfg.cam_background), mask)
 
     def on_validation_epoch_end(self) -> None:
@@ -219,26 +213,33 @@ class ClusterCAMLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None) if self._trainer else None
         checkpoint["clustercam"] = ckpt_io.framework_section(self.net, names)
+        # The network config is stored once, in clustercam.net_config; hparams keep it for the loggers.
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "net"}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming a file of an earlier format: the state dict keys are unchanged, the rest migrates.
-        checkpoint.update(ckpt_io.migrate(checkpoint, "checkpoint"))
+        source = str(self._trainer.ckpt_path) if self._trainer is not None else "checkpoint"
+        checkpoint.update(ckpt_io.migrate(checkpoint, source))
 
 
 def module_from_checkpoint(path: str | Path) -> ClusterCAMLitModule:
     """A `ClusterCAMLitModule` in eval mode from a framework checkpoint, for analysis and figures.
 
-    The network is rebuilt from the checkpoint's own network config, CAM/loss/optimiser settings from
-    its hyper-parameters (migrated from earlier formats); the file is read with `weights_only=True`.
+    The network comes from `checkpoint.load_checkpoint` (its stored network config, any format), the
+    CAM/loss/optimiser settings from the file's hyper-parameters; the file is read with `weights_only=True`.
     """
-    ckpt = ckpt_io.migrate(ckpt_io.read_file(path), str(path))
-    net = ckpt_io.net_from_framework(ckpt, str(path))
-    hp = ckpt.get("hyper_parameters", {})
+    loaded = ckpt_io.load_checkpoint(path)
+    if loaded.kind != "framework":
+        raise ValueError(f"{path} is a reference checkpoint: it has no training settings to build a "
+                         "ClusterCAMLitModule from; use its network: "
+                         f"clustercam_pl.checkpoint.load_checkpoint('{path}').net")
+    hp = loaded.hparams
     module = ClusterCAMLitModule(
-        net,
-        CAMConfig(**hp.get("cam", {})),
-        ClusterCAMLoss(**hp.get("loss", {})),
-        OptimConfig(**hp.get("optim", {})),
+        loaded.net,
+        CAMConfig.from_stored(loaded.cam, str(path)),
+        LossConfig(**hp.get("loss", {})),
+        OptimConfig.from_stored(hp.get("optim", {})),
         seg_start_epoch=hp.get("seg_start_epoch", 0),
     )
     return module.eval()

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -92,17 +93,31 @@ def clustercam_losses(
     return losses
 
 
+@dataclass(frozen=True)
+class LossConfig:
+    """The weights of the three loss terms (reference 1 / 1 / 0.1), checked once where they are made.
+
+    Pseudo labels and the loss mark unsure pixels with `IGNORE_INDEX`, the masks' void value.
+    """
+
+    w_cls: float = 1.0
+    w_patch: float = 1.0
+    w_seg: float = 0.1
+
+    group: ClassVar[str] = "loss"  # the config group it is built from: messages name `loss.<field>`
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_range(f"{self.group}.{f.name}", getattr(self, f.name), ge=0)
+            object.__setattr__(self, f.name, float(getattr(self, f.name)))
+
+
 class ClusterCAMLoss(nn.Module):
-    """:func:`clustercam_losses` with its weights bound, for configuration by instantiation."""
+    """:func:`clustercam_losses` with the weights of a `LossConfig` bound."""
 
-    group: ClassVar[str] = "loss"  # the config group it is built from: messages name `loss.<argument>`
-
-    def __init__(self, w_cls: float = 1.0, w_patch: float = 1.0, w_seg: float = 0.1, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, cfg: LossConfig | None = None):
         super().__init__()
-        for name, w in (("w_cls", w_cls), ("w_patch", w_patch), ("w_seg", w_seg)):
-            check_range(f"{self.group}.{name}", w, ge=0)
-        self.w_cls, self.w_patch, self.w_seg = float(w_cls), float(w_patch), float(w_seg)
-        self.ignore_index = int(ignore_index)
+        self.cfg = cfg or LossConfig()
 
     def forward(
         self,
@@ -112,20 +127,9 @@ class ClusterCAMLoss(nn.Module):
         cls_label: torch.Tensor,
         pseudo_label: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        return clustercam_losses(
-            cls_logits,
-            patch_logits,
-            seg_logits,
-            cls_label,
-            pseudo_label,
-            w_cls=self.w_cls,
-            w_patch=self.w_patch,
-            w_seg=self.w_seg,
-            ignore_index=self.ignore_index,
-        )
+        c = self.cfg
+        return clustercam_losses(cls_logits, patch_logits, seg_logits, cls_label, pseudo_label,
+                                 w_cls=c.w_cls, w_patch=c.w_patch, w_seg=c.w_seg)
 
     def extra_repr(self) -> str:
-        return (
-            f"w_cls={self.w_cls}, w_patch={self.w_patch}, w_seg={self.w_seg}, "
-            f"ignore_index={self.ignore_index}"
-        )
+        return f"w_cls={self.cfg.w_cls}, w_patch={self.cfg.w_patch}, w_seg={self.cfg.w_seg}"

@@ -11,9 +11,10 @@ tensors and biases; lr = 5e-4 * batch / 512; cosine over the epochs to lr_min = 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Real
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ class OptimConfig:
 
     Attributes:
         lr_per_512: base learning rate for a global batch of 512; lr = lr_per_512 * batch / 512.
-        lr: absolute base learning rate; overrides lr_per_512 when set (> 0).
+        lr: absolute base learning rate; None: derived from lr_per_512.
         weight_decay, betas, eps: AdamW.
         decay_tokens: apply weight decay to `cls_token` / `pos_embed` (the reference does).
         warmup_epochs, warmup_lr: linear warm-up from warmup_lr to lr.
@@ -39,7 +40,7 @@ class OptimConfig:
     """
 
     lr_per_512: float = 5e-4
-    lr: float = 0.0
+    lr: float | None = None
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -58,24 +59,41 @@ class OptimConfig:
         if self.interval not in ("epoch", "step"):
             raise ValueError(f"{g}.interval must be 'epoch' or 'step', got {self.interval!r}")
         lr, per_512 = self.lr, self.lr_per_512
-        numbers = all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in (lr, per_512))
-        if not numbers or lr < 0 or per_512 < 0 or lr == per_512 == 0:
+        used = per_512 if lr is None else lr  # the one that sets the rate must be a positive number
+        numbers = all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+                      for v in (per_512, used))
+        if not numbers or used <= 0 or per_512 < 0:
             raise ValueError(
-                f"invalid learning rate: {g}.lr={lr!r}, {g}.lr_per_512={per_512!r}; valid: {g}.lr > 0 "
-                f"(absolute), or {g}.lr=0 to use {g}.lr_per_512 > 0 (lr = lr_per_512 * global batch / 512)"
+                f"invalid learning rate: {g}.lr={_yaml(lr)}, {g}.lr_per_512={per_512!r}; valid: {g}.lr > 0 "
+                f"(absolute), or {g}.lr=null to use {g}.lr_per_512 > 0 (lr = lr_per_512 * global batch / 512)"
             )
         check_range(f"{g}.weight_decay", self.weight_decay, ge=0)
         if len(self.betas) != 2:
             raise ValueError(f"{g}.betas={list(self.betas)} must be two numbers, e.g. {g}.betas=[0.9,0.999]")
         for i, beta in enumerate(self.betas):
             check_range(f"{g}.betas[{i}]", beta, ge=0, lt=1)
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # a YAML list is a tuple here
         check_range(f"{g}.eps", self.eps, gt=0)
         check_range(f"{g}.warmup_epochs", self.warmup_epochs, ge=0)
         check_range(f"{g}.warmup_lr", self.warmup_lr, ge=0)
         check_range(f"{g}.min_lr", self.min_lr, ge=0)
 
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> OptimConfig:
+        """The settings a checkpoint stored (`hyper_parameters.optim`); earlier versions wrote lr=0 for unset."""
+        values = dict(stored)
+        if values.get("lr") == 0:
+            values["lr"] = None
+        return cls(**values)
+
     def base_lr(self, global_batch: int) -> float:
-        return self.lr if self.lr > 0 else self.lr_per_512 * global_batch / 512
+        """The learning rate at this global batch: `lr`, or `lr_per_512 * global_batch / 512`."""
+        return self.lr if self.lr is not None else self.lr_per_512 * global_batch / 512
+
+
+def _yaml(value: Any) -> str:
+    """A value as it is written on the command line (None as null)."""
+    return "null" if value is None else repr(value)
 
 
 def param_groups(net: nn.Module, weight_decay: float, decay_tokens: bool = True) -> list[dict]:

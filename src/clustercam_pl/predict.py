@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from clustercam_pl.entry import check_multirun_strategy, launch_settings, net_overrides, record_env, resolved_copy
-from clustercam_pl.eval import checkpoint_spec, protocol_from_config
+from clustercam_pl.entry import (
+    as_list,
+    check_multirun_strategy,
+    launch_settings,
+    net_overrides,
+    protocol_from_config,
+    record_env,
+    resolved_copy,
+)
 from clustercam_pl.tasks.predict import FAILED, predict_images
 from clustercam_pl.utils.distributed import Ranks, launch
 
@@ -28,12 +35,6 @@ log = logging.getLogger("clustercam_pl.predict")
 
 EXIT_SOME_FAILED = 3
 """Exit status when some inputs could not be read (the others were predicted)."""
-
-
-def input_spec(value: Any) -> str | list[str]:
-    if isinstance(value, ListConfig | list | tuple):
-        return [str(v) for v in value]
-    return str(value)
 
 
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
@@ -46,16 +47,15 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
 
 def _predict(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(str(cfg.out_dir))
-    if ranks.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record_env(cfg, out_dir, accelerator=ranks.device.type, world_size=ranks.world_size)
-    names = cfg.get("class_names")
+    names = cfg.class_names
     summary = predict_images(
-        checkpoint_spec(cfg.ckpt_path), input_spec(cfg.input), out_dir, protocol_from_config(cfg.eval), ranks.device,
-        cams=bool(cfg.get("cams", False)), threshold=cfg.get("threshold", 0.5), max_side=cfg.get("max_side", 1024),
+        as_list(cfg.ckpt_path), as_list(cfg.input), out_dir, protocol_from_config(cfg.eval), ranks.device,
+        cams=bool(cfg.cams), threshold=cfg.threshold, max_side=cfg.max_side,
         class_names=None if names is None else [str(n) for n in OmegaConf.to_container(names)],
-        overwrite=bool(cfg.get("overwrite", False)), progress=bool(cfg.get("progress", True)),
-        net_overrides=net_overrides(cfg), crf_workers=cfg.get("crf_workers"), ranks=ranks,
+        overwrite=bool(cfg.overwrite), progress=bool(cfg.progress),
+        net_overrides=net_overrides(cfg), crf_workers=cfg.crf_workers, ranks=ranks,
+        on_claim=lambda: record_env(cfg, out_dir, accelerator=ranks.device.type, world_size=ranks.world_size),
+        max_pixels=cfg.max_pixels,
     )
     if summary["failed"] and ranks.is_main:
         log.error("%d of %d inputs could not be read (listed in %s); exit status %d",

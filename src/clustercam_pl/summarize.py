@@ -1,8 +1,10 @@
 """Summarise a sweep: `python -m clustercam_pl.summarize <multirun folder | run folders ...>`.
 
 Prints a Markdown table (one row per setting, seeds grouped, mean ± std of every val/ and test/ metric,
-sorted by the optimised metric, the best run's folder), lists pending jobs and optuna's result, and
-writes summary.csv and a PNG per swept key beside the sweep. The work is in :mod:`clustercam_pl.tasks.sweep`.
+sorted by the optimised metric, the best run's folder), lists pending jobs, broken jobs (a file that
+cannot be read, named) and optuna's result, and writes summary.csv and a PNG per swept key beside the
+sweep. Exit status 1 on an input error, and when some job is broken (after summarising the others).
+The work is in :mod:`clustercam_pl.tasks.sweep`.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ def main(argv: Sequence[str] | None = None) -> Summary:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``main`` for the shell: an input error is one message and exit status 1."""
+    """``main`` for the shell: an input error is one message and exit status 1; so is each broken job,
+    after the summary of the others."""
     try:
-        main(argv)
+        summary = main(argv)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
+    for run in summary.broken:
+        print(f"error: {run.error}", file=sys.stderr)
+    return 1 if summary.broken else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
@@ -25,16 +26,19 @@ from clustercam_pl.entry import (
     run_dir,
     write_metrics,
 )
+from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.utils.files import write_text
 from clustercam_pl.utils.results import iou_table, scalar_metrics
 from clustercam_pl.utils.run_folder import claim_run_folder
 
 log = logging.getLogger("clustercam_pl.train")
 
+HYDRA_SUBDIR = ".hydra"  # where Hydra's other commands keep the composed config (`hydra.output_subdir`)
 REPORTED = ("val/seg_miou", "val/pseudo_miou", "val/cam_miou", "val/map")
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ClusterCAMLitModule]:
     """Datamodule and LightningModule from a composed config (the network's K comes from the data)."""
     datamodule = instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only-loadable
     net = ClusterCAMNet(instantiate(cfg.net, num_classes=datamodule.num_classes, _convert_="all"))
@@ -48,9 +52,24 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return datamodule, model
 
 
+def hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """What Hydra writes into `<run folder>/.hydra/` ({} outside a Hydra run), as Hydra writes it.
+
+    conf/train.yaml sets `hydra.output_subdir: null`, so Hydra writes nothing before the run folder's
+    lock is taken (a refused second training would rewrite the first's files); `_fit` writes these
+    once the folder is this run's. Taken before anything edits `cfg` (the wandb id).
+    """
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (resuming where the run folder says), optionally test, write metrics.json; return the metrics."""
     check_config(cfg)
+    hydra_texts = hydra_files(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = run_dir(cfg)
     attach_wandb_id(cfg)
@@ -66,14 +85,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _fit(cfg, trainer, datamodule, model)
     ckpt_dirs = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)} | {out_dir / "checkpoints"}
     with claim_run_folder(out_dir, sorted(ckpt_dirs)):
-        return _fit(cfg, trainer, datamodule, model)
+        return _fit(cfg, trainer, datamodule, model, hydra_texts)
 
 
 def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
-         model: L.LightningModule) -> dict[str, Any]:
+         model: ClusterCAMLitModule, hydra_texts: dict[str, str] | None = None) -> dict[str, Any]:
     out_dir = run_dir(cfg)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in (hydra_texts or {}).items():
+            (out_dir / HYDRA_SUBDIR).mkdir(exist_ok=True)
+            write_text(out_dir / HYDRA_SUBDIR / name, text)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         record_env(cfg, out_dir, accelerator=type(trainer.accelerator).__name__, world_size=trainer.world_size,
                    global_batch=getattr(datamodule, "global_batch_size", None), precision=str(trainer.precision))
@@ -83,7 +105,7 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule)
         metrics |= {k.replace("val/", "test/"): v for k, v in scalar_metrics(trainer.callback_metrics).items()}
-    per_class = getattr(model, "last_per_class_iou", None)
+    per_class = model.last_per_class_iou
     summary = {
         "metrics": metrics,
         **{k: metrics.get(k, float("nan")) for k in REPORTED},

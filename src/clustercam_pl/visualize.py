@@ -1,23 +1,26 @@
 """Pictures of what the method computes: attention maps, ClusterCAMs, pseudo labels, clusters.
 
-Used by the training image logger and the notebook (`notebooks/clustercam_tour.ipynb`). The
-computing functions return numpy arrays; the drawing functions build `matplotlib.figure.Figure`
-objects without pyplot, so they never switch the backend of a notebook or a training process.
+Used by the training image logger, the notebook (`notebooks/clustercam_tour.ipynb`) and `predict`
+(overlays and CAM heat maps of predictions, `overlay_image` / `cam_image`). The computing functions
+return numpy arrays; the figure functions build `matplotlib.figure.Figure` objects without pyplot, so
+they never switch the backend of a notebook or a training process.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from clustercam_pl.cam.refine import denormalize, valid_cams
-from clustercam_pl.data.imageio import voc_palette as imageio_palette
+from clustercam_pl.data.imageio import voc_colours
 from clustercam_pl.models.utils import training_mode
 
 if TYPE_CHECKING:
@@ -39,11 +42,13 @@ PANEL_TITLES = {
 }
 
 
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map (n, 3) uint8 (`data.imageio.voc_palette`); index 255 (ignore) is white."""
-    pal = np.array(imageio_palette(n), dtype=np.uint8).reshape(n, 3)
-    if n > 255:
-        pal[255] = (255, 255, 255)
+IGNORE_COLOUR = (255, 255, 255)  # how figures draw label 255 (ignore): white, unlike the PNG palette
+
+
+def label_colours() -> np.ndarray:
+    """(256, 3) uint8 colours of label values in figures: the VOC colours, ignore (255) white."""
+    pal = voc_colours(256)
+    pal[255] = IGNORE_COLOUR
     return pal
 
 
@@ -179,13 +184,13 @@ def _figure(width: float, height: float, dpi: int = 100) -> Figure:
 
 
 def _label_image(x: np.ndarray) -> np.ndarray:
-    return voc_palette()[x.astype(np.int64).clip(0, 255)]
+    return label_colours()[x.astype(np.int64).clip(0, 255)]
 
 
 def _class_legend(fig: Figure, class_names: Sequence[str]) -> None:
     from matplotlib.patches import Patch
 
-    pal = voc_palette() / 255.0
+    pal = label_colours() / 255.0
     names = ["background", *class_names]
     handles = [Patch(facecolor=pal[i], edgecolor="k", label=n) for i, n in enumerate(names)]
     handles.append(Patch(facecolor="white", edgecolor="k", label="ignore"))
@@ -366,3 +371,64 @@ def metrics_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Figur
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------- pictures of predictions
+OVERLAY_ALPHA = 0.5  # weight of the class colour over a non-background pixel
+CAM_ALPHA = 0.5  # weight of the heat map over the image
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def row_strips(height: int, width: int, pixels: int = 1 << 20) -> Iterator[slice]:
+    """Row ranges of about `pixels` pixels: per-pixel float maths in strips keeps a 100-megapixel
+    picture's temporaries at a few MB instead of several GB, with the same result."""
+    rows = max(1, pixels // max(width, 1))
+    return (slice(y, y + rows) for y in range(0, height, rows))
+
+
+def overlay_image(rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """uint8 (H, W, 3): the image with its non-background pixels blended with the VOC colour of their
+    class, and a legend (colour, name) of the classes present in the top-left corner."""
+    pal = label_colours().astype(np.float32)  # (256, 3)
+    blended = np.empty_like(rgb)  # (H, W, 3) uint8
+    for rows in row_strips(*label.shape):
+        out = rgb[rows].astype(np.float32)  # (r, W, 3)
+        fg = label[rows] > 0  # (r, W)
+        out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[rows][fg]]
+        blended[rows] = np.rint(out).clip(0, 255).astype(np.uint8)
+    counts = sum(np.bincount(label[rows].ravel(), minlength=256) for rows in row_strips(*label.shape))  # (256,)
+    present = [int(v) for v in np.flatnonzero(counts) if v > 0]
+    if present:
+        H, W = label.shape
+        size = int(np.clip(min(H, W) / 16, 10, 28))
+        pad, row = max(size // 4, 2), size + max(size // 4, 2)
+        names = [class_names[v - 1] if v - 1 < len(class_names) else f"class_{v}" for v in present]
+        font = _font(size)
+        width = max(font.getlength(n) for n in names) + size + 3 * pad
+        bottom = row * len(names) + pad
+        # drawn on the corner it covers only: no full-size PIL copy of a 100-megapixel picture
+        corner = (slice(0, min(H, math.ceil(bottom) + 2)), slice(0, min(W, math.ceil(width) + 2)))
+        im = Image.fromarray(np.ascontiguousarray(blended[corner]))
+        draw = ImageDraw.Draw(im)
+        draw.rectangle((0, 0, width, bottom), fill=(255, 255, 255))
+        for i, (v, name) in enumerate(zip(present, names, strict=True)):
+            y = pad + i * row
+            draw.rectangle((pad, y, pad + size, y + size), fill=tuple(int(c) for c in pal[v]), outline=(0, 0, 0))
+            draw.text((2 * pad + size, y), name, fill=(0, 0, 0), font=font)
+        blended[corner] = np.asarray(im)
+    return blended
+
+
+def cam_image(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): the image blended with the jet heat map of a CAM (H, W) in [0, 1]."""
+    out = np.empty_like(rgb)  # (H, W, 3) uint8
+    for rows in row_strips(*cam.shape):
+        heat = cv2.applyColorMap(np.rint(cam[rows].clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+        out[rows] = np.rint((1 - CAM_ALPHA) * rgb[rows] + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
+    return out

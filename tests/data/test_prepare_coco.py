@@ -17,6 +17,7 @@ from clustercam_pl.data.labels import COCO_CLASSES, read_label_file
 from clustercam_pl.data.layout import MANIFEST_NAME
 from clustercam_pl.data.prepare_common import REPORT_NAME, PrepareError
 from clustercam_pl.prepare import main
+from clustercam_pl.utils.files import partial_path
 
 pytest.importorskip("pycocotools")
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
@@ -85,8 +86,8 @@ def test_coco_resume_after_interrupt(coco_tree, tmp_path: Path, monkeypatch) -> 
 
     def flaky_write(path, mask) -> None:
         calls["n"] += 1
-        if calls["n"] == 3:  # killed while writing the third mask: only its temp file exists
-            Path(f"{path}.part").write_bytes(b"half a png")
+        if calls["n"] == 3:  # killed while writing the third mask: only its partial file exists
+            partial_path(path).write_bytes(b"half a png")
             raise KeyboardInterrupt
         real_write(path, mask)
 

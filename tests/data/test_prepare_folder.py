@@ -20,6 +20,7 @@ from clustercam_pl.data.prepare_common import REPORT_NAME, PrepareError
 from clustercam_pl.data.prepare_folder import split_by_class
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, write_folder_dataset
 from clustercam_pl.prepare import cli, main
+from clustercam_pl.utils.files import partial_path
 
 K3 = SyntheticConfig(num_classes=3, image_size=32, num_train=10, num_val=4, num_test=2)
 NAMES = class_names(3)
@@ -182,7 +183,9 @@ def test_rerun_is_idempotent_and_a_refused_rerun_unprepares(raw, tmp_path: Path)
     out = tmp_path / "out"
     main(argv(raw, out))
     before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    (out / "SegmentationClass/train/000000.png.part").write_bytes(b"half")  # an interrupted write
+    (out / "SegmentationClass/train/000000.png.part").write_bytes(b"half")  # an interrupted write (earlier naming)
+    dead = partial_path(out / "SegmentationClass/train/000001.png", pid=2**22 + 1)  # above any pid_max
+    dead.write_bytes(b"half")  # and one of a killed writer
     main([*argv(raw, out), "--workers", "2"])  # and the process-pool path gives the same files
     after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before
@@ -432,3 +435,87 @@ def test_folder_data_without_a_root_says_how_to_prepare(monkeypatch) -> None:
         "data.data_root is not set for data.dataset=folder; prepare it with `python -m clustercam_pl.prepare folder "
         "--images IMAGES --labels labels.csv --val-fraction 0.1 --out DATA_ROOT` and pass `data.data_root=DATA_ROOT`"
     )
+
+
+# ------------------------------------------------------------------------------- issue 24: links, encodings
+def _class_folders(images: Path, n: int = 4) -> None:
+    for c in ("cat", "dog"):
+        for k in range(n):
+            (images / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (k * 40, 0, 0)).save(images / c / f"{c}{k}.png")
+
+
+def _folders_argv(images: Path, out: Path) -> list[str]:
+    return ["folder", "--images", str(images), "--labels-from-folders", "--val-fraction", "0.5", "--out", str(out),
+            "--workers", "0", "--no-progress"]
+
+
+def test_a_symlink_loop_in_the_image_tree_is_refused_naming_the_link(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _class_folders(images)
+    (images / "dog" / "more").symlink_to(images)  # dog/more/cat/cat0.png would be a "dog" image, forever
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError) as e:
+        main(_folders_argv(images, out))
+    link = images / "dog" / "more"
+    assert str(e.value) == (
+        f"{link} is a symbolic link to {images}, a folder that contains it: a loop that would list every image "
+        f"under it again with another path and class. Remove the link (rm {link})"
+    )
+    assert not (out / MANIFEST_NAME).exists()
+    (images / "dog" / "more").unlink()  # without the loop: each file once, in one split, with its own class
+    (images / ".cache").mkdir()
+    (images / ".cache" / "back").symlink_to(images)  # inside a hidden folder, which is not scanned: no loop
+    main(_folders_argv(images, out))
+    splits = {s: (out / "splits" / f"{s}.txt").read_text().split() for s in ("train", "val")}
+    assert sorted(splits["train"] + splits["val"]) == [f"{c}/{c}{k}" for c in ("cat", "dog") for k in range(4)]
+    labels = read_label_file(out / "cls_labels.json", 2, ("cat", "dog"))
+    assert all(labels[i] == [0 if i.startswith("cat/") else 1] for i in labels)
+
+
+def test_a_file_reached_twice_through_links_is_refused_and_a_linked_class_folder_is_fine(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    _class_folders(tmp_path / "elsewhere")
+    images.mkdir()
+    for c in ("cat", "dog"):  # class folders that live elsewhere: followed
+        (images / c).symlink_to(tmp_path / "elsewhere" / c)
+    out = tmp_path / "out"
+    main(_folders_argv(images, out))
+    assert len(read_label_file(out / "cls_labels.json", 2, ("cat", "dog"))) == 8
+    (images / "dog" / "stray.png").symlink_to(tmp_path / "elsewhere" / "cat" / "cat1.png")
+    with pytest.raises(PrepareError) as e:
+        main(_folders_argv(images, out))
+    assert str(e.value) == (
+        f"1 image file(s) are reached twice under {images} (through a symbolic link or a hard link): "
+        f"{images / 'dog/stray.png'} and {images / 'cat/cat1.png'}. One image under two paths gets two ids (and, "
+        "with --labels-from-folders, two classes) and can land in train and in val; remove the extra link"
+    )
+
+
+def test_a_labels_csv_in_windows_1252_is_refused_with_file_line_and_the_conversion(raw, tmp_path: Path) -> None:
+    lab = raw["labels"]
+    rows = lab.read_text().splitlines()
+    rows[3] = rows[3] + ";caf\u00e9"  # an accented class name, saved by a Windows editor
+    lab.write_bytes(("\r\n".join(rows) + "\r\n").encode("cp1252"))
+    with pytest.raises(PrepareError) as e:
+        main(argv(raw, tmp_path / "out"))
+    fixed = lab.with_name("labels.utf8.csv")
+    assert lab.name == "labels.csv"
+    assert str(e.value) == (
+        f"{lab}:4: not UTF-8 (byte 0xe9); input files must be UTF-8. A file saved by Excel or Notepad on Windows "
+        f"is usually Windows-1252: convert it with `iconv -f cp1252 -t utf-8 {lab} > {fixed}` and pass {fixed} "
+        "instead"
+    )
+    # The hint works: the converted file is read (and its line 4 now names the unknown class).
+    fixed.write_text(lab.read_bytes().decode("cp1252"), encoding="utf-8")
+    args = argv(raw, tmp_path / "out")
+    args[args.index("--labels") + 1] = str(fixed)
+    with pytest.raises(PrepareError) as e:
+        main(args)
+    assert any(f"{fixed}:4: class 'caf\u00e9' is not in" in line for line in problem_lines(e))
+
+
+def test_a_labels_csv_with_a_utf8_bom_is_read(raw, tmp_path: Path) -> None:
+    raw["labels"].write_bytes(b"\xef\xbb\xbf" + raw["labels"].read_bytes())
+    report = main(argv(raw, tmp_path / "out")) or json.loads((tmp_path / "out" / REPORT_NAME).read_text())
+    assert report["images_per_split"] == {"train": 12, "val": 5, "test": 2}

@@ -231,7 +231,7 @@ def test_each_preset_trains_on_the_synthetic_set(preset, tmp_path):
 
 def test_reference_layout_round_trip_keeps_layer_scale():
     """A LayerScale network written in the reference layout is read back with its gammas."""
-    from clustercam_pl.checkpoint import from_official_checkpoint, ours_to_reference
+    from clustercam_pl.checkpoint import ours_to_reference, reference_net
     from helpers import tiny_net
 
     net = tiny_net(3, layer_scale=0.1, cluster_blocks=[1]).eval()
@@ -239,7 +239,7 @@ def test_reference_layout_round_trip_keeps_layer_scale():
         for m in net.modules():
             if hasattr(m, "gamma"):
                 m.gamma.uniform_(0.5, 1.5)
-    back = from_official_checkpoint(ours_to_reference(net.state_dict()), cluster_grid=list(net.cfg.cluster_grid))
+    back = reference_net(ours_to_reference(net.state_dict()), cluster_grid=list(net.cfg.cluster_grid))
     assert back.cfg.layer_scale is not None
     for (k, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items(), strict=True):
         assert torch.equal(a, b), k

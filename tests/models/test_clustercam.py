@@ -41,8 +41,8 @@ def test_class_counts(K):
 
 def test_feature_width_follows_depth_and_heads():
     net = tiny(num_classes=5, embed_dim=48, depth=3, num_heads=4)
-    assert net.feature_channels == 48 + 3 * 4 * 5
-    assert net(torch.randn(1, 3, 64, 64)).features.shape[1] == net.feature_channels
+    assert net.cfg.feature_channels == 48 + 3 * 4 * 5
+    assert net(torch.randn(1, 3, 64, 64)).features.shape[1] == net.cfg.feature_channels
 
 
 def test_every_parameter_gets_a_gradient():
@@ -98,6 +98,13 @@ def test_input_smaller_than_a_cluster_cell_is_a_clear_error():
     net = tiny()
     with pytest.raises(ValueError, match=r"input of 16x64 pixels gives a 1x4 patch grid, smaller than one cluster cell"):
         net(torch.randn(1, 3, 16, 64))
+    # The one home of the smallest input: one cluster cell of patches, one patch without cluster blocks.
+    side = net.backbone.min_input_side
+    assert side == net.cfg.patch_size * max(net.cfg.cluster_grid)
+    assert net(torch.randn(1, 3, side, side)).cls_logits.shape == (1, 3)
+    with pytest.raises(ValueError, match="smaller than one cluster cell"):
+        net(torch.randn(1, 3, side - 1, side))
+    assert tiny(cluster_blocks=[]).backbone.min_input_side == net.cfg.patch_size
 
 
 def test_constructor_validation():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clustercam_pl.cam.generate import multi_scale_cam, single_scale_cam
-from clustercam_pl.checkpoint import from_official_checkpoint
+from clustercam_pl.checkpoint import load_checkpoint
 from helpers import rel_err
 
 TOL = 1e-4
@@ -18,13 +18,13 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module", params=[True, False], ids=["fused", "materialize"])
 def net(request, parity_dir):
-    return from_official_checkpoint(parity_dir / "official_checkpoint.pth", fused_attention=request.param).eval()
+    return load_checkpoint(parity_dir / "official_checkpoint.pth", fused_attention=request.param).net
 
 
 def test_checkpoint_architecture_is_inferred(net, expected):
     bb = net.backbone
-    assert (bb.embed_dim, bb.depth, bb.num_heads, net.num_classes) == (48, 12, 6, 3)
-    assert net.feature_channels == 48 + 12 * 6 * 3
+    assert (bb.cfg.embed_dim, bb.cfg.depth, bb.cfg.num_heads, net.cfg.num_classes) == (48, 12, 6, 3)
+    assert net.cfg.feature_channels == 48 + 12 * 6 * 3
     assert all(b.cluster for b in bb.blocks)
 
 

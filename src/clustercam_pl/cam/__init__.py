@@ -1,2 +1,3 @@
-"""CAM post-processing: pixel-adaptive refinement (``par``), pseudo labels (``pseudo_label``) and
-dense CRF (``crf``). Import the submodules directly; this package re-exports nothing heavy."""
+"""From attention to pseudo labels: settings (``config``), ClusterCAMs and the pseudo-label step
+(``generate``), pixel-adaptive refinement (``par``) and the background thresholds (``refine``).
+Import the submodules directly; this package re-exports nothing."""

@@ -6,24 +6,18 @@ single-scale CAM, utils.py `multi_scale_cam2` (from ToCo) for the multi-scale on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
-from clustercam_pl.cam.config import CAMConfig
+from clustercam_pl.cam.config import CAMConfig, check_cam_layers
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.cam.refine import denormalize, refine_with_background, valid_cams
 from clustercam_pl.models.clustercam import ClusterCAMNet
 from clustercam_pl.models.utils import training_mode
-
-
-def check_cam_layers(cam_layers: int, depth: int) -> None:
-    if not 1 <= cam_layers <= depth:
-        raise ValueError(
-            f"cam.cam_layers={cam_layers} must be in 1..{depth}, the network's depth (net.depth={depth})"
-        )
 
 
 @torch.no_grad()
@@ -34,8 +28,7 @@ def single_scale_cam(net: ClusterCAMNet, x: Tensor, cam_layers: int = 3, p2p_ref
     attention`, then (if `p2p_refine`) multiplied by the head-mean patch-to-patch attention summed
     over all blocks. No gradient: CAMs are targets, never differentiated.
     """
-    L = len(net.backbone.blocks)
-    check_cam_layers(cam_layers, L)
+    check_cam_layers(cam_layers, net.cfg)
     inputs = net.cam_inputs(x, propagation=p2p_refine)
     B, K, h, w = inputs.class_maps.shape
     weight = inputs.c2p[:, -cam_layers:].mean(dim=2).sum(dim=1)  # (B, K, N)
@@ -126,21 +119,18 @@ def pseudo_label_step(
     cfg: CAMConfig,
     images: Tensor,
     cls_label: Tensor,
-    after_cams: Callable[[], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Label-masked multi-scale CAMs (B, K, H, W) and their PAR-refined pseudo labels (B, H, W).
 
     The one implementation of the pseudo-label step (training, validation, export, benchmark). A
     network in train mode makes its CAMs in train mode (drop-path on, as the reference) only if
     `cfg.train_mode`, else in eval mode; a network in eval mode stays in it. The mode is restored.
-    `after_cams` is called between the CAM passes and PAR (timers).
+    Profilers see the two phases as `record_function` regions "cam" and "par".
     """
-    with training_mode(net, cfg.train_mode and net.training):
+    with record_function("cam"), training_mode(net, cfg.train_mode and net.training):
         cams = multi_scale_cam(net, images, cfg.scales, cfg.flip, cfg.cam_layers, cfg.p2p_refine)  # (B, K, H, W)
-    if after_cams is not None:
-        after_cams()
-    cams = valid_cams(cams, cls_label)  # absent classes zeroed
-    image01 = denormalize(images, wrap_uint8=cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
-    pseudo = refine_with_background(par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale,
-                                 cfg.ignore_index)
+    with record_function("par"):
+        cams = valid_cams(cams, cls_label)  # absent classes zeroed
+        image01 = denormalize(images, wrap_uint8=cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
+        pseudo = refine_with_background(par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale)
     return cams, pseudo

@@ -1,6 +1,7 @@
 """Data: PASCAL VOC 2012 (+SBD), MS COCO 2014, your own folder and a synthetic set behind one LightningDataModule.
 
-Submodules: ``labels`` (class names, label files), ``layout`` (prepared-root manifest), ``imageio``,
+Submodules: ``registry`` (the dataset kinds: each kind's facts on its dataset class, see
+``DatasetKind``), ``labels`` (class names, label files), ``layout`` (prepared-root manifest), ``imageio``,
 ``transforms`` (albumentations recipes), ``prepared``/``voc``/``coco``/``folder``/``synthetic`` (datasets),
 ``datamodule`` (``WSSSDataModule``), ``prepare_voc``/``prepare_coco``/``prepare_folder``
 (``python -m clustercam_pl.prepare``).
@@ -15,6 +16,9 @@ from typing import Any
 
 _EXPORTS = {
     "WSSSDataModule": "datamodule",
+    "DatasetKind": "registry",
+    "dataset_kind": "registry",
+    "dataset_names": "registry",
     "pad_collate": "datamodule",
     "VOCSegmentation": "voc",
     "COCOSegmentation": "coco",

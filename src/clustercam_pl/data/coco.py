@@ -18,5 +18,6 @@ from clustercam_pl.data.prepared import PreparedSegmentation
 class COCOSegmentation(PreparedSegmentation):
     """MS COCO 2014 split; see :class:`~clustercam_pl.data.prepared.PreparedSegmentation` for args."""
 
-    dataset_name: ClassVar[str] = "coco"
-    expected_classes: ClassVar[tuple[str, ...] | None] = COCO_CLASSES
+    name: ClassVar[str] = "coco"
+    fixed_classes: ClassVar[tuple[str, ...] | None] = COCO_CLASSES
+    prepare_example: ClassVar[str | None] = "python -m clustercam_pl.prepare coco --coco-root COCO2014 --out DATA_ROOT"

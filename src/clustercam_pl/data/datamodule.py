@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
-from clustercam_pl.data.labels import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES
-from clustercam_pl.data.layout import Manifest, prepare_hint, read_manifest
-from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
-from clustercam_pl.data.synthetic import class_names as synthetic_class_names
+from clustercam_pl.data.labels import IGNORE_INDEX
+from clustercam_pl.data.layout import prepare_hint
+from clustercam_pl.data.registry import DEFAULT_CROP, LoadOptions, dataset_kind
 from clustercam_pl.data.transforms import (
     TRAIN_TRANSFORMS,
     build_eval_transform,
@@ -39,13 +38,7 @@ from clustercam_pl.utils.checks import check_range
 DATA_ENV = "CLUSTERCAM_DATA"
 """Environment variable: folder holding prepared ``voc``/``coco`` roots, used when data_root is None."""
 
-DEFAULT_SPLITS = {
-    "voc": ("train_aug", "val"),
-    "coco": ("train", "val"),
-    "folder": ("train", "val"),
-    "synthetic": ("train", "val"),
-}
-DEFAULT_CROP = 448
+__all__ = ["DEFAULT_CROP", "WSSSDataModule", "pad_collate"]  # DEFAULT_CROP: its home is data.registry
 
 
 def pad_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -105,25 +98,26 @@ class WSSSDataModule(L.LightningDataModule):
     """Datasets and loaders for weakly supervised segmentation.
 
     Args:
-        dataset: "voc", "coco", "folder" (your own data, ``python -m clustercam_pl.prepare folder``;
-            K and the class names come from its prepared root) or "synthetic".
+        dataset: a registered dataset kind (:mod:`clustercam_pl.data.registry`): "voc", "coco",
+            "folder" (your own data, ``python -m clustercam_pl.prepare folder``; K and the class names
+            come from its prepared root) or "synthetic".
         data_root: the prepared root (``--out`` of ``python -m clustercam_pl.prepare``). None: the
             environment variable ``CLUSTERCAM_DATA`` joined with the dataset name. Unused for synthetic.
-        train_split, val_split: split names; None gives the defaults (VOC train_aug/val, COCO
-            train/val, synthetic train/val).
+        train_split, val_split: split names; None: the kind's ``default_splits`` (VOC train_aug/val,
+            the others train/val).
         test_split: split for ``trainer.test``/``predict`` (VOC "test" has no masks); None: the val split.
         global_batch_size: training batch summed over all devices and nodes.
         val_batch_size: evaluation batch per device (1: no padding).
         num_workers: DataLoader workers per device.
-        crop_size: training crop side. None: 448 for VOC/COCO, the image size for synthetic.
+        crop_size: training crop side. None: the kind's ``default_crop`` (448; synthetic: the image size).
         train_transform: "reference" (the reference recipe), "plain" or "none" (see data.transforms).
         label_source: VOC "xml" | "mask", COCO "annotations" | "mask", or a path to a label file;
             None: the source chosen at preparation. Ignored for synthetic (labels come from the masks).
         skip_unlabeled: drop training images without any class (logged) instead of raising.
         use_negatives: train on negative images (no class present: all-zero target, all-background
             pseudo label). False: leave them out of training (logged); evaluation always scores every
-            image. None: True for "folder"; for VOC/COCO an empty training label stays an error (see
-            ``skip_unlabeled``), as before.
+            image. None: the kind's ``default_negatives``: kept for "folder"; for VOC/COCO an empty
+            training label is an error (see ``skip_unlabeled``).
         seed: seed of the synthetic images and of the augmentation when ``num_workers=0``.
         synthetic: options of :class:`~clustercam_pl.data.synthetic.SyntheticConfig` (num_classes,
             image_size, num_train, num_val, num_test and the difficulty knobs).
@@ -154,8 +148,7 @@ class WSSSDataModule(L.LightningDataModule):
         check_files: bool = True,
     ) -> None:
         super().__init__()
-        if dataset not in DEFAULT_SPLITS:
-            raise ValueError(f"data.dataset must be one of {sorted(DEFAULT_SPLITS)}, got {dataset!r}")
+        self.kind = dataset_kind(dataset)
         if train_transform not in TRAIN_TRANSFORMS:
             raise ValueError(f"data.train_transform must be one of {TRAIN_TRANSFORMS}, got {train_transform!r}")
         g = self.group
@@ -165,8 +158,8 @@ class WSSSDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.dataset = dataset
         self.data_root = data_root
-        self.train_split = train_split or DEFAULT_SPLITS[dataset][0]
-        self.val_split = val_split or DEFAULT_SPLITS[dataset][1]
+        self.train_split = train_split or self.kind.default_splits[0]
+        self.val_split = val_split or self.kind.default_splits[1]
         self.test_split = test_split or self.val_split
         self.global_batch_size = global_batch_size
         self.val_batch_size = val_batch_size
@@ -176,16 +169,16 @@ class WSSSDataModule(L.LightningDataModule):
         self.skip_unlabeled = skip_unlabeled
         # What the training split does with negative images (see PreparedSegmentation).
         if use_negatives is None:
-            self.negatives = "keep" if dataset == "folder" else "error"
+            self.negatives = self.kind.default_negatives
         else:
             self.negatives = "keep" if use_negatives else "drop"
-        self._manifest: Manifest | None = None
+        self._class_names: tuple[str, ...] | None = None
         self.seed = seed
         self.pin_memory = pin_memory
         self.check_files = check_files
-        self.synthetic_config = SyntheticConfig.from_dict(synthetic) if dataset == "synthetic" else None
+        self.kind_config = self.kind.configure(synthetic)  # the synthetic kind's options; others take none
         if crop_size is None:
-            crop_size = self.synthetic_config.image_size if self.synthetic_config else DEFAULT_CROP
+            crop_size = self.kind.default_crop(self.kind_config)
         check_range(f"{g}.crop_size", crop_size, ge=16, integer=True)
         self.crop_size = crop_size
         self.batch_size: int | None = None  # per device, set in setup()
@@ -201,16 +194,10 @@ class WSSSDataModule(L.LightningDataModule):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.dataset == "voc":
-            return VOC_CLASSES
-        if self.dataset == "coco":
-            return COCO_CLASSES
-        if self.dataset == "folder":
-            if self._manifest is None:
-                self._manifest = read_manifest(self.root, "folder")
-            return self._manifest.classes
-        assert self.synthetic_config is not None
-        return synthetic_class_names(self.synthetic_config.num_classes)
+        """The kind's classes, or those of the prepared root / the kind's options (read once)."""
+        if self._class_names is None:
+            self._class_names = self.kind.class_names_of(self.root, self.kind_config)
+        return self._class_names
 
     @property
     def world_size(self) -> int:
@@ -237,7 +224,7 @@ class WSSSDataModule(L.LightningDataModule):
         return self.global_batch_size // world_size
 
     def _check_root(self) -> None:
-        if self.dataset != "synthetic" and self.root is None:
+        if self.kind.prepare_example is not None and self.root is None:
             raise FileNotFoundError(
                 f"data.data_root is not set and ${DATA_ENV} is not defined for data.dataset={self.dataset}; "
                 f"{prepare_hint(self.dataset)}"
@@ -266,24 +253,9 @@ class WSSSDataModule(L.LightningDataModule):
             transform = build_train_transform(self.train_transform, self.crop_size, seed=self.seed + rank)
         else:
             transform = build_eval_transform()
-        if self.dataset == "synthetic":
-            return SyntheticWSSS(split, self.synthetic_config, self.seed, transform, with_mask=not train)
-        from clustercam_pl.data.coco import COCOSegmentation
-        from clustercam_pl.data.folder import FolderSegmentation
-        from clustercam_pl.data.voc import VOCSegmentation
-
-        cls = {"voc": VOCSegmentation, "coco": COCOSegmentation, "folder": FolderSegmentation}[self.dataset]
-        return cls(
-            self.root,
-            split,
-            transform,
-            with_mask=False if train else None,
-            label_source=self.label_source,
-            require_labels=train,
-            skip_unlabeled=self.skip_unlabeled,
-            negatives=self.negatives,
-            check_files=self.check_files,
-        )
+        opts = LoadOptions(self.root, self.label_source, self.skip_unlabeled, self.negatives, self.check_files,
+                           self.seed, self.kind_config)
+        return self.kind.build(split, transform, train=train, opts=opts)
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset | None, name: str, **kw: Any) -> DataLoader:

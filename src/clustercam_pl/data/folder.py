@@ -17,5 +17,10 @@ from clustercam_pl.data.prepared import PreparedSegmentation
 class FolderSegmentation(PreparedSegmentation):
     """A split of a prepared folder dataset; see :class:`~clustercam_pl.data.prepared.PreparedSegmentation`."""
 
-    dataset_name: ClassVar[str] = "folder"
-    expected_classes: ClassVar[tuple[str, ...] | None] = None  # the manifest's
+    name: ClassVar[str] = "folder"
+    fixed_classes: ClassVar[tuple[str, ...] | None] = None  # the manifest's
+    default_negatives: ClassVar[str] = "keep"  # a user's negatives are part of the task
+    prepare_example: ClassVar[str | None] = (
+        "python -m clustercam_pl.prepare folder --images IMAGES --labels labels.csv --val-fraction 0.1 "
+        "--out DATA_ROOT"
+    )

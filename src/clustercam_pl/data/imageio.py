@@ -7,19 +7,35 @@ Every failure names the file: a corrupt JPEG deep inside a DataLoader worker is 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from clustercam_pl.utils.files import atomic_write
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """Image file suffixes (compared case-insensitively) that folder datasets pick up: formats PIL decodes."""
 
 
+DEFAULT_MAX_PIXELS = 200_000_000
+"""Images whose header declares more pixels are refused by `read_image_reduced` (a decompression bomb: a tiny
+file claiming 10^5 x 10^5 pixels would take 30 GB and more to decode); a genuine 100-megapixel photo passes."""
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises for a malformed file (DecompressionBombError is no OSError: without it a bomb ends the caller)."""
+
+
 class ImageReadError(OSError):
     """An image or mask file is missing, unreadable or malformed. The message names the file."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than the caller's ``max_pixels``."""
 
 
 def voc_palette(n: int = 256) -> list[int]:
@@ -37,6 +53,11 @@ def voc_palette(n: int = 256) -> list[int]:
     return palette
 
 
+def voc_colours(n: int = 256) -> np.ndarray:
+    """`voc_palette` as an (n, 3) uint8 array, for drawing (row c: the colour of class index c)."""
+    return np.array(voc_palette(n), dtype=np.uint8).reshape(n, 3)
+
+
 _PALETTE = voc_palette()
 
 
@@ -50,7 +71,7 @@ def image_size(path: str | os.PathLike[str], *, full_decode: bool = False) -> tu
             w, h = im.size
             if full_decode:
                 im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except _DECODE_ERRORS as e:
         raise ImageReadError(f"cannot read {path}: {e}") from e
     return h, w
 
@@ -63,7 +84,7 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
             arr = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
     except FileNotFoundError as e:
         raise ImageReadError(f"missing image: {path}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except _DECODE_ERRORS as e:
         raise ImageReadError(f"cannot read image {path}: {e}") from e
     return np.ascontiguousarray(arr)
 
@@ -86,24 +107,105 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # L, LA, 1, P, RGBA (alpha dropped), CMYK, YCbCr, ...
 
 
-def read_image_any(path: str | os.PathLike[str]) -> np.ndarray:
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image as displayed, possibly decoded reduced, and the size of the full image."""
+
+    rgb: np.ndarray  # (h, w, 3) uint8; h <= H, w <= W when decoded reduced
+    size: tuple[int, int]  # (H, W) of the full image as displayed (EXIF orientation applied)
+
+
+@contextmanager
+def own_pixel_limit() -> Iterator[None]:
+    """PIL's process-wide bomb check off while one file is opened: the caller's own limit (``max_pixels``,
+    checked from the header before any pixel is decoded; or files it wrote itself) replaces it: PIL's
+    fixed 89 MP warning / 179 MP error would refuse genuine large photos. Restored at once; image
+    reading is single-threaded in each process."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _displayed_size(im: Image.Image) -> tuple[int, int]:
+    """(H, W) as a viewer shows the image: EXIF orientations 5-8 turn it by 90 degrees."""
+    w, h = im.size
+    turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # 0x0112: the EXIF orientation tag
+    return (w, h) if turned else (h, w)
+
+
+def _decode_reduced(im: Image.Image, size: tuple[int, int], need: tuple[int, int]) -> Image.Image:
+    """Decode `im` shrunk by the largest integer factor that keeps it at least `need` (h, w) as displayed.
+
+    JPEG: DCT scaling (``draft``, 1/2, 1/4 or 1/8) while decoding, so the full-size pixels never exist;
+    then ``reduce`` for what remains. Other formats are decoded whole, then reduced before any conversion.
+    """
+    H, W = size
+    factor = min(H // max(need[0], 1), W // max(need[1], 1))
+    if factor < 2:
+        im.load()
+        return im
+    w0, h0 = im.size  # as stored: turn `need` the same way
+    stored_need = (w0 // factor, h0 // factor)
+    if im.format == "JPEG":
+        im.draft(None, stored_need)  # decodes at 1/s, s in (1, 2, 4, 8), still at least stored_need
+    im.load()
+    rest = min(im.size[0] // stored_need[0], im.size[1] // stored_need[1])
+    if rest >= 2 and im.mode in ("L", "LA", "RGB", "RGBA", "RGBX"):  # not palette indices, not 16-bit
+        im = im.reduce(rest)  # box average
+    return im
+
+
+def read_image_reduced(
+    path: str | os.PathLike[str],
+    need: Callable[[int, int], tuple[int, int]] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """`read_image_any`, decoded no larger than needed: ``need(H, W)`` is the (h, w) the caller will resize
+    the image to (None: full size); the image is decoded shrunk by an integer factor down to at least that.
+
+    Refuses (`ImageTooLargeError`, before decoding anything) an image whose header declares more than
+    `max_pixels` pixels (None: no limit). Memory: a JPEG is decoded at the smallest of 1, 1/2, 1/4, 1/8
+    of its side that keeps `need` (DCT scaling: its full-size pixels never exist), other formats once at
+    full size (4 bytes a pixel) and reduced before any conversion.
+    """
+    path = Path(path)
+    try:
+        with own_pixel_limit(), Image.open(path) as im:
+            W, H = im.size  # as stored; checked before the orientation: a PNG's EXIF may sit after its pixels
+            if max_pixels is not None and H * W > max_pixels:
+                raise ImageTooLargeError(
+                    f"image {path}: its header declares {W} x {H} = {W * H:,} pixels, more than max_pixels="
+                    f"{max_pixels} (a decompression bomb, or a huge scan); if the file is genuine, pass "
+                    f"max_pixels={W * H} (decoding it whole needs at least {4 * W * H / 1e9:.1f} GB)"
+                )
+            H, W = _displayed_size(im)
+            if need is None:
+                im.load()  # decode everything here: a truncated file fails now, naming the file
+                decoded = im
+            else:
+                decoded = _decode_reduced(im, (H, W), need(H, W))
+            arr = _to_rgb8(ImageOps.exif_transpose(decoded))  # (h, w, 3)
+    except FileNotFoundError as e:
+        raise ImageReadError(f"missing image: {path}") from e
+    except ImageReadError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
+    return DecodedImage(np.ascontiguousarray(arr), (H, W))
+
+
+def read_image_any(path: str | os.PathLike[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode any image file a user has to uint8 (H, W, 3) RGB, in the orientation a viewer shows.
 
     JPEG, PNG, BMP, TIFF, WebP, ...; grayscale, palette, RGBA (alpha dropped), 16-bit (scaled
     0..65535 -> 0..255); the EXIF orientation tag is applied (``ImageOps.exif_transpose``), so a phone
     photo is predicted and its outputs sized as it is displayed. The first frame of a multi-frame file.
+    More than `max_pixels` pixels in the header: `ImageTooLargeError`, nothing decoded.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode everything here: a truncated file fails now, naming the file
-            oriented = ImageOps.exif_transpose(im)
-            arr = _to_rgb8(oriented)
-    except FileNotFoundError as e:
-        raise ImageReadError(f"missing image: {path}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"cannot read image {path}: {e}") from e
-    return np.ascontiguousarray(arr)
+    return read_image_reduced(path, None, max_pixels).rgb
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
@@ -124,7 +226,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageReadError(f"missing mask: {path}") from e
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except _DECODE_ERRORS as e:
         raise ImageReadError(f"cannot read mask {path}: {e}") from e
     return arr
 
@@ -132,9 +234,9 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
 def write_index_png(
     path: str | os.PathLike[str], mask: np.ndarray, text: Mapping[str, str] | None = None
 ) -> None:
-    """Write uint8 (H, W) class indices as a palette PNG, atomically (temp name, then ``os.replace``).
+    """Write uint8 (H, W) class indices as a palette PNG, atomically (:func:`~clustercam_pl.utils.files.atomic_write`).
 
-    A reader never sees a half-written mask: an interrupted run leaves only a ``*.part`` file. Missing
+    A reader never sees a half-written mask: an interrupted run leaves only a partial file. Missing
     parent folders are created (image ids of folder datasets are paths such as ``scans/a/001``).
     ``text`` is stored as PNG text chunks (``Image.open(path).text`` reads them back).
     """
@@ -145,11 +247,10 @@ def write_index_png(
     im = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
     im.putpalette(_PALETTE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     info = None
     if text:
         info = PngInfo()
         for key, value in text.items():
             info.add_itxt(key, value)
-    im.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        im.save(f, format="PNG", pnginfo=info)

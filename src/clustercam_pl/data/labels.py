@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clustercam_pl.utils.files import write_text
+
 LABEL_FORMAT = "clustercam_pl.labels"
 LABEL_FORMAT_VERSION = 1
 
@@ -57,22 +59,13 @@ IGNORE_INDEX = 255
 """Mask value for pixels that are not evaluated (VOC object boundaries, COCO crowd/ambiguous regions)."""
 
 
-def class_names(dataset: str) -> tuple[str, ...]:
-    """The class names of a real dataset ("voc" or "coco"), channel order."""
-    if dataset == "voc":
-        return VOC_CLASSES
-    if dataset == "coco":
-        return COCO_CLASSES
-    raise ValueError(f"unknown dataset {dataset!r}: expected 'voc' or 'coco'")
-
-
 def write_label_file(
     path: str | os.PathLike[str],
     labels: Mapping[str, Iterable[int]],
     classes: Sequence[str],
     source: str,
 ) -> None:
-    """Write ``{image_id: class indices}`` as a label file (atomically: temp file, then rename)."""
+    """Write ``{image_id: class indices}`` as a label file (atomically: a partial file, then renamed)."""
     path = Path(path)
     k = len(classes)
     clean: dict[str, list[int]] = {}
@@ -91,17 +84,11 @@ def write_label_file(
         "labels": clean,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", encoding="utf-8") as f:
-        # One image per line keeps the file greppable and diffs readable.
-        f.write("{\n")
-        for key in ("format", "version", "num_classes", "classes", "source"):
-            f.write(f"  {json.dumps(key)}: {json.dumps(doc[key])},\n")
-        f.write('  "labels": {')
-        items = [f"\n    {json.dumps(i)}: {json.dumps(v)}" for i, v in clean.items()]
-        f.write(",".join(items))
-        f.write("\n  }\n}\n")
-    os.replace(tmp, path)
+    # One image per line keeps the file greppable and diffs readable.
+    head = "".join(f"  {json.dumps(key)}: {json.dumps(doc[key])},\n"
+                   for key in ("format", "version", "num_classes", "classes", "source"))
+    items = ",".join(f"\n    {json.dumps(i)}: {json.dumps(v)}" for i, v in clean.items())
+    write_text(path, "{\n" + head + '  "labels": {' + items + "\n  }\n}\n")
 
 
 def read_label_file(

@@ -21,27 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clustercam_pl.utils.files import write_text
+
 MANIFEST_NAME = "clustercam_dataset.json"
 MANIFEST_FORMAT = "clustercam_pl.dataset"
 MANIFEST_VERSION = 1
 
-PREPARE_COMMANDS = {
-    "voc": (
-        "python -m clustercam_pl.prepare voc --voc-root VOCdevkit/VOC2012 "
-        "--sbd-root benchmark_RELEASE/dataset --out DATA_ROOT"
-    ),
-    "coco": "python -m clustercam_pl.prepare coco --coco-root COCO2014 --out DATA_ROOT",
-    "folder": (
-        "python -m clustercam_pl.prepare folder --images IMAGES --labels labels.csv --val-fraction 0.1 "
-        "--out DATA_ROOT"
-    ),
-}
-
-
 def prepare_hint(dataset: str) -> str:
-    """The command that (re)creates a prepared root, for error messages."""
-    cmd = PREPARE_COMMANDS.get(dataset, "python -m clustercam_pl.prepare --help")
-    return f"prepare it with `{cmd}` and pass `data.data_root=DATA_ROOT`"
+    """The command that (re)creates a prepared root (the kind's ``prepare_example``), for error messages."""
+    from clustercam_pl.data.registry import dataset_kind
+
+    try:
+        cmd = dataset_kind(dataset).prepare_example
+    except ValueError:  # an unknown kind is reported by whoever asked for it
+        cmd = None
+    return f"prepare it with `{cmd or 'python -m clustercam_pl.prepare --help'}` and pass `data.data_root=DATA_ROOT`"
 
 
 @dataclass(frozen=True)
@@ -120,11 +114,7 @@ def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> Path:
         "default_label_source": manifest.default_label_source,
         "extra": manifest.extra,
     }
-    path = root / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(root / MANIFEST_NAME, json.dumps(doc, indent=2) + "\n")
 
 
 def read_manifest(root: str | os.PathLike[str] | None, dataset: str) -> Manifest:
@@ -186,10 +176,7 @@ def read_split_list(path: str | os.PathLike[str]) -> list[str]:
 
 def write_image_files(path: str | os.PathLike[str], files: dict[str, str]) -> None:
     """Write ``{image id: image file relative to the image folder}`` (sorted, atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(dict(sorted(files.items())), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(dict(sorted(files.items())), indent=1, ensure_ascii=False) + "\n")
 
 
 def read_image_files(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -208,8 +195,5 @@ def read_image_files(path: str | os.PathLike[str]) -> dict[str, str]:
 
 def write_split_list(path: str | os.PathLike[str], ids: list[str]) -> None:
     """Write one id per line, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, "".join(f"{i}\n" for i in ids))

@@ -24,14 +24,17 @@ Mask policy (value per pixel; channel c = the c-th category id in ascending orde
 Image-level labels (``annotations``, default) are every category annotated in the image, crowd
 included (a crowd region does contain the class); ``mask`` labels are the classes left in the mask.
 
-Resumable: masks are written to ``<id>.png.part`` and renamed, so a finished ``<id>.png`` is always
+Resumable: masks are written to a partial file and renamed, so a finished ``<id>.png`` is always
 complete; a rerun keeps every finished mask whose size matches its image and does the rest. The
 manifest is written last. Work is streamed image by image (one mask in memory per worker).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +53,12 @@ from clustercam_pl.data.prepare_common import (
     run_tasks,
     write_report,
 )
+from clustercam_pl.utils.files import remove_partials
 
 MASK_DIR = "SegmentationClass"
 K = len(COCO_CLASSES)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,7 +191,6 @@ def prepare_coco(
     full_decode: bool = False,
     workers: int = 0,
     progress: bool = True,
-    log: Any = print,
 ) -> dict[str, Any]:
     """Write masks, split lists, label files and the manifest for COCO under ``out``; resumable.
 
@@ -215,7 +220,7 @@ def prepare_coco(
         ann_file = require_path(root / "annotations" / f"instances_{sub}.json", "COCO annotation file")
         mask_dir = out / MASK_DIR / sub
         mask_dir.mkdir(parents=True, exist_ok=True)
-        log(f"reading {ann_file}")
+        log.info(f"reading {ann_file}")
         tasks, unlabelled = _load_split(ann_file, image_dir, mask_dir, full_decode)
         for t in tasks:
             ann_labels[t.image_id] = sorted({c for c, _, _ in t.anns})
@@ -227,9 +232,7 @@ def prepare_coco(
                 mask_labels[r["id"]] = r["mask"]
                 reused += not r["written"]
         split_ids[split] = [t.image_id for t in tasks]
-        stale = list(mask_dir.glob("*.part"))
-        for p in stale:
-            p.unlink()
+        stale = remove_partials([mask_dir], recursive=False)  # of a killed earlier run
         stats[split] = {
             "annotated_images": len(tasks),
             "images_without_annotations_dropped": unlabelled,
@@ -237,35 +240,20 @@ def prepare_coco(
             "masks_kept_from_earlier_run": reused,
             "stale_part_files_removed": len(stale),
         }
-        split_infos[split] = SplitInfo(
-            split,
-            f"splits/{split}.txt",
-            relative_to_root(image_dir, out),
-            ".jpg",
-            f"{MASK_DIR}/{sub}",
-            True,
-            0,
-        )
-        log(
+        split_infos[split] = SplitInfo(name=split, list_file=f"splits/{split}.txt",
+                                       image_dir=relative_to_root(image_dir, out), image_ext=".jpg",
+                                       mask_dir=f"{MASK_DIR}/{sub}", has_labels=True)
+        log.info(
             f"{sub}: {len(tasks)} annotated images ({unlabelled} without annotations left out), "
             f"{written} masks written, {reused} kept from an earlier run"
         )
 
     problems.sort(key=lambda p: p.image_id)
-    bad = handle_problems(problems, skip_bad, log)
+    bad = handle_problems(problems, skip_bad)
     kept = {s: [i for i in ids if i not in bad] for s, ids in split_ids.items()}
     for s, ids in kept.items():
         write_split_list(out / "splits" / f"{s}.txt", ids)
-        info = split_infos[s]
-        split_infos[s] = SplitInfo(
-            info.name,
-            info.list_file,
-            info.image_dir,
-            info.image_ext,
-            info.mask_dir,
-            info.has_labels,
-            len(ids),
-        )
+        split_infos[s] = dataclasses.replace(split_infos[s], num_images=len(ids))
     good = sorted(set().union(*(set(v) for v in kept.values())))
     label_files = {"annotations": "cls_labels_annotations.json", "mask": "cls_labels_mask.json"}
     write_label_file(
@@ -287,6 +275,36 @@ def prepare_coco(
     }
     write_report(out, report)
     write_manifest(out, Manifest(out, "coco", COCO_CLASSES, split_infos, label_files, "annotations"))
-    log(class_table(COCO_CLASSES, counts, sizes))
-    log(f"prepared COCO under {out}")
+    log.info(class_table(COCO_CLASSES, counts, sizes))
+    log.info(f"prepared COCO under {out}")
     return report
+
+
+# ----------------------------------------------------------------------- the step of `prepare coco`
+HELP = "MS COCO 2014"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m clustercam_pl.prepare coco`` (the shared ones are added by the command)."""
+    p.add_argument(
+        "--coco-root",
+        required=True,
+        help="folder with train2014/, val2014/, annotations/instances_{train,val}2014.json",
+    )
+    p.add_argument("--splits", nargs="+", default=["train", "val"], choices=("train", "val"))
+    p.add_argument(
+        "--full-decode", action="store_true", help="decode every JPEG fully (catches truncated files; slower)"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``prepare coco`` with parsed arguments."""
+    return prepare_coco(
+        args.coco_root,
+        args.out,
+        splits=tuple(args.splits),
+        skip_bad=args.skip_bad,
+        full_decode=args.full_decode,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )

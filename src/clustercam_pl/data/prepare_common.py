@@ -10,6 +10,7 @@ silently.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +20,12 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from clustercam_pl.utils.files import write_text
+
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "prepare_report.json"
 _SHOWN = 20  # problems printed in an error message; the report file lists all of them
@@ -50,9 +55,7 @@ def require_path(path: Path, what: str, hint: str = "") -> Path:
     return path
 
 
-def handle_problems(
-    problems: Sequence[Problem], skip_bad: bool, log: Callable[[str], None] = print
-) -> set[str]:
+def handle_problems(problems: Sequence[Problem], skip_bad: bool) -> set[str]:
     """Refuse (PrepareError naming the files) or, with ``skip_bad``, report and return the ids to drop."""
     if not problems:
         return set()
@@ -65,7 +68,7 @@ def handle_problems(
             f"{REPORT_NAME})."
         )
     bad = {p.image_id for p in problems}
-    log(f"--skip-bad: leaving out {len(bad)} image(s) with problems:\n  {lines}{more}")
+    log.warning(f"--skip-bad: leaving out {len(bad)} image(s) with problems:\n  {lines}{more}")
     return bad
 
 
@@ -122,11 +125,7 @@ def count_classes(ids: Sequence[str], labels: dict[str, list[int]], num_classes:
 
 def write_report(out: Path, report: dict[str, Any]) -> Path:
     """Write ``prepare_report.json`` (counts, skipped items with reasons)."""
-    path = out / REPORT_NAME
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(out / REPORT_NAME, json.dumps(report, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(o: Any) -> Any:

@@ -33,13 +33,17 @@ every file is written under a temporary name and renamed, and the manifest is wr
 
 from __future__ import annotations
 
+import argparse
 import csv
 import difflib
+import io
 import json
+import logging
 import os
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -66,12 +70,16 @@ from clustercam_pl.data.prepare_common import (
     run_tasks,
     write_report,
 )
+from clustercam_pl.utils.files import remove_partials
 
+DATASET = "folder"  # the kind this step prepares (clustercam_pl.data.folder)
 MASK_DIR = "SegmentationClass"
 LABEL_FILE = "cls_labels.json"
 IMAGE_FILES = "image_files.json"
 SPLIT_FILES = ("train", "val", "test")  # --splits DIR: train.txt and val.txt required, test.txt optional
 _SHOWN_NAMES = 12  # class names listed in an "unknown class" message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,25 +105,71 @@ def _normalise(path: str) -> str | None:
 
 
 def scan_images(root: Path, exclude: Sequence[Path] = ()) -> list[str]:
-    """Image files under ``root`` (relative POSIX paths, sorted); hidden names and ``exclude`` folders skipped."""
+    """Image files under ``root`` (relative POSIX paths, sorted); hidden names and ``exclude`` folders skipped.
+
+    Symbolic links are followed (a class folder may link elsewhere), but a folder link that points back
+    into the tree walked (a loop would list every image again under a longer path, with the link's folder
+    as its class) and one file reached under two paths (one image under two ids, possibly in train and
+    val) are refused, naming the link.
+    """
     skip = {os.path.abspath(p) for p in exclude}
-    found = []
+    found: list[str] = []
+    first_of: dict[tuple[int, int], str] = {}  # (device, inode) of a real file -> its first path
+    same: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(
             d for d in dirnames if not d.startswith(".") and os.path.abspath(os.path.join(dirpath, d)) not in skip
         )
+        here = os.path.realpath(dirpath)
+        for d in dirnames:
+            link = os.path.join(dirpath, d)
+            target = os.path.realpath(link)
+            if os.path.islink(link) and (here == target or here.startswith(target.rstrip(os.sep) + os.sep)):
+                raise PrepareError(
+                    f"{link} is a symbolic link to {target}, a folder that contains it: a loop that would list "
+                    f"every image under it again with another path and class. Remove the link (rm {shlex.quote(link)})"
+                )
         rel_dir = Path(dirpath).relative_to(root)
         for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                found.append((rel_dir / f).as_posix())
+            if f.startswith(".") or os.path.splitext(f)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            rel = (rel_dir / f).as_posix()
+            st = os.stat(os.path.join(dirpath, f))
+            other = first_of.setdefault((st.st_dev, st.st_ino), rel)
+            if other != rel:
+                same.append(f"{root / rel} and {root / other}")
+            found.append(rel)
+    if same:
+        more = f" ... and {len(same) - 10} more" if len(same) > 10 else ""
+        raise PrepareError(
+            f"{len(same)} image file(s) are reached twice under {root} (through a symbolic link or a hard link): "
+            f"{'; '.join(sorted(same)[:10])}{more}. One image under two paths gets two ids (and, with "
+            "--labels-from-folders, two classes) and can land in train and in val; remove the extra link"
+        )
     return sorted(found)
+
+
+def read_text(path: Path) -> str:
+    """A text input file (labels, classes, split list) decoded as UTF-8 (a BOM is dropped); a file in
+    another encoding is refused naming the file, the line and how to convert it."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        fixed = path.with_name(f"{path.stem}.utf8{path.suffix}")
+        raise PrepareError(
+            f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x}); input files must be UTF-8. A file saved "
+            f"by Excel or Notepad on Windows is usually Windows-1252: convert it with "
+            f"`iconv -f cp1252 -t utf-8 {shlex.quote(str(path))} > {shlex.quote(str(fixed))}` and pass {fixed} instead"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------ input files
 def read_classes_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Class names, line i = class i (mask value i). Blank lines inside, duplicates and 'background' are errors."""
     path = require_path(Path(path), "classes file (--classes)")
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = read_text(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     names: list[str] = []
@@ -146,7 +200,7 @@ def read_csv_labels(path: Path, sep: str = ";") -> list[_Row]:
     if not sep:
         raise PrepareError("--label-sep must not be empty")
     rows: list[_Row] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header] != ["image", "labels"]:
@@ -171,7 +225,7 @@ def read_csv_labels(path: Path, sep: str = ";") -> list[_Row]:
 
 def read_json_labels(path: Path) -> list[_Row]:
     """Entries of a JSON labels file ``{"<path>": ["class", ...]}``, each with its line (duplicates kept)."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path)
     try:
         pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
     except json.JSONDecodeError as e:
@@ -291,7 +345,7 @@ def read_split_files(
                 continue
             raise PrepareError(f"split file not found: {path} (--splits DIR needs train.txt and val.txt)")
         ids: list[str] = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for n, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             where = f"{path}:{n}"
@@ -389,6 +443,296 @@ def _process(task: _Task) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- the command
+@dataclass
+class _Input:
+    """What steps 1-3 of :func:`prepare_folder` learn about the input; ``problems`` grows along the way."""
+
+    images: Path
+    masks_dir: Path | None
+    files: list[str]  # image paths relative to `images`
+    by_id: dict[str, list[str]]  # id -> its files (more than one is a problem)
+    id_of_path: dict[str, str]
+    rows: list[_Row] = field(default_factory=list)
+    labels_desc: str = ""  # where the labels come from, for messages and the report
+    negative_hint: str = ""  # how a negative image is written in the labels file
+    names: tuple[str, ...] = ()
+    label_of: dict[str, list[int]] = field(default_factory=dict)  # id -> class indices
+    row_at: dict[str, str] = field(default_factory=dict)  # id -> file:line of its row
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _scan(images: Path, out: Path, masks_dir: Path | None) -> _Input:
+    """1a. The images on disk; two files with one id are a problem of that id."""
+    files = scan_images(images, exclude=[out] + ([masks_dir] if masks_dir is not None else []))
+    if not files:
+        raise PrepareError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found under {images}")
+    by_id: dict[str, list[str]] = {}
+    for rel in files:
+        by_id.setdefault(image_id(rel), []).append(rel)
+    inp = _Input(images, masks_dir, files, by_id, {rel: image_id(rel) for rel in files})
+    for i, rels in by_id.items():
+        if len(rels) > 1:
+            inp.problems.append(Problem(
+                i, str(images / rels[0]),
+                f"image files {', '.join(rels)} have the same id {i!r} (masks and outputs are named by the path "
+                "without its suffix): rename or remove all but one",
+            ))
+    return inp
+
+
+def _class_names(inp: _Input, classes: str | Path | None, csv_labels: bool, label_sep: str) -> tuple[str, ...]:
+    """1b. The class list: ``--classes`` (checked against the CSV separator) or the names in the labels."""
+    if classes is None:
+        names = tuple(sorted({n for r in inp.rows for n in r.names if n.lower() != "background"}))
+        if not names:
+            raise PrepareError(f"the labels ({inp.labels_desc}) name no class: every image is a negative")
+        return names
+    names = read_classes_file(classes)
+    bad_sep = [c for c in names if label_sep in c] if csv_labels else []
+    if bad_sep:
+        raise PrepareError(
+            f"{classes}: class name {bad_sep[0]!r} contains the label separator {label_sep!r}: "
+            "pass another one, e.g. --label-sep '|'"
+        )
+    return names
+
+
+def _read_labels(
+    inp: _Input, labels: str | Path | None, classes: str | Path | None, label_sep: str, binary_masks: bool
+) -> None:
+    """1. The labels rows (a file, or the folder names when ``labels`` is None), the classes, and each
+    image's class indices; a row naming no image, a second row or an unknown class is a problem."""
+    if labels is None:
+        inp.rows, row_problems = folder_labels(inp.files, inp.images)
+        inp.problems += row_problems
+        inp.labels_desc = f"folders under {inp.images}"
+    else:
+        labels_path = require_path(Path(labels), "labels file (--labels)")
+        is_json = labels_path.suffix.lower() == ".json"
+        inp.rows = read_json_labels(labels_path) if is_json else read_csv_labels(labels_path, label_sep)
+        inp.negative_hint = '"{}": []' if is_json else "{},"
+        inp.labels_desc = str(labels_path)
+    csv_labels = labels is not None and Path(labels).suffix.lower() != ".json"
+    names = inp.names = _class_names(inp, classes, csv_labels, label_sep)
+    if binary_masks and len(names) != 1:
+        raise PrepareError(
+            f"--binary-masks reads mask value 255 as class 1 and needs exactly one class, but there are "
+            f"{len(names)}: {_listing(names)}"
+        )
+    index = {n: c for c, n in enumerate(names)}
+    source = classes if classes is not None else "the labels"
+    for r in inp.rows:
+        rel = _normalise(r.path)
+        i = inp.id_of_path.get(rel) if rel is not None else None
+        if i is None and rel is not None and image_id(rel) in inp.by_id:
+            i = image_id(rel)  # written without (or with another) suffix
+        if i is None:
+            what = "must be relative to --images" if rel is None else "names no image file"
+            inp.problems.append(
+                Problem(image_id(rel or r.path), r.where, f"{r.where}: {r.path!r} {what} ({inp.images})"))
+            continue
+        if i in inp.row_at:
+            inp.problems.append(Problem(i, r.where, f"{r.where}: second row for {r.path!r} (first at {inp.row_at[i]})"))
+            continue
+        inp.row_at[i] = r.where
+        for n in r.names:
+            if n.lower() == "background":
+                inp.problems.append(Problem(i, r.where, f"{r.where}: 'background' is not a class (every image has "
+                                            "background; a negative image has empty labels): remove it"))
+            elif n not in index:
+                inp.problems.append(Problem(i, r.where, f"{r.where}: class {n!r} is not in {source} "
+                                            f"({_close(n, names)}it lists: {_listing(names)})"))
+        inp.label_of[i] = sorted({index[n] for n in r.names if n in index})
+
+
+def _make_splits(
+    inp: _Input, splits: str | Path | None, val_fraction: float | None, seed: int, check_rows: bool
+) -> tuple[dict[str, list[str]], str]:
+    """2. The split of every image (``--splits DIR`` or ``--val-fraction``) and how it was made; an image
+    of a split without a labels row is a problem, and problems of images in no split are dropped."""
+    if splits is not None:
+        split_ids, split_problems = read_split_files(Path(splits), inp.by_id, inp.id_of_path)
+        inp.problems += split_problems
+        split_desc = f"--splits {splits}"
+    else:
+        assert val_fraction is not None
+        labels = {i: inp.label_of.get(i, []) for i in inp.by_id}
+        train, val = split_by_class(labels, len(inp.names), float(val_fraction), seed)
+        split_ids = {"train": train, "val": val}
+        split_desc = f"--val-fraction {val_fraction} --seed {seed}"
+    used = {i for ids in split_ids.values() for i in ids}
+    if check_rows:  # (with --labels-from-folders an image outside a class folder is reported already)
+        for i in sorted(used - set(inp.row_at)):
+            rel = inp.by_id[i][0]
+            inp.problems.append(Problem(
+                i, str(inp.images / rel),
+                f"no row for it in {inp.labels_desc} (a negative image, with no class, is the row "
+                f"`{inp.negative_hint.format(rel)}`)",
+            ))
+    # Images that exist but are in no split are not prepared, so their problems do not count.
+    inp.problems = [p for p in inp.problems if p.image_id in used or p.image_id not in inp.by_id]
+    return split_ids, split_desc
+
+
+def _mask_tasks(
+    inp: _Input, split_ids: dict[str, list[str]], out: Path, binary_masks: bool, full_decode: bool
+) -> tuple[list[_Task], dict[str, bool]]:
+    """3a. One task per image of a split, with its mask where the split has masks (a split has masks when
+    any of its images has one; then each needs one)."""
+    masks_dir = inp.masks_dir
+    has_masks = {
+        name: masks_dir is not None and any((masks_dir / f"{i}.png").is_file() for i in ids)
+        for name, ids in split_ids.items()
+    }
+    if masks_dir is not None and not any(has_masks.values()):
+        first = next((ids[0] for ids in split_ids.values() if ids), "scans/001")
+        raise PrepareError(
+            f"--masks {masks_dir}: no image of any split has a mask; a mask is <image path without its "
+            f"suffix>.png under the mask folder, e.g. {masks_dir / f'{first}.png'}"
+        )
+    tasks = []
+    for name, ids in split_ids.items():
+        for i in ids:
+            src = masks_dir / f"{i}.png" if masks_dir is not None and has_masks[name] else None
+            if src is not None and not src.is_file():
+                inp.problems.append(Problem(i, str(src), f"missing mask (other images of split {name!r} have one: "
+                                            "every image of a split needs a mask, or none does)"))
+                src = None
+            out_mask = str(out / MASK_DIR / f"{i}.png") if has_masks[name] else None
+            tasks.append(_Task(i, str(inp.images / inp.by_id[i][0]), None if src is None else str(src), out_mask,
+                               len(inp.names), binary_masks, full_decode))
+    return tasks, has_masks
+
+
+def _check_images(
+    inp: _Input, split_ids: dict[str, list[str]], out: Path, *, binary_masks: bool, full_decode: bool,
+    workers: int, progress: bool,
+) -> tuple[dict[str, bool], dict[str, list[int]]]:
+    """3. Every image of a split (and its mask) through the workers, which write the masks; returns which
+    splits have masks and each mask's histogram. Masks of only 0 and 255 are refused with the fix."""
+    tasks, has_masks = _mask_tasks(inp, split_ids, out, binary_masks, full_decode)
+    hist: dict[str, list[int]] = {}
+    raw_fg = raw_ignore = 0
+    for r in run_tasks(_process, tasks, workers=workers, desc="images", progress=progress):
+        inp.problems += r["problems"]
+        if r["hist"] is not None:
+            hist[r["id"]] = r["hist"]
+            raw_fg += r["raw_fg"]
+            raw_ignore += r["raw_ignore"]
+    remove_partials([out / MASK_DIR])  # of a killed earlier run
+    if hist and raw_fg == 0 and raw_ignore > 0 and not binary_masks:
+        names, k = inp.names, len(inp.names)
+        values = "0 background, i = class i of the class list, 255 ignore"
+        fix = (
+            f"Rerun with --binary-masks to read 255 as class 1 ({names[0]!r}), or fix the files ({values})"
+            if k == 1
+            else f"Fix the files ({values}); --binary-masks is for a dataset of one class"
+        )
+        raise PrepareError(
+            f"the masks under {inp.masks_dir} hold only the values 0 and 255, no pixel of a class 1..{k}: the "
+            f"foreground looks stored as 255, which means 'ignore'. {fix}"
+        )
+    return has_masks, hist
+
+
+def _mask_stats(
+    inp: _Input, kept: dict[str, list[str]], has_masks: dict[str, bool], hist: dict[str, list[int]]
+) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Per split with masks: the pixel fraction of each class (and of ignore), and how many images'
+    labels differ from the classes in their masks."""
+    names, k = inp.names, len(inp.names)
+    pixel_fraction: dict[str, dict[str, float]] = {}
+    mismatch: dict[str, int] = {}
+    for name, ids in kept.items():
+        if not has_masks[name]:
+            continue
+        total = np.sum([hist[i] for i in ids], axis=0)  # (K + 2,): values 0..K, then ignore
+        valid = max(int(total[: k + 1].sum()), 1)
+        pixel_fraction[name] = {
+            "background": float(total[0]) / valid,
+            **{n: float(total[c + 1]) / valid for c, n in enumerate(names)},
+            "ignored_of_all_pixels": float(total[k + 1]) / max(int(total.sum()), 1),
+        }
+        mismatch[name] = sum([c for c in range(k) if hist[i][c + 1] > 0] != inp.label_of[i] for i in ids)
+    return pixel_fraction, mismatch
+
+
+def _write_prepared(
+    inp: _Input, out: Path, kept: dict[str, list[str]], has_masks: dict[str, bool], report: dict[str, Any]
+) -> None:
+    """4. Split lists, labels, the image file map, the report and, last, the manifest."""
+    for name, ids in kept.items():
+        write_split_list(out / "splits" / f"{name}.txt", ids)
+    good = sorted({i for ids in kept.values() for i in ids})
+    write_label_file(out / LABEL_FILE, {i: inp.label_of[i] for i in good}, inp.names, f"folder: {inp.labels_desc}")
+    write_image_files(out / IMAGE_FILES, {i: inp.by_id[i][0] for i in good})
+    write_report(out, report)
+    infos = {
+        name: SplitInfo(
+            name=name,
+            list_file=f"splits/{name}.txt",
+            image_dir=relative_to_root(inp.images, out),
+            image_ext="",
+            mask_dir=MASK_DIR if has_masks[name] else None,
+            has_labels=True,
+            num_images=len(ids),
+            image_files=IMAGE_FILES,
+        )
+        for name, ids in kept.items()
+    }
+    write_manifest(out, Manifest(out, DATASET, inp.names, infos, {"labels": LABEL_FILE}, "labels"))
+
+
+def _make_report(
+    inp: _Input, split_ids: dict[str, list[str]], kept: dict[str, list[str]], has_masks: dict[str, bool],
+    hist: dict[str, list[int]], settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of ``prepare_report.json`` (counts per split and class, negatives, mask statistics)."""
+    names, k = inp.names, len(inp.names)
+    counts = {name: count_classes(ids, inp.label_of, k) for name, ids in kept.items()}
+    pixel_fraction, mismatch = _mask_stats(inp, kept, has_masks, hist)
+    missing = {name: [n for n, c in zip(names, counts[name], strict=True) if c == 0] for name in kept}
+    return {
+        "dataset": DATASET,
+        "classes": list(names),
+        "images": str(inp.images),
+        "labels": inp.labels_desc,
+        "masks": None if inp.masks_dir is None else str(inp.masks_dir),
+        **settings,
+        "images_per_split": {name: len(ids) for name, ids in kept.items()},
+        "images_per_class": {name: dict(zip(names, c, strict=True)) for name, c in counts.items()},
+        "negatives_per_split": {name: sum(not inp.label_of[i] for i in ids) for name, ids in kept.items()},
+        "splits_with_masks": [name for name in kept if has_masks[name]],
+        "mask_pixel_fraction": pixel_fraction,
+        "label_vs_mask_mismatches": mismatch,
+        "classes_without_images": {name: v for name, v in missing.items() if v},
+        "images_in_no_split": len(inp.by_id) - len({i for ids in split_ids.values() for i in ids}),
+    }
+
+
+def _log_summary(report: dict[str, Any], out: Path) -> None:
+    """The class table, negatives, mask pixels and warnings of a finished run."""
+    names = report["classes"]
+    sizes = report["images_per_split"]
+    counts = {s: list(per.values()) for s, per in report["images_per_class"].items()}
+    log.info(class_table(names, counts, sizes))
+    log.info("negatives".ljust(max(len(c) for c in names) + 2)
+             + "".join(str(n).rjust(12) for n in report["negatives_per_split"].values()))
+    for name, frac in report["mask_pixel_fraction"].items():
+        shown = ", ".join(f"{n} {100 * v:.1f}%" for n, v in frac.items() if n != "ignored_of_all_pixels")
+        log.info(f"{name} mask pixels: {shown} (ignored: {100 * frac['ignored_of_all_pixels']:.1f}% of all)")
+    missing = report["classes_without_images"]
+    if missing.get("train"):
+        log.warning(f"classes without a training image (they cannot be learned): {', '.join(missing['train'])}")
+    if missing.get("val"):
+        log.info(f"note: classes without a validation image: {', '.join(missing['val'])}")
+    if report["images_in_no_split"]:
+        log.info(f"note: {report['images_in_no_split']} image(s) under {report['images']} are in no split file "
+                 "(not prepared)")
+    log.info(f"prepared {sum(sizes.values())} images, {len(names)} class(es), under {out}; train with "
+             f"`python -m clustercam_pl.train +experiment=folder_vits data.data_root={out}`")
+
+
 def prepare_folder(
     images: str | Path,
     out: str | Path,
@@ -406,11 +750,10 @@ def prepare_folder(
     full_decode: bool = True,
     workers: int = 0,
     progress: bool = True,
-    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Check an image folder with labels (and masks), write the prepared layout under ``out``.
 
-    Returns the report (also written to ``out/prepare_report.json``).
+    Returns the report (also written to ``out/prepare_report.json``); the summary is logged.
 
     Raises:
         FileNotFoundError: ``images``, ``labels``, ``classes``, ``masks`` or ``splits`` is missing.
@@ -426,247 +769,86 @@ def prepare_folder(
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # "not prepared" until this run has finished
 
-    # 1. images on disk and their labels
-    files = scan_images(images, exclude=[out] + ([masks_dir] if masks_dir is not None else []))
-    if not files:
-        raise PrepareError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found under {images}")
-    problems: list[Problem] = []
-    by_id: dict[str, list[str]] = {}
-    for rel in files:
-        by_id.setdefault(image_id(rel), []).append(rel)
-    for i, rels in by_id.items():
-        if len(rels) > 1:
-            problems.append(
-                Problem(
-                    i,
-                    str(images / rels[0]),
-                    f"image files {', '.join(rels)} have the same id {i!r} (masks and outputs are named by "
-                    "the path without its suffix): rename or remove all but one",
-                )
-            )
-    id_of_path = {rel: image_id(rel) for rel in files}
-    if labels_from_folders:
-        rows, row_problems = folder_labels(files, images)
-        problems += row_problems
-        labels_desc = f"folders under {images}"
-    else:
-        labels_path = require_path(Path(labels), "labels file (--labels)")
-        if labels_path.suffix.lower() == ".json":
-            rows = read_json_labels(labels_path)
-            negative_hint = '"{}": []'
-        else:
-            rows = read_csv_labels(labels_path, label_sep)
-            negative_hint = "{},"
-        labels_desc = str(labels_path)
-    class_file = Path(classes) if classes is not None else None
-    if class_file is not None:
-        names = read_classes_file(class_file)
-        csv_labels = labels is not None and Path(labels).suffix.lower() != ".json"
-        bad_sep = [c for c in names if label_sep in c] if csv_labels else []
-        if bad_sep:
-            raise PrepareError(
-                f"{class_file}: class name {bad_sep[0]!r} contains the label separator {label_sep!r}: "
-                "pass another one, e.g. --label-sep '|'"
-            )
-    else:
-        names = tuple(sorted({n for r in rows for n in r.names if n.lower() != "background"}))
-        if not names:
-            raise PrepareError(f"the labels ({labels_desc}) name no class: every image is a negative")
-    index = {n: c for c, n in enumerate(names)}
-    k = len(names)
-    if binary_masks and k != 1:
-        raise PrepareError(
-            f"--binary-masks reads mask value 255 as class 1 and needs exactly one class, but there are {k}: "
-            f"{_listing(names)}"
-        )
+    inp = _scan(images, out, masks_dir)
+    _read_labels(inp, None if labels_from_folders else labels, classes, label_sep, binary_masks)
+    split_ids, split_desc = _make_splits(inp, splits, val_fraction, seed, check_rows=not labels_from_folders)
+    has_masks, hist = _check_images(inp, split_ids, out, binary_masks=binary_masks, full_decode=full_decode,
+                                    workers=workers, progress=progress)
+    problems = sorted(inp.problems, key=lambda p: (p.image_id, p.path))
+    bad = handle_problems(problems, skip_bad)
 
-    label_of: dict[str, list[int]] = {}
-    row_at: dict[str, str] = {}
-    for r in rows:
-        rel = _normalise(r.path)
-        i = id_of_path.get(rel) if rel is not None else None
-        if i is None and rel is not None and image_id(rel) in by_id:
-            i = image_id(rel)  # written without (or with another) suffix
-        if i is None:
-            what = "must be relative to --images" if rel is None else "names no image file"
-            problems.append(Problem(image_id(rel or r.path), r.where, f"{r.where}: {r.path!r} {what} ({images})"))
-            continue
-        if i in row_at:
-            problems.append(Problem(i, r.where, f"{r.where}: second row for {r.path!r} (first at {row_at[i]})"))
-            continue
-        row_at[i] = r.where
-        idx = []
-        for n in r.names:
-            if n.lower() == "background":
-                problems.append(
-                    Problem(i, r.where, f"{r.where}: 'background' is not a class (every image has background; "
-                            "a negative image has empty labels): remove it")
-                )
-            elif n not in index:
-                source = class_file if class_file is not None else "the labels"
-                problems.append(
-                    Problem(i, r.where, f"{r.where}: class {n!r} is not in {source} ({_close(n, names)}"
-                            f"it lists: {_listing(names)})")
-                )
-            else:
-                idx.append(index[n])
-        label_of[i] = sorted(set(idx))
-
-    # 2. splits
-    if splits is not None:
-        split_ids, split_problems = read_split_files(Path(splits), by_id, id_of_path)
-        problems += split_problems
-        split_desc = f"--splits {splits}"
-    else:
-        assert val_fraction is not None
-        train, val = split_by_class({i: label_of.get(i, []) for i in by_id}, k, float(val_fraction), seed)
-        split_ids = {"train": train, "val": val}
-        split_desc = f"--val-fraction {val_fraction} --seed {seed}"
-    used = {i for ids in split_ids.values() for i in ids}
-    if not labels_from_folders:  # (there, an image outside a class folder is reported already)
-        for i in sorted(used - set(row_at)):
-            rel = by_id[i][0]
-            problems.append(
-                Problem(i, str(images / rel), f"no row for it in {labels_desc} (a negative image, with no "
-                        f"class, is the row `{negative_hint.format(rel)}`)")
-            )
-    # Images that exist but are in no split are not prepared, so their problems do not count.
-    problems = [p for p in problems if p.image_id in used or p.image_id not in by_id]
-
-    # 3. every image of a split (and its mask) through the workers
-    has_masks = {
-        name: masks_dir is not None and any((masks_dir / f"{i}.png").is_file() for i in ids)
-        for name, ids in split_ids.items()
-    }
-    if masks_dir is not None and not any(has_masks.values()):
-        first = next((ids[0] for ids in split_ids.values() if ids), "scans/001")
-        example = masks_dir / f"{first}.png"
-        raise PrepareError(
-            f"--masks {masks_dir}: no image of any split has a mask; a mask is <image path without its "
-            f"suffix>.png under the mask folder, e.g. {example}"
-        )
-    tasks = []
-    for name, ids in split_ids.items():
-        for i in ids:
-            src = masks_dir / f"{i}.png" if masks_dir is not None else None
-            if has_masks[name] and src is not None and not src.is_file():
-                problems.append(
-                    Problem(i, str(src), f"missing mask (other images of split {name!r} have one: every image "
-                            "of a split needs a mask, or none does)")
-                )
-                src = None
-            tasks.append(
-                _Task(
-                    i,
-                    str(images / by_id[i][0]),
-                    str(src) if has_masks[name] and src is not None else None,
-                    str(out / MASK_DIR / f"{i}.png") if has_masks[name] else None,
-                    k,
-                    binary_masks,
-                    full_decode,
-                )
-            )
-    hist: dict[str, list[int]] = {}
-    raw_fg = raw_ignore = 0
-    for r in run_tasks(_process, tasks, workers=workers, desc="images", progress=progress):
-        problems += r["problems"]
-        if r["hist"] is not None:
-            hist[r["id"]] = r["hist"]
-            raw_fg += r["raw_fg"]
-            raw_ignore += r["raw_ignore"]
-    for part in (out / MASK_DIR).rglob("*.part") if (out / MASK_DIR).is_dir() else ():
-        part.unlink()
-    if hist and raw_fg == 0 and raw_ignore > 0 and not binary_masks:
-        values = "0 background, i = class i of the class list, 255 ignore"
-        fix = (
-            f"Rerun with --binary-masks to read 255 as class 1 ({names[0]!r}), or fix the files ({values})"
-            if k == 1
-            else f"Fix the files ({values}); --binary-masks is for a dataset of one class"
-        )
-        raise PrepareError(
-            f"the masks under {masks_dir} hold only the values 0 and 255, no pixel of a class 1..{k}: the "
-            f"foreground looks stored as 255, which means 'ignore'. {fix}"
-        )
-
-    problems.sort(key=lambda p: (p.image_id, p.path))
-    bad = handle_problems(problems, skip_bad, log)
-
-    # 4. outputs
     kept = {name: [i for i in ids if i not in bad] for name, ids in split_ids.items()}
     for name, ids in kept.items():
         if not ids and name in ("train", "val"):
             raise PrepareError(f"split {name!r} has no image left after leaving out the bad ones")
-    for name, ids in kept.items():
-        write_split_list(out / "splits" / f"{name}.txt", ids)
-    good = sorted({i for ids in kept.values() for i in ids})
-    write_label_file(out / LABEL_FILE, {i: label_of[i] for i in good}, names, f"folder: {labels_desc}")
-    write_image_files(out / IMAGE_FILES, {i: by_id[i][0] for i in good})
-
-    counts = {name: count_classes(ids, label_of, k) for name, ids in kept.items()}
-    sizes = {name: len(ids) for name, ids in kept.items()}
-    negatives = {name: sum(not label_of[i] for i in ids) for name, ids in kept.items()}
-    pixel_fraction: dict[str, dict[str, float]] = {}
-    mismatch: dict[str, int] = {}
-    for name, ids in kept.items():
-        if not has_masks[name]:
-            continue
-        total = np.sum([hist[i] for i in ids], axis=0)  # (K + 2,): values 0..K, then ignore
-        valid = max(int(total[: k + 1].sum()), 1)
-        pixel_fraction[name] = {
-            "background": float(total[0]) / valid,
-            **{n: float(total[c + 1]) / valid for c, n in enumerate(names)},
-            "ignored_of_all_pixels": float(total[k + 1]) / max(int(total.sum()), 1),
-        }
-        mismatch[name] = sum([c for c in range(k) if hist[i][c + 1] > 0] != label_of[i] for i in ids)
-    missing = {
-        name: [n for n, c in zip(names, counts[name], strict=True) if c == 0] for name in kept
-    }
-    report: dict[str, Any] = {
-        "dataset": "folder",
-        "classes": list(names),
-        "images": str(images),
-        "labels": labels_desc,
-        "masks": None if masks_dir is None else str(masks_dir),
-        "binary_masks": binary_masks,
-        "splits_from": split_desc,
-        "images_per_split": sizes,
-        "images_per_class": {name: dict(zip(names, c, strict=True)) for name, c in counts.items()},
-        "negatives_per_split": negatives,
-        "splits_with_masks": [name for name in kept if has_masks[name]],
-        "mask_pixel_fraction": pixel_fraction,
-        "label_vs_mask_mismatches": mismatch,
-        "classes_without_images": {name: v for name, v in missing.items() if v},
-        "images_in_no_split": len(by_id) - len(used),
-        "skipped": problems if skip_bad else [],
-    }
-    write_report(out, report)
-
-    infos = {
-        name: SplitInfo(
-            name,
-            f"splits/{name}.txt",
-            relative_to_root(images, out),
-            "",
-            MASK_DIR if has_masks[name] else None,
-            True,
-            len(ids),
-            IMAGE_FILES,
-        )
-        for name, ids in kept.items()
-    }
-    write_manifest(out, Manifest(out, "folder", names, infos, {"labels": LABEL_FILE}, "labels"))
-
-    log(class_table(names, counts, sizes))
-    log("negatives".ljust(max(len(c) for c in names) + 2) + "".join(str(negatives[n]).rjust(12) for n in kept))
-    for name, frac in pixel_fraction.items():
-        shown = ", ".join(f"{n} {100 * v:.1f}%" for n, v in frac.items() if n != "ignored_of_all_pixels")
-        log(f"{name} mask pixels: {shown} (ignored: {100 * frac['ignored_of_all_pixels']:.1f}% of all)")
-    if "train" in missing and missing["train"]:
-        log(f"warning: classes without a training image (they cannot be learned): {', '.join(missing['train'])}")
-    if "val" in missing and missing["val"]:
-        log(f"note: classes without a validation image: {', '.join(missing['val'])}")
-    if report["images_in_no_split"]:
-        log(f"note: {report['images_in_no_split']} image(s) under {images} are in no split file (not prepared)")
-    log(f"prepared {sum(sizes.values())} images, {k} class(es), under {out}; train with "
-        f"`python -m clustercam_pl.train +experiment=folder_vits data.data_root={out}`")
+    settings = {"binary_masks": binary_masks, "splits_from": split_desc}
+    report = _make_report(inp, split_ids, kept, has_masks, hist, settings)
+    report["skipped"] = problems if skip_bad else []
+    _write_prepared(inp, out, kept, has_masks, report)
+    _log_summary(report, out)
     return report
+
+
+# --------------------------------------------------------------------- the step of `prepare folder`
+HELP = "your own images with image-level labels (and optional masks)"
+DESCRIPTION = (
+    "Check and prepare your own images: image-level labels from a CSV, a JSON or the folder names, optional "
+    "masks, train/val(/test) splits. Every problem is named with its file."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m clustercam_pl.prepare folder`` (the shared ones are added by the command)."""
+    p.add_argument("--images", required=True, help="image folder (any sub-folders)")
+    lab = p.add_mutually_exclusive_group(required=True)
+    lab.add_argument(
+        "--labels",
+        help="CSV (UTF-8) with the header `image,labels` (class names separated by --label-sep; empty = negative "
+        'image) or JSON {"<image path>": ["class", ...]}; paths relative to --images',
+    )
+    lab.add_argument(
+        "--labels-from-folders",
+        action="store_true",
+        help="the first folder under --images is the image's (single) class",
+    )
+    p.add_argument(
+        "--classes", help="one class name per line; line i = class i in masks (default: the names found, sorted)"
+    )
+    p.add_argument(
+        "--masks",
+        help="optional masks <image path without suffix>.png: 0 background, i = class i, 255 ignore",
+    )
+    p.add_argument(
+        "--binary-masks", action="store_true", help="one-class masks stored as 0/255: read 255 as class 1"
+    )
+    p.add_argument("--label-sep", default=";", help="separator of class names in the CSV (default ;)")
+    spl = p.add_mutually_exclusive_group(required=True)
+    spl.add_argument(
+        "--val-fraction", type=float, help="fraction of each class's images for val (rare classes reach val)"
+    )
+    spl.add_argument("--splits", help="folder with train.txt, val.txt (and test.txt): image paths, one a line")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split (default 0)")
+    p.add_argument(
+        "--quick", action="store_true", help="check images by header only (faster; misses truncated files)"
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``prepare folder`` with parsed arguments."""
+    return prepare_folder(
+        args.images,
+        args.out,
+        labels=args.labels,
+        labels_from_folders=args.labels_from_folders,
+        classes=args.classes,
+        masks=args.masks,
+        binary_masks=args.binary_masks,
+        label_sep=args.label_sep,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        splits=args.splits,
+        skip_bad=args.skip_bad,
+        full_decode=not args.quick,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )

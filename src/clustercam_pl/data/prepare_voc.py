@@ -23,6 +23,8 @@ ignored), so it can list a class the mask does not show. ``mask`` = classes with
 
 from __future__ import annotations
 
+import argparse
+import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,8 @@ from clustercam_pl.data.prepare_common import (
 
 MASK_DIR = "SegmentationClassAug"
 TRAIN_SPLITS = ("train_aug", "train")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,46 +141,16 @@ def _read_ids(path: Path, what: str) -> list[str]:
     return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def prepare_voc(
-    voc_root: str | Path,
-    out: str | Path,
-    *,
-    sbd_root: str | Path | None = None,
-    aug_root: str | Path | None = None,
-    test_root: str | Path | None = None,
-    labels_from: str = "xml",
-    skip_bad: bool = False,
-    full_decode: bool = True,
-    workers: int = 0,
-    progress: bool = True,
-    log: Any = print,
-) -> dict[str, Any]:
-    """Check the VOC tree, write masks, split lists, label files and the manifest under ``out``.
-
-    Returns the report (also written to ``out/prepare_report.json``).
-
-    Raises:
-        FileNotFoundError: a required folder or list file is missing (named).
-        PrepareError: bad items and not ``skip_bad`` (each named with its file).
-    """
-    if labels_from not in ("xml", "mask"):
-        raise ValueError(f"labels_from must be 'xml' or 'mask', got {labels_from!r}")
-    voc = Path(voc_root)
-    out = Path(out)
-    require_path(voc, "VOC2012 folder (--voc-root)")
-    jpeg_dir = require_path(voc / "JPEGImages", "VOC JPEGImages folder")
-    seg_dir = voc / "SegmentationClass"
-    ann_dir = voc / "Annotations"
-    if labels_from == "xml":
-        require_path(ann_dir, "VOC Annotations folder (needed for --labels-from xml)")
-    use_xml = ann_dir.is_dir()
+def _voc_splits(
+    voc: Path, sbd_root: str | Path | None, aug_root: str | Path | None
+) -> tuple[dict[str, list[str]], Path | None, Path | None]:
+    """The ids of train, val and (with SBD or an aug folder) train_aug; the SBD cls/ and aug folders."""
     lists = voc / "ImageSets" / "Segmentation"
     splits: dict[str, list[str]] = {
         "train": _read_ids(lists / "train.txt", "VOC split list"),
         "val": _read_ids(lists / "val.txt", "VOC split list"),
     }
     val_set = set(splits["val"])
-
     sbd_cls: Path | None = None
     aug_dir: Path | None = None
     if sbd_root is not None:
@@ -192,7 +166,16 @@ def prepare_voc(
         ids = aug_ids | set(splits["train"]) | set(splits.get("train_aug", ()))
         splits["train_aug"] = sorted(ids - val_set)
     if "train_aug" not in splits:
-        log("note: neither --sbd-root nor --aug-root given: split train_aug is not written (only train/val)")
+        log.info("note: neither --sbd-root nor --aug-root given: split train_aug is not written (only train/val)")
+    return splits, sbd_cls, aug_dir
+
+
+def _tasks(
+    voc: Path, out: Path, splits: dict[str, list[str]], sbd_cls: Path | None, aug_dir: Path | None,
+    use_xml: bool, full_decode: bool,
+) -> list[_Task]:
+    """One task per labelled image: its mask source (VOC mask, then aug PNG, then SBD .mat) and XML."""
+    jpeg_dir, seg_dir, ann_dir = voc / "JPEGImages", voc / "SegmentationClass", voc / "Annotations"
 
     def mask_source(i: str) -> str | None:
         for p in (
@@ -204,30 +187,29 @@ def prepare_voc(
                 return str(p)
         return None
 
-    (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     labelled = sorted(set().union(*(set(v) for v in splits.values())))
-    tasks = [
-        _Task(
-            i,
-            str(jpeg_dir / f"{i}.jpg"),
-            mask_source(i),
-            str(ann_dir / f"{i}.xml") if use_xml else None,
-            str(out / MASK_DIR / f"{i}.png"),
-            full_decode,
-        )
+    return [
+        _Task(i, str(jpeg_dir / f"{i}.jpg"), mask_source(i), str(ann_dir / f"{i}.xml") if use_xml else None,
+              str(out / MASK_DIR / f"{i}.png"), full_decode)
         for i in labelled
     ]
 
-    test_jpeg: Path | None = None
-    test_ids: list[str] = []
-    troot = Path(test_root) if test_root is not None else voc
-    if test_root is not None or (voc / "ImageSets/Segmentation/test.txt").is_file():
-        test_ids = _read_ids(troot / "ImageSets/Segmentation/test.txt", "VOC test split list")
-        test_jpeg = require_path(troot / "JPEGImages", "VOC test JPEGImages folder")
-        tasks += [_Task(i, str(test_jpeg / f"{i}.jpg"), None, None, None, full_decode) for i in test_ids]
-    else:
-        log("note: no --test-root and no ImageSets/Segmentation/test.txt: split test is not written")
 
+def _test_split(voc: Path, test_root: str | Path | None) -> tuple[Path | None, list[str]]:
+    """The test images' folder and ids (``--test-root``, or a test list inside ``voc``); (None, []) if none."""
+    troot = Path(test_root) if test_root is not None else voc
+    if test_root is None and not (voc / "ImageSets/Segmentation/test.txt").is_file():
+        log.info("note: no --test-root and no ImageSets/Segmentation/test.txt: split test is not written")
+        return None, []
+    test_ids = _read_ids(troot / "ImageSets/Segmentation/test.txt", "VOC test split list")
+    return require_path(troot / "JPEGImages", "VOC test JPEGImages folder"), test_ids
+
+
+def _check(
+    tasks: list[_Task], splits: dict[str, list[str]], labels_from: str, workers: int, progress: bool
+) -> tuple[list[Problem], dict[str, list[int]], dict[str, list[int]]]:
+    """Every image through the workers (which write the masks): problems, XML labels, mask labels; an
+    empty label of a training image is a problem."""
     problems: list[Problem] = []
     xml_labels: dict[str, list[int]] = {}
     mask_labels: dict[str, list[int]] = {}
@@ -244,21 +226,52 @@ def prepare_voc(
         if not labels.get(i):
             problems.append(Problem(i, f"{labels_from} labels", "empty label vector in a training split"))
     problems.sort(key=lambda p: p.image_id)
-    bad = handle_problems(problems, skip_bad, log)
+    return problems, xml_labels, mask_labels
+
+
+def prepare_voc(
+    voc_root: str | Path,
+    out: str | Path,
+    *,
+    sbd_root: str | Path | None = None,
+    aug_root: str | Path | None = None,
+    test_root: str | Path | None = None,
+    labels_from: str = "xml",
+    skip_bad: bool = False,
+    full_decode: bool = True,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Check the VOC tree, write masks, split lists, label files and the manifest under ``out``.
+
+    Returns the report (also written to ``out/prepare_report.json``); the summary is logged.
+
+    Raises:
+        FileNotFoundError: a required folder or list file is missing (named).
+        PrepareError: bad items and not ``skip_bad`` (each named with its file).
+    """
+    if labels_from not in ("xml", "mask"):
+        raise ValueError(f"labels_from must be 'xml' or 'mask', got {labels_from!r}")
+    voc = Path(voc_root)
+    out = Path(out)
+    require_path(voc, "VOC2012 folder (--voc-root)")
+    jpeg_dir = require_path(voc / "JPEGImages", "VOC JPEGImages folder")
+    if labels_from == "xml":
+        require_path(voc / "Annotations", "VOC Annotations folder (needed for --labels-from xml)")
+    use_xml = (voc / "Annotations").is_dir()
+    splits, sbd_cls, aug_dir = _voc_splits(voc, sbd_root, aug_root)
+    (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
+    tasks = _tasks(voc, out, splits, sbd_cls, aug_dir, use_xml, full_decode)
+    test_jpeg, test_ids = _test_split(voc, test_root)
+    tasks += [_Task(i, str(test_jpeg / f"{i}.jpg"), None, None, None, full_decode) for i in test_ids]
+    problems, xml_labels, mask_labels = _check(tasks, splits, labels_from, workers, progress)
+    bad = handle_problems(problems, skip_bad)
 
     kept = {name: [i for i in ids if i not in bad] for name, ids in splits.items()}
     kept_test = [i for i in test_ids if i not in bad]
-    for name, ids in kept.items():
-        write_split_list(out / "splits" / f"{name}.txt", ids)
-    if test_jpeg is not None:
-        write_split_list(out / "splits" / "test.txt", kept_test)
     good = sorted(set().union(*(set(v) for v in kept.values())))
-    label_files = {"mask": "cls_labels_mask.json"}
-    write_label_file(out / label_files["mask"], {i: mask_labels[i] for i in good}, VOC_CLASSES, "mask")
-    if use_xml:
-        label_files["xml"] = "cls_labels_xml.json"
-        write_label_file(out / label_files["xml"], {i: xml_labels[i] for i in good}, VOC_CLASSES, "xml")
-
+    label_files = {"mask": "cls_labels_mask.json", **({"xml": "cls_labels_xml.json"} if use_xml else {})}
+    labels = xml_labels if labels_from == "xml" else mask_labels
     counts = {name: count_classes(ids, labels, len(VOC_CLASSES)) for name, ids in kept.items()}
     sizes = {name: len(ids) for name, ids in kept.items()}
     mismatch = (
@@ -274,26 +287,76 @@ def prepare_voc(
         "xml_vs_mask_label_mismatches": mismatch,
         "skipped": problems if skip_bad else [],
     }
+    for name, ids in kept.items():
+        write_split_list(out / "splits" / f"{name}.txt", ids)
+    if test_jpeg is not None:
+        write_split_list(out / "splits" / "test.txt", kept_test)
+    for source, file in label_files.items():
+        source_labels = xml_labels if source == "xml" else mask_labels
+        write_label_file(out / file, {i: source_labels[i] for i in good}, VOC_CLASSES, source)
     write_report(out, report)
+    _write_manifest(out, jpeg_dir, kept, test_jpeg, kept_test, label_files, labels_from)
+    log.info(class_table(VOC_CLASSES, counts, sizes))
+    if test_jpeg is not None:
+        log.info(f"test: {len(kept_test)} images (no masks, no labels)")
+    if mismatch:
+        log.info("images whose XML labels differ from their mask labels: "
+                 + ", ".join(f"{k} {v}" for k, v in mismatch.items()))
+    log.info(f"prepared VOC under {out}")
+    return report
 
-    split_infos = {
-        name: SplitInfo(
-            name, f"splits/{name}.txt", relative_to_root(jpeg_dir, out), ".jpg", MASK_DIR, True, len(ids)
-        )
+
+def _write_manifest(
+    out: Path, jpeg_dir: Path, kept: dict[str, list[str]], test_jpeg: Path | None, kept_test: list[str],
+    label_files: dict[str, str], labels_from: str,
+) -> None:
+    """The manifest, last: every split with masks and labels, test (if any) with neither."""
+    infos = {
+        name: SplitInfo(name=name, list_file=f"splits/{name}.txt", image_dir=relative_to_root(jpeg_dir, out),
+                        image_ext=".jpg", mask_dir=MASK_DIR, has_labels=True, num_images=len(ids))
         for name, ids in kept.items()
     }
     if test_jpeg is not None:
-        split_infos["test"] = SplitInfo(
-            "test", "splits/test.txt", relative_to_root(test_jpeg, out), ".jpg", None, False, len(kept_test)
-        )
-    write_manifest(out, Manifest(out, "voc", VOC_CLASSES, split_infos, label_files, labels_from))
-    log(class_table(VOC_CLASSES, counts, sizes))
-    if test_jpeg is not None:
-        log(f"test: {len(kept_test)} images (no masks, no labels)")
-    if mismatch:
-        log(
-            "images whose XML labels differ from their mask labels: "
-            + ", ".join(f"{k} {v}" for k, v in mismatch.items())
-        )
-    log(f"prepared VOC under {out}")
-    return report
+        infos["test"] = SplitInfo(name="test", list_file="splits/test.txt", image_dir=relative_to_root(test_jpeg, out),
+                                  image_ext=".jpg", mask_dir=None, has_labels=False, num_images=len(kept_test))
+    write_manifest(out, Manifest(out, "voc", VOC_CLASSES, infos, label_files, labels_from))
+
+
+# ------------------------------------------------------------------------ the step of `prepare voc`
+HELP = "PASCAL VOC 2012 + SBD"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m clustercam_pl.prepare voc`` (the shared ones are added by the command)."""
+    p.add_argument("--voc-root", required=True, help="VOCdevkit/VOC2012 (JPEGImages, SegmentationClass, ...)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--sbd-root", help="SBD benchmark_RELEASE/dataset (cls/*.mat, train.txt, val.txt)")
+    src.add_argument("--aug-root", help="a ready SegmentationClassAug folder of PNG masks")
+    p.add_argument("--test-root", help="VOC2012 test release folder (JPEGImages, ImageSets/Segmentation/test.txt)")
+    p.add_argument(
+        "--labels-from",
+        choices=("xml", "mask"),
+        default="xml",
+        help="default label source: XML <object> names (reference) or mask classes",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check images by header only (faster; a truncated JPEG is then not caught)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """``prepare voc`` with parsed arguments."""
+    return prepare_voc(
+        args.voc_root,
+        args.out,
+        sbd_root=args.sbd_root,
+        aug_root=args.aug_root,
+        test_root=args.test_root,
+        labels_from=args.labels_from,
+        skip_bad=args.skip_bad,
+        full_decode=not args.quick,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )

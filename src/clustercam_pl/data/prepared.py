@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from clustercam_pl.data.imageio import ImageReadError, read_mask, read_rgb
 from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside, multi_hot, read_label_file
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
+from clustercam_pl.data.registry import DatasetKind
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _preview(ids: list[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + more
 
 
-class PreparedSegmentation(Dataset):
+class PreparedSegmentation(Dataset, DatasetKind):
     """A split of a root written by ``python -m clustercam_pl.prepare``.
 
     Args:
@@ -57,9 +58,7 @@ class PreparedSegmentation(Dataset):
         check_files: check that every image (and mask) file exists, here, in the main process.
     """
 
-    dataset_name: ClassVar[str] = ""
-    # The dataset's classes; None: whatever the manifest lists (folder datasets).
-    expected_classes: ClassVar[tuple[str, ...] | None] = ()
+    # The kind's facts (name, classes, splits, ...) are class attributes of each subclass: see DatasetKind.
 
     def __init__(
         self,
@@ -76,10 +75,10 @@ class PreparedSegmentation(Dataset):
     ) -> None:
         if negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
-        self.manifest: Manifest = read_manifest(root, self.dataset_name)
-        if self.expected_classes is not None and self.manifest.classes != self.expected_classes:
+        self.manifest: Manifest = read_manifest(root, self.name)
+        if self.fixed_classes is not None and self.manifest.classes != self.fixed_classes:
             raise ValueError(
-                f"{self.manifest.root}: manifest classes differ from the {self.dataset_name} classes"
+                f"{self.manifest.root}: manifest classes differ from the {self.name} classes"
             )
         self.classes: tuple[str, ...] = self.manifest.classes
         self.negatives = negatives
@@ -97,7 +96,7 @@ class PreparedSegmentation(Dataset):
         self.mask_dir = self.manifest.path(self.info.mask_dir) if self.info.mask_dir else None
         list_file = self.manifest.path(self.info.list_file)
         if not list_file.is_file():
-            raise FileNotFoundError(f"split list {list_file} is missing; {prepare_hint(self.dataset_name)}")
+            raise FileNotFoundError(f"split list {list_file} is missing; {prepare_hint(self.name)}")
         ids = read_split_list(list_file)
         if not ids:
             raise ValueError(f"split list {list_file} is empty")
@@ -163,7 +162,7 @@ class PreparedSegmentation(Dataset):
             if unlisted:
                 raise ValueError(
                     f"{len(unlisted)} image id(s) of split {self.split!r} are not in {self.info.image_files}: "
-                    f"{_preview(unlisted, 3)}; {prepare_hint(self.dataset_name)}"
+                    f"{_preview(unlisted, 3)}; {prepare_hint(self.name)}"
                 )
         missing = [str(p) for p in map(self.image_path, self.ids) if not p.is_file()]
         if self.with_mask and self.mask_dir is not None:
@@ -175,7 +174,7 @@ class PreparedSegmentation(Dataset):
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} file(s) of split {self.split!r} listed in {self.info.list_file} "
-                f"are missing: {_preview(missing, 3)}; {prepare_hint(self.dataset_name)}"
+                f"are missing: {_preview(missing, 3)}; {prepare_hint(self.name)}"
             )
 
     def _check_mask_values(self, mask: np.ndarray, path: Path) -> None:
@@ -185,7 +184,7 @@ class PreparedSegmentation(Dataset):
             raise ImageReadError(
                 f"mask {path} has values {bad} outside 0..{self.num_classes} and {IGNORE_INDEX} "
                 f"(0 background, c + 1 class c, {IGNORE_INDEX} ignore); fix or replace the file, or re-create "
-                f"the root {self.manifest.root}: {prepare_hint(self.dataset_name)}"
+                f"the root {self.manifest.root}: {prepare_hint(self.name)}"
             )
 
     def __len__(self) -> int:

@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import Dataset
 
 from clustercam_pl.data.labels import mask_classes
+from clustercam_pl.data.registry import DatasetKind, LoadOptions
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 from clustercam_pl.utils.checks import check_range
 
@@ -320,7 +321,7 @@ def make_sample(
     return render(config, rng, with_objects)
 
 
-class SyntheticWSSS(Dataset):
+class SyntheticWSSS(Dataset, DatasetKind):
     """The synthetic set with the package's item contract (see :mod:`clustercam_pl.data.prepared`).
 
     Args:
@@ -330,6 +331,34 @@ class SyntheticWSSS(Dataset):
         transform: albumentations pipeline (default: normalise only).
         with_mask: return the mask (default: True except for "train"; training never reads it).
     """
+
+    # Facts (see DatasetKind): made from the seed, nothing to prepare; classes and size from `data.synthetic`.
+    name: ClassVar[str] = "synthetic"
+
+    @classmethod
+    def configure(cls, options: Mapping[str, Any] | None) -> SyntheticConfig:
+        return SyntheticConfig.from_dict(options)
+
+    @classmethod
+    def default_crop(cls, config: SyntheticConfig) -> int:
+        return config.image_size
+
+    @classmethod
+    def training_side(cls, data: Mapping[str, Any]) -> tuple[str, int | None]:
+        """Null crop or no transform: the images are trained at ``data.synthetic.image_size``."""
+        if data.get("crop_size") is None or data.get("train_transform") == "none":
+            size = (data.get("synthetic") or {}).get("image_size")
+            return "data.synthetic.image_size", None if size is None else int(size)
+        return super().training_side(data)
+
+    @classmethod
+    def class_names_of(cls, root: str | None, config: SyntheticConfig) -> tuple[str, ...]:
+        return class_names(config.num_classes)
+
+    @classmethod
+    def build(cls, split: str, transform: Callable[..., dict[str, Any]], *, train: bool,
+              opts: LoadOptions) -> SyntheticWSSS:
+        return cls(split, opts.config, opts.seed, transform, with_mask=not train)
 
     def __init__(
         self,

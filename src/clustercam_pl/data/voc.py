@@ -18,5 +18,10 @@ from clustercam_pl.data.prepared import PreparedSegmentation
 class VOCSegmentation(PreparedSegmentation):
     """PASCAL VOC 2012 split; see :class:`~clustercam_pl.data.prepared.PreparedSegmentation` for args."""
 
-    dataset_name: ClassVar[str] = "voc"
-    expected_classes: ClassVar[tuple[str, ...] | None] = VOC_CLASSES
+    name: ClassVar[str] = "voc"
+    fixed_classes: ClassVar[tuple[str, ...] | None] = VOC_CLASSES
+    default_splits: ClassVar[tuple[str, str]] = ("train_aug", "val")
+    prepare_example: ClassVar[str | None] = (
+        "python -m clustercam_pl.prepare voc --voc-root VOCdevkit/VOC2012 "
+        "--sbd-root benchmark_RELEASE/dataset --out DATA_ROOT"
+    )

@@ -29,6 +29,7 @@ from torch import Tensor
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.generate import pseudo_label_step
 from clustercam_pl.cam.par import PAR
+from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.models.utils import training_mode
 
@@ -103,7 +104,7 @@ def predict(
     if not scales or any(float(s) <= 0 for s in scales):
         raise ValueError(f"scales must be positive numbers, got {list(scales)}")
     B, _, H, W = image.shape
-    K = net.num_classes
+    K = net.cfg.num_classes
     probs = image.new_zeros(B, K + 1, H, W, dtype=torch.float32)  # (B, K+1, H, W)
     cls_logits = image.new_zeros(B, K, dtype=torch.float32)  # (B, K)
     with training_mode(net, False):
@@ -129,12 +130,12 @@ def pseudo_labels_per_image(
     `pseudo_label_step` per size group, with the network in eval mode (no drop-path: evaluation and
     export are deterministic, whatever ``cam.train_mode`` says for training). The CAM's min-max
     normalisation and PAR never see padding; the padding of the result is 0 for CAMs and
-    ``cam.ignore_index`` for labels.
+    ``IGNORE_INDEX`` for labels.
     """
     B, _, H, W = image.shape
-    K = net.num_classes
+    K = net.cfg.num_classes
     cams_out = image.new_zeros(B, K, H, W, dtype=torch.float32)  # (B, K, H, W)
-    labels_out = torch.full((B, H, W), cam.ignore_index, dtype=torch.long, device=image.device)  # (B, H, W)
+    labels_out = torch.full((B, H, W), IGNORE_INDEX, dtype=torch.long, device=image.device)  # (B, H, W)
     with training_mode(net, False):
         for idx, h, w in size_groups(image, image_size):
             x, lab = image[idx, :, :h, :w], cls_label[idx]  # (n, 3, h, w), (n, K)
@@ -154,3 +155,9 @@ def cam_prediction(cams: Tensor, background: float) -> Tensor:
     """Label map (..., H, W) of CAMs (..., K, H, W) against a constant background score."""
     bg = torch.full_like(cams.narrow(-3, 0, 1), background)  # (..., 1, H, W)
     return torch.cat([bg, cams], dim=-3).argmax(-3)
+
+
+# TODO(merge): `ClusterViT.min_input_side` (models/vit.py) is the one home of this rule once merged.
+def min_input_side(net: ClusterCAMNet) -> int:
+    """The smallest input side the network takes (`ClusterViT.min_input_side`)."""
+    return net.backbone.min_input_side

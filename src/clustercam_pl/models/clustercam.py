@@ -45,7 +45,9 @@ class ClusterCAMNet(nn.Module):
     """The ClusterCAM network: ClusterViT + 3x3 CAM head + LargeFOV decoder, shaped by a `NetConfig`.
 
     `ClusterCAMNet(NetConfig.preset("vits", num_classes=20))`, or with fields directly:
-    `ClusterCAMNet(num_classes=20, depth=6)` (the defaults are the reference DeiT-S). Entries:
+    `ClusterCAMNet(num_classes=20, depth=6)` (the defaults are the reference DeiT-S). Its shapes are
+    read from `net.cfg` (`cfg.num_classes`, `cfg.feature_channels`, ...; `cfg.to_dict()` as plain
+    types), the smallest input from `net.backbone.min_input_side`. Entries:
     `forward` (training and prediction), `cam_inputs` (what a CAM needs) and `forward_intermediates`
     (every attention map, for analysis).
     """
@@ -54,23 +56,9 @@ class ClusterCAMNet(nn.Module):
         super().__init__()
         cfg = self.cfg = as_config(config, fields)
         self.backbone = ClusterViT(cfg)
-        self.num_classes = cfg.num_classes
         self.head = nn.Conv2d(cfg.feature_channels, cfg.num_classes, kernel_size=3, padding=1)
         self.decoder = LargeFOV(cfg.feature_channels, cfg.num_classes + 1, cfg.decoder_width, cfg.decoder_dilation)
         self.compiled = False  # set by `compile_parts`
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The network config as plain types (what framework checkpoints store)."""
-        return self.cfg.to_dict()
-
-    @property
-    def feature_channels(self) -> int:
-        return self.cfg.feature_channels
-
-    @property
-    def fused_attention(self) -> bool:
-        return self.cfg.fused_attention
 
     def alphas(self) -> Tensor:
         """Every cluster block's alpha, (L_c,) (the reference's `st_attn.mix_param`)."""
@@ -118,7 +106,7 @@ class ClusterCAMNet(nn.Module):
         With `propagation`, also what patch-to-patch propagation needs: the queries and keys on the
         fused path (the (N, N) matrices are never formed), the head-mean matrices otherwise.
         """
-        keep = Keep.NOTHING if not propagation else Keep.QK if self.fused_attention else Keep.P2P
+        keep = Keep.NOTHING if not propagation else Keep.QK if self.cfg.fused_attention else Keep.P2P
         bb = self.backbone(x, keep)
         feats = self._features(bb)
         return CAMInputs(

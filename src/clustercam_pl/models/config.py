@@ -18,8 +18,8 @@ import yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "conf" / "net"
 
-# Keys of format-1 checkpoints' network config that are CAM settings now (`CAMConfig`).
-CAM_KEYS_OF_FORMAT_1 = ("cam_layers", "p2p_refine")
+# Network arguments of earlier versions that are CAM settings now (`CAMConfig`): refused with a hint.
+MOVED_TO_CAM = ("cam_layers", "p2p_refine")
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class NetConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "network config") -> NetConfig:
         """Build from a stored dict; unknown keys are an error that names them."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        if moved := [k for k in values if k in CAM_KEYS_OF_FORMAT_1]:
+        if moved := [k for k in values if k in MOVED_TO_CAM]:
             raise ValueError(
                 f"{source}: {moved} are CAM settings now: pass them to CAMConfig (config key cam.{moved[0]})"
             )

@@ -98,9 +98,7 @@ class ClusterViT(nn.Module):
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
-        self.cfg = cfg
-        self.num_classes, self.embed_dim, self.depth = cfg.num_classes, cfg.embed_dim, cfg.depth
-        self.num_heads, self.patch_size, self.cluster_grid = cfg.num_heads, cfg.patch_size, cfg.cluster_grid
+        self.cfg = cfg  # the one source of the shapes: read cfg.embed_dim, cfg.depth, ... from it
         K, C, g = cfg.num_classes, cfg.embed_dim, cfg.pos_grid
         self.patch_embed = PatchEmbed(cfg.patch_size, 3, C)
         self.cls_token = nn.Parameter(torch.zeros(1, K, C))
@@ -122,16 +120,28 @@ class ClusterViT(nn.Module):
     def has_clusters(self) -> bool:
         return any(b.cluster for b in self.blocks)
 
+    @property
+    def min_input_size(self) -> tuple[int, int]:
+        """The smallest input (height, width) in pixels: one cluster cell of patches (one patch without
+        cluster blocks); smaller inputs cannot be cut into cells."""
+        gh, gw = self.cfg.cluster_grid if self.has_clusters else (1, 1)
+        return gh * self.cfg.patch_size, gw * self.cfg.patch_size
+
+    @property
+    def min_input_side(self) -> int:
+        """The smallest side an input of any aspect may have: `min_input_size` in both directions."""
+        return max(self.min_input_size)
+
     def patch_grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid of an input, checked against the cluster cell (a clear error, not a reshape crash)."""
-        h, w = height // self.patch_size, width // self.patch_size
-        gh, gw = self.cluster_grid
-        min_h, min_w = (gh if self.has_clusters else 1), (gw if self.has_clusters else 1)
-        if h < min_h or w < min_w:
+        p = self.cfg.patch_size
+        h, w = height // p, width // p
+        min_h, min_w = self.min_input_size
+        if height < min_h or width < min_w:
+            gh, gw = self.cfg.cluster_grid
             raise ValueError(
                 f"input of {height}x{width} pixels gives a {h}x{w} patch grid, smaller than one cluster "
-                f"cell of {gh}x{gw} patches: inputs must be at least "
-                f"{min_h * self.patch_size}x{min_w * self.patch_size} pixels"
+                f"cell of {gh}x{gw} patches: inputs must be at least {min_h}x{min_w} pixels"
             )
         return h, w
 
@@ -141,13 +151,13 @@ class ClusterViT(nn.Module):
         Matches the reference bit for bit: bicubic with `scale_factor=(h + 0.1) / g` (not `size=`),
         skipped only for a square input with the pre-training patch count.
         """
-        K = self.num_classes
+        K = self.cfg.num_classes
         n0 = self.pos_embed.shape[1] - K
         h, w = grid
         if h * w == n0 and height == width:
             return self.pos_embed
         g = math.sqrt(n0)
-        C = self.embed_dim
+        C = self.cfg.embed_dim
         patch = self.pos_embed[:, K:].reshape(1, int(g), int(g), C).permute(0, 3, 1, 2)  # (1, C, g, g)
         patch = F.interpolate(patch, scale_factor=((h + 0.1) / g, (w + 0.1) / g), mode="bicubic")
         patch = patch.permute(0, 2, 3, 1).reshape(1, h * w, C)  # (1, N, C)
@@ -169,8 +179,8 @@ class ClusterViT(nn.Module):
         for blk in self.blocks:
             tokens, a = blk(tokens, grid, keep)
             outs.append(a)
-        K = self.num_classes
-        patches = tokens[:, K:].transpose(1, 2).reshape(B, self.embed_dim, *grid)  # (B, C, h, w)
+        K = self.cfg.num_classes
+        patches = tokens[:, K:].transpose(1, 2).reshape(B, self.cfg.embed_dim, *grid)  # (B, C, h, w)
         return BackboneOutput(
             class_tokens=tokens[:, :K],
             patch_tokens=patches,

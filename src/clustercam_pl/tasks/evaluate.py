@@ -1,8 +1,10 @@
 """Evaluation of checkpoints on a split: the protocols, the loop, checkpoint selection, the report, the
 VOC server export. Plain arguments only (the entry point is `clustercam_pl.eval`).
 
-Each protocol (`conf/eval/`) is a set of input scales, an optional flip and an optional dense CRF;
-predictions come from `clustercam_pl.inference.network.predict`, the path in-training validation uses.
+Each protocol (`conf/eval/`, `clustercam_pl.inference.protocol.Protocol`) is a set of input scales, an
+optional flip and post-processing steps (the dense CRF, ...); label maps come from
+`clustercam_pl.inference.protocol` (the network's probabilities through `inference.network.predict`,
+the path in-training validation uses, then the steps).
 Several checkpoints are each evaluated; the LAST (by epoch/step, else name order) and the BEST on the
 evaluated split are reported, and the summary says which one is quoted. Choosing the best on the split
 that is scored is selection on the test data; the reference does exactly that (best of 30 checkpoints
@@ -10,7 +12,7 @@ on val).
 
 On N processes (`clustercam_pl.utils.distributed`), each evaluates its share of the images (each image
 once) and writes their PNGs; the confusion matrices are summed, so the numbers are those of one
-process. The dense CRF runs in a `CRFPool` of worker processes alongside the network.
+process. Post-processing steps run in a `StepPool` of worker processes alongside the network.
 """
 
 from __future__ import annotations
@@ -21,21 +23,23 @@ import os
 import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from clustercam_pl.checkpoint import LoadedCheckpoint, find_checkpoints, load_checkpoint, natural_key
+from clustercam_pl.checkpoint import LoadedCheckpoint, find_checkpoints, load_checkpoint
 from clustercam_pl.data.imageio import write_index_png
-from clustercam_pl.inference.crf import CRFParams, CRFPool, default_crf_workers, require_crf, to_uint8_image
-from clustercam_pl.inference.network import crop_predictions, predict
+from clustercam_pl.inference.network import crop_predictions
+from clustercam_pl.inference.pool import StepPool, default_workers
+from clustercam_pl.inference.protocol import Protocol, network_crops, postprocess
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.utils.distributed import Ranks
-from clustercam_pl.utils.results import iou_table
+from clustercam_pl.utils.files import OutputFolder, atomic_write, natural_key, write_text
+from clustercam_pl.utils.results import iou_table, write_metrics
 
 log = logging.getLogger("clustercam_pl.eval")
 
@@ -44,53 +48,8 @@ SELECTION_NOTE = (
     "scored (optimistic); the reference quotes the best of 30 checkpoints (epochs 50-79) chosen on val"
 )
 VOC_TEST_IMAGES = 1456
-
-
-# -------------------------------------------------------------------------------------- protocol
-@dataclass(frozen=True)
-class Protocol:
-    """One evaluation protocol: input scales, flip, optional CRF."""
-
-    name: str
-    scales: tuple[float, ...]
-    flip: bool
-    crf: CRFParams | None
-
-    @classmethod
-    def from_values(
-        cls, name: str, scales: Sequence[float], flip: bool, crf: Mapping[str, Any] | None
-    ) -> Protocol:
-        """From plain config values; `crf` None = no CRF, a dict (empty: the reference's) = CRF settings."""
-        try:
-            params = CRFParams(**crf) if crf is not None else None
-        except TypeError as e:
-            raise ValueError(f"eval.crf: unknown key ({e}); allowed: {list(CRFParams().as_dict())}") from e
-        values = tuple(float(s) for s in scales)
-        if not values or any(s <= 0 for s in values):
-            raise ValueError(f"eval.scales must be positive numbers, got {list(scales)}")
-        return cls(str(name), values, bool(flip), params)
-
-    def describe(self) -> str:
-        scales = ", ".join(f"{s:g}" for s in self.scales)
-        parts = [
-            f"protocol {self.name}: scales [{scales}]"
-            + (" (input resized bilinearly, align_corners=True), max fusion of softmax"
-               if len(self.scales) > 1 else ", softmax of the decoder"),
-            "with horizontal flip" if self.flip else "no flip",
-        ]
-        if self.crf:
-            c = self.crf
-            parts.append(
-                f"dense CRF (Gaussian sxy {c.gauss_sxy:g} compat {c.gauss_compat:g}, bilateral sxy "
-                f"{c.bilat_sxy:g} srgb {c.bilat_srgb:g} compat {c.bilat_compat:g}, {c.n_iter} iterations)"
-            )
-        else:
-            parts.append("no CRF")
-        return ", ".join(parts)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "scales": list(self.scales), "flip": self.flip,
-                "crf": self.crf.as_dict() if self.crf else None}
+META_FORMAT = 1
+REPORT, METRICS = "eval_report.txt", "eval_metrics.json"
 
 
 # ----------------------------------------------------------------------------------- selection
@@ -130,48 +89,44 @@ def export_voc_results(root: str | os.PathLike, split: str = "test", comp: str =
     """Pack `<root>/results/...` into `<root>/<comp>_<split>_results.tar.gz` for upload (atomically).
 
     The archive's top folder is `results/`, as the VOC evaluation server expects; each PNG is an
-    indexed image with the VOC palette whose pixel values are class indices 0..20.
+    indexed image with the VOC palette whose pixel values are class indices 0..20. Sub-folders (the
+    ids of folder datasets are paths such as `batch_a/img_001`) are packed as they are.
     """
     folder = voc_results_dir(root, split, comp)
-    pngs = sorted(folder.glob("*.png"))
+    pngs = sorted(folder.rglob("*.png"), key=lambda p: p.relative_to(folder).as_posix())
     if not pngs:
         raise FileNotFoundError(f"no predictions to pack in {folder}")
     archive = voc_archive_path(root, split, comp)
-    tmp = archive.with_name(archive.name + ".part")
-    with tarfile.open(tmp, "w:gz") as tar:
+    with atomic_write(archive) as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
         for png in pngs:
-            tar.add(png, arcname=str(png.relative_to(root)))
-    os.replace(tmp, archive)
+            tar.add(png, arcname=png.relative_to(root).as_posix())
     return archive
 
 
 # ------------------------------------------------------------------------------------ evaluation
 def _label_maps(
-    net: torch.nn.Module, loader: DataLoader, protocol: Protocol, device: torch.device, crf_pool: CRFPool | None
-) -> Iterator[tuple[tuple[str, Tensor | None], Tensor]]:
-    """((image_id, mask (h, w) or None), label map (h, w)) of every image of `loader`, in its order.
+    net: torch.nn.Module, loader: DataLoader, protocol: Protocol, device: torch.device, pool: StepPool | None
+) -> Iterator[tuple[Tensor | None, str, np.ndarray]]:
+    """(mask (h, w) or None, image_id, label map (h, w) uint8) of every image of `loader`, in its order.
 
-    With the CRF, each image's job goes to `crf_pool` as soon as its batch is predicted, and the
+    With post-processing steps, each image goes to `pool` as soon as its batch is predicted, and the
     next batch is predicted while the pool works.
     """
-    def predicted() -> Iterator[tuple[tuple[str, Tensor | None], Tensor, Tensor]]:
+    masks: dict[str, Tensor | None] = {}
+
+    def predicted() -> Iterator[tuple[str, Tensor, Tensor]]:
         for batch in loader:
             image = batch["image"].to(device)  # (B, 3, H, W), padded
             size = batch.get("image_size")  # (B, 2) or None
-            probs = predict(net, image, protocol.scales, protocol.flip, size).probs  # (B, K+1, H, W)
-            masks = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
-            for i, (image_id, mask) in enumerate(zip(batch["image_id"], masks, strict=True)):
-                h, w = (int(size[i, 0]), int(size[i, 1])) if size is not None else image.shape[-2:]
-                yield (image_id, mask), image[i, :, :h, :w], probs[i, :, :h, :w]  # (3, h, w), (K+1, h, w)
+            crops = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
+            for image_id, mask, (img, probs) in zip(
+                    batch["image_id"], crops, network_crops(net, image, size, protocol), strict=True):
+                masks[image_id] = mask
+                yield image_id, img, probs  # (3, h, w), (C, h, w)
 
-    if protocol.crf is None:
-        for key, _, probs in predicted():
-            yield key, probs.argmax(dim=0)
-        return
-    assert crf_pool is not None, "a protocol with CRF needs a CRFPool"
-    jobs = ((key, to_uint8_image(img), p.float().cpu().numpy()) for key, img, p in predicted())
-    for key, labels in crf_pool.imap(jobs, chunk=getattr(loader, "batch_size", None) or 1):
-        yield key, torch.from_numpy(labels)
+    chunk = getattr(loader, "batch_size", None) or 1
+    for image_id, labels in postprocess(predicted(), protocol, pool, chunk=chunk):
+        yield masks.pop(image_id), image_id, labels
 
 
 def evaluate_network(
@@ -181,7 +136,7 @@ def evaluate_network(
     device: torch.device,
     has_masks: bool,
     export_dir: Path | None = None,
-    crf_pool: CRFPool | None = None,
+    pool: StepPool | None = None,
     ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Run one network over the loader (this process's share); mIoU against the masks, PNGs into
@@ -189,15 +144,14 @@ def evaluate_network(
     """
     ranks = ranks or Ranks(device=device)
     net = ckpt.net.to(device).eval()
-    C = net.num_classes + 1
+    C = net.cfg.num_classes + 1
     confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C) rows: mask
-    pool = crf_pool if crf_pool is not None or protocol.crf is None else CRFPool(protocol.crf, 0)
     n_images, t0 = 0, time.perf_counter()
-    for (image_id, mask), pred in _label_maps(net, loader, protocol, device, pool):  # pred (h, w)
+    for mask, image_id, labels in _label_maps(net, loader, protocol, device, pool):  # labels (h, w) uint8
         if has_masks and mask is not None:
-            confmat += confusion_matrix(pred.to(device), mask.to(device), C)
+            confmat += confusion_matrix(torch.from_numpy(labels).to(device).long(), mask.to(device), C)
         if export_dir is not None:
-            write_index_png(export_dir / f"{image_id}.png", pred.to(torch.uint8).cpu().numpy())
+            write_index_png(export_dir / f"{image_id}.png", labels)
         n_images += 1
     seconds = ranks.max(time.perf_counter() - t0)
     confmat = ranks.sum(confmat)
@@ -269,15 +223,16 @@ def evaluate_checkpoints(
     of `datamodule` (a `WSSSDataModule`).
 
     `export_comp` (e.g. "comp6") also writes the predictions as the VOC server expects them and packs
-    them (one checkpoint only). Writes nothing else; returns the summary `report` prints.
-    `crf_workers`: CRF worker processes (None: the available cores shared by this machine's
-    processes; 0: in this process). `ranks` (`distributed.launch`): each process evaluates its share
-    of the images and writes their PNGs; the confusion matrices are summed, the main process packs
-    the export, and every process returns the summary one process would.
+    them (one checkpoint only). Claims `out_dir` (one eval run at a time writes there) and writes the
+    report and the summary there (`REPORT`, `METRICS`); returns the summary. `crf_workers`:
+    post-processing worker processes (None: the available cores shared by this machine's processes;
+    0: in this process). `ranks`
+    (`distributed.launch`): each process evaluates its share of the images and writes their PNGs;
+    the confusion matrices are summed, the main process packs the export, and every process returns
+    the summary one process would.
     """
     ranks = ranks or Ranks(device=device)
-    if protocol.crf is not None:
-        require_crf()  # before any slow work
+    protocol.require()  # before any slow work
     if quote not in ("last", "best"):
         raise ValueError(f"quote={quote!r} must be 'last' or 'best'")
     paths = find_checkpoints(ckpt_spec)
@@ -295,27 +250,52 @@ def evaluate_checkpoints(
     loader = dm.eval_loader(split, ranks.shard(range(num_images)))  # no padding: each image once
     if not has_masks and not export_comp and ranks.is_main:
         log.warning("split %s has no masks: nothing will be scored (export=true writes predictions)", split)
-    export_dir = voc_results_dir(out_dir, split, export_comp) if export_comp else None
-    if export_dir is not None:
-        export_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"format": META_FORMAT, "command": "eval"}  # each run's settings go to eval_metrics.json
+    with OutputFolder(out_dir, meta, command="eval").claim(ranks):
+        export_dir = voc_results_dir(out_dir, split, export_comp) if export_comp else None
+        if export_dir is not None:
+            export_dir.mkdir(parents=True, exist_ok=True)
+        workers = default_workers(ranks.local_world_size) if crf_workers is None else crf_workers
+        results = _evaluate_paths(paths, dm, loader, protocol, device, has_masks, export_dir, workers,
+                                  net_overrides, ranks)
+        summary = _summary(results, dm, split, protocol, quote, num_images, device, ranks, out_dir)
+        summary["crf_workers"] = workers if protocol.steps else None
+        if export_dir is not None:
+            ranks.barrier()  # every process's PNGs are written
+            if ranks.is_main:
+                export_voc_results(out_dir, split, export_comp)
+            summary["export_archive"] = str(voc_archive_path(out_dir, split, export_comp))
+            if dm.dataset == "voc" and split == "test" and num_images != VOC_TEST_IMAGES and ranks.is_main:
+                log.warning("the VOC test set has %d images, this export has %d (limit=%s): the server will "
+                            "refuse it", VOC_TEST_IMAGES, num_images, limit)
+        if ranks.is_main:  # while the folder is ours
+            write_text(out_dir / REPORT, report(summary) + "\n")
+            write_metrics(out_dir / METRICS, summary)
+    return summary
 
-    workers = default_crf_workers(ranks.local_world_size) if crf_workers is None else crf_workers
+
+def _evaluate_paths(
+    paths: Sequence[Path], dm: Any, loader: DataLoader, protocol: Protocol, device: torch.device,
+    has_masks: bool, export_dir: Path | None, workers: int, net_overrides: Mapping[str, Any] | None,
+    ranks: Ranks,
+) -> list[dict[str, Any]]:
+    """`evaluate_network` of every checkpoint, one post-processing pool for all of them."""
     if ranks.is_main:
         log.info("%s", protocol.describe())
-        if protocol.crf is not None:
-            log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
+        if protocol.steps:
+            log.info("post-processing in %s",
+                     f"{workers} worker process(es) per process" if workers else "the main process")
     results = []
     # One batch per worker round trip; in flight: two batches per worker and the next batch, whose
-    # forward pass overlaps their CRF.
+    # forward pass overlaps their post-processing.
     chunk = int(getattr(dm, "val_batch_size", 1) or 1)
-    with CRFPool(protocol.crf, workers, max_pending=(2 * workers + 1) * chunk) as pool:
-        if protocol.crf is not None:
-            pool.start()  # the workers start while the checkpoint loads
+    with StepPool(protocol.steps, workers, max_pending=(2 * workers + 1) * chunk) as pool:
+        pool.start()  # the workers start while the checkpoint loads
         for path in paths:
             ckpt = load_checkpoint(path, **(net_overrides or {}))
-            if ckpt.net.num_classes != dm.num_classes:
+            if ckpt.net.cfg.num_classes != dm.num_classes:
                 raise ValueError(
-                    f"{path} predicts {ckpt.net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
+                    f"{path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
             result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks)
@@ -323,7 +303,14 @@ def evaluate_checkpoints(
                 log.info("%s: mIoU %s (%d images, %.1f s)", path, _fmt(result["miou"]), result["images"],
                          result["seconds"])
             results.append(result)
+    return results
 
+
+def _summary(
+    results: list[dict[str, Any]], dm: Any, split: str, protocol: Protocol, quote: str, num_images: int,
+    device: torch.device, ranks: Ranks, out_dir: Path,
+) -> dict[str, Any]:
+    """The summary `report` prints: every checkpoint's result, the last, the best, the quoted one."""
     names = ["background", *dm.class_names]
     for r in results:
         if r["per_class"] is not None:
@@ -333,7 +320,7 @@ def evaluate_checkpoints(
         log.warning("quote=best, but nothing was scored on split %s: quoting the last checkpoint", split)
         quote = "last"
     quoted = results[i_best if quote == "best" else i_last]
-    summary: dict[str, Any] = {
+    return {
         "protocol": protocol.as_dict(),
         "protocol_text": protocol.describe(),
         "dataset": dm.dataset,
@@ -341,7 +328,6 @@ def evaluate_checkpoints(
         "num_images": num_images,
         "device": str(device),
         "processes": ranks.world_size,
-        "crf_workers": workers if protocol.crf is not None else None,
         "checkpoints": results,
         "last": {k: results[i_last][k] for k in ("path", "miou")},
         "best": None if i_best is None else {k: results[i_best][k] for k in ("path", "miou")},
@@ -352,12 +338,3 @@ def evaluate_checkpoints(
         "per_class_iou": quoted["per_class"],
         "run_dir": str(out_dir),
     }
-    if export_dir is not None:
-        ranks.barrier()  # every process's PNGs are written
-        if ranks.is_main:
-            export_voc_results(out_dir, split, export_comp)
-        summary["export_archive"] = str(voc_archive_path(out_dir, split, export_comp))
-        if dm.dataset == "voc" and split == "test" and num_images != VOC_TEST_IMAGES and ranks.is_main:
-            log.warning("the VOC test set has %d images, this export has %d (limit=%s): the server will "
-                        "refuse it", VOC_TEST_IMAGES, num_images, limit)
-    return summary

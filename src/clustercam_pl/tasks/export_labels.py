@@ -10,8 +10,9 @@ For every image (network in eval mode):
     <out_dir>/meta.json         checkpoint fingerprint and settings; a rerun with others is refused
     <out_dir>/pseudo_label_metrics.json
 
-Resumable: every file is written to `<name>.part` and renamed, so a killed run leaves only `.part`
-files, which a rerun deletes; an image is done when both of its files exist and read back. The
+Resumable: every file is written atomically (`utils.files.atomic_write`), so a killed run leaves only
+partial files, which a rerun deletes; an image is done when both of its files exist and read back.
+One run at a time owns `out_dir` (`utils.files.OutputFolder`): a second is refused, naming the first. The
 mIoU sums the per-image confusion matrices stored in the npz files, so resumed images count
 without being recomputed. On N processes (`clustercam_pl.utils.distributed`) each image belongs to one
 process's share, and the sums are summed across processes. Plain arguments only (the entry point
@@ -20,10 +21,7 @@ is `clustercam_pl.export_labels`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -39,6 +37,7 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.checkpoint import LoadedCheckpoint
 from clustercam_pl.data.imageio import write_index_png
+from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.inference.network import (
     cam_prediction,
     crop_predictions,
@@ -47,6 +46,7 @@ from clustercam_pl.inference.network import (
 )
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.utils.distributed import Ranks
+from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256
 from clustercam_pl.utils.results import iou_table, write_metrics
 
 log = logging.getLogger("clustercam_pl.export_labels")
@@ -61,12 +61,11 @@ def output_paths(out_dir: Path, image_id: str) -> tuple[Path, Path]:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Compressed npz written to `<name>.part`, then renamed: never half-written under its own name."""
-    tmp = path.with_name(path.name + ".part")
+    """Compressed npz through `atomic_write`: never half-written under its own name; a full disk or a
+    size limit is a `WriteError` naming the file and the cause."""
     path.parent.mkdir(parents=True, exist_ok=True)  # ids of folder datasets are paths (train/cat/001)
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+    with atomic_write(path) as f:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
 
 
 def read_done(out_dir: Path, image_id: str, num_classes: int) -> dict[str, np.ndarray] | None:
@@ -89,41 +88,6 @@ def read_done(out_dir: Path, image_id: str, num_classes: int) -> dict[str, np.nd
     return out
 
 
-def remove_partials(out_dir: Path) -> int:
-    """Delete the `.part` files an interrupted run left behind (they are never read)."""
-    n = 0
-    for sub in ("labels", "cams"):
-        for f in (out_dir / sub).rglob("*.part"):
-            f.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool, write: bool = True) -> None:
-    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours
-    (`write=False`: only check, e.g. on every process before the main one writes)."""
-    path = out_dir / "meta.json"
-    if path.is_file() and not overwrite:
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(meta) if k != "checkpoint" and old.get(k) != meta.get(k))
-        if diff:
-            detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"{out_dir} holds pseudo labels made with other settings ({detail}). "
-                "Pass another out_dir=..., or overwrite=true to redo every image there."
-            )
-    if write:
-        write_metrics(path, meta)
-
-
 def dataset_ids(dataset: Any) -> list[str]:
     """Image ids in item order, without decoding images where the dataset lists them."""
     ids = getattr(dataset, "ids", None)
@@ -143,7 +107,7 @@ def process_batch(
     image, cls_label = batch["image"].to(device), batch["cls_label"].to(device)  # (B, 3, H, W), (B, K)
     size = batch.get("image_size")
     cams, pseudo = pseudo_labels_per_image(net, par, image, cls_label, cam, size)  # (B, K, H, W), (B, H, W)
-    C = net.num_classes + 1
+    C = net.cfg.num_classes + 1
     masks = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
     stats = []
     for i, (image_id, label, mask) in enumerate(
@@ -162,8 +126,8 @@ def process_batch(
         if mask is not None:
             mask = mask.to(device)
             counts = {
-                "confmat_pseudo": confusion_matrix(scored_pseudo_label(label, cam.ignore_index), mask, C),
-                "confmat_pseudo_valid": confusion_matrix(label, mask, C, ignore_pred=cam.ignore_index),
+                "confmat_pseudo": confusion_matrix(scored_pseudo_label(label, IGNORE_INDEX), mask, C),
+                "confmat_pseudo_valid": confusion_matrix(label, mask, C, ignore_pred=IGNORE_INDEX),
                 "confmat_cam": confusion_matrix(cam_prediction(cams[i, :, :h, :w], cam.cam_background), mask, C),
             }
             arrays |= {k: v.cpu().numpy() for k, v in counts.items()}
@@ -191,9 +155,10 @@ def export_split(
 
     `datamodule` is a `WSSSDataModule` (its `eval_dataset` / `eval_loader` give the split).
     `ranks` (`distributed.launch`): each process checks and computes its share of the images (each
-    image's files are written by one process); every process checks meta.json before the main one
-    records it and clears `.part` files; the confusion matrices are summed, and the main process
-    writes the metrics. Every process returns the summary one process would.
+    image's files are written by one process); `out_dir` is claimed (`utils.files.OutputFolder`: meta
+    checked by every process, one run at a time, partials of dead writers cleared); the confusion
+    matrices are summed, and the main process writes the metrics. Every process returns the summary
+    one process would.
     """
     ranks = ranks or Ranks(device=device)
     if cam_downscale < 1:
@@ -209,78 +174,85 @@ def export_split(
         if int(limit) < 1:
             raise ValueError(f"limit={limit} must be a positive number of images (or null for all)")
         ids = ids[: int(limit)]
-    net = ckpt.net
-    if net.num_classes != dm.num_classes:
+    if ckpt.net.cfg.num_classes != dm.num_classes:
         raise ValueError(
-            f"{ckpt.path} predicts {net.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
+            f"{ckpt.path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
             "pass the data config the network was trained with"
         )
-    for sub in ("labels", "cams"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
     meta = {
         "format": META_FORMAT, "checkpoint": ckpt.path, "checkpoint_sha256": file_sha256(ckpt.path),
         "dataset": dm.dataset, "split": split, "cam": cam_meta(cam), "cam_downscale": cam_downscale,
         "network_mode": "eval",
     }
-    check_meta(out_dir, meta, overwrite, write=False)  # every process, before anyone writes
-    ranks.barrier()
-    if ranks.is_main:
-        write_metrics(out_dir / "meta.json", meta)
-        if removed := remove_partials(out_dir):
-            log.info("removed %d partial file(s) left by an interrupted run", removed)
-    ranks.barrier()  # no process writes before the leftovers are gone
-    if cam.train_mode and ranks.is_main:
-        log.info("CAMs are made in eval mode (deterministic); cam.train_mode=true applies to training only")
+    # `checkpoint` (the path) may change between runs of the same weights: the sha256 decides.
+    with OutputFolder(out_dir, meta, command="export_labels", overwrite=overwrite, ignore=("checkpoint",)).claim(ranks):
+        for sub in ("labels", "cams"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        if cam.train_mode and ranks.is_main:
+            log.info("CAMs are made in eval mode (deterministic); cam.train_mode=true applies to training only")
+        mine = ranks.shard(range(len(ids)))  # this process's items; each image in one share
+        stats, todo = _done(ids, mine, out_dir, ckpt.net.cfg.num_classes + 1, has_masks, overwrite)
+        n_done, n_todo = (int(v) for v in ranks.sum(torch.tensor([len(stats), len(todo)])))
+        if ranks.is_main:
+            log.info("%s %s: %d images, %d already done, %d to do -> %s%s", dm.dataset, split, len(ids), n_done,
+                     n_todo, out_dir, f" ({ranks.world_size} processes)" if ranks.distributed else "")
+        t0 = time.perf_counter()
+        _export(ckpt.net, dm, split, todo, cam, out_dir, device, cam_downscale, ranks, stats)
+        seconds = ranks.max(time.perf_counter() - t0)
+        per_process = ranks.gather(len(todo))
+        summary: dict[str, Any] = {
+            "checkpoint": ckpt.path, "checkpoint_kind": ckpt.kind, "dataset": dm.dataset, "split": split,
+            "out_dir": str(out_dir), "num_images": len(ids), "computed": n_todo,
+            "resumed": len(ids) - n_todo, "seconds": round(seconds, 3),
+            "images_per_s": round(n_todo / seconds, 3) if n_todo and seconds > 0 else None,
+            "cam": meta["cam"], "cam_downscale": cam_downscale,
+            "processes": ranks.world_size, "computed_per_process": per_process,
+        }
+        names = ["background", *dm.class_names]
+        if has_masks and ids:
+            C = len(names)
+            mine_ids = [ids[i] for i in mine]
+            totals = {k: ranks.sum(torch.from_numpy(summed_confmats(stats, mine_ids, k, C))).numpy()
+                      for k in CONFMAT_KEYS}
+            summary |= score_totals(totals, names)
+        summary["text"] = report(summary, cam, dm.dataset, split, names)
+        if ranks.is_main:
+            write_metrics(out_dir / "pseudo_label_metrics.json", summary)
+    return summary
 
-    C = net.num_classes + 1
-    mine = ranks.shard(range(len(ids)))  # this process's items; each image in one share
+
+def _done(ids: Sequence[str], mine: Sequence[int], out_dir: Path, C: int, has_masks: bool,
+          overwrite: bool) -> tuple[dict[str, dict[str, np.ndarray]], list[int]]:
+    """The stored confusion matrices of this process's finished images, and the indices still to do."""
     stats: dict[str, dict[str, np.ndarray]] = {}
     if not overwrite:
         for i in mine:
             done = read_done(out_dir, ids[i], C)
             if done is not None and (done or not has_masks):
                 stats[ids[i]] = done
-    todo = [i for i in mine if ids[i] not in stats]
-    n_done, n_todo = (int(v) for v in ranks.sum(torch.tensor([len(stats), len(todo)])))
-    if ranks.is_main:
-        log.info("%s %s: %d images, %d already done, %d to do -> %s%s", dm.dataset, split, len(ids), n_done,
-                 n_todo, out_dir, f" ({ranks.world_size} processes)" if ranks.distributed else "")
+    return stats, [i for i in mine if ids[i] not in stats]
 
+
+def _export(net: torch.nn.Module, dm: Any, split: str, todo: Sequence[int], cam: CAMConfig, out_dir: Path,
+            device: torch.device, cam_downscale: int, ranks: Ranks, stats: dict[str, dict[str, np.ndarray]]) -> None:
+    """Pseudo labels and CAMs of the items `todo` of `split`, their confusion matrices into `stats`;
+    progress about every tenth of them (main process)."""
+    if not todo:
+        return
     net = net.to(device).eval()
     par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters).to(device)
     t0 = time.perf_counter()
-    if todo:
-        every = max(len(todo) // 10, 1)
-        n = 0
-        for batch in dm.eval_loader(split, todo):
-            for image_id, s in zip(batch["image_id"], process_batch(
-                    batch, net, par, cam, device, out_dir, cam_downscale), strict=True):
-                stats[image_id] = s
-            before, n = n, n + len(batch["image_id"])
-            if ranks.is_main and (n // every != before // every or n == len(todo)):
-                rate = n / (time.perf_counter() - t0)
-                log.info("%d / %d images%s (%.2f images/s, ~%.0f s left)", n, len(todo),
-                         " of the main process's share" if ranks.distributed else "", rate, (len(todo) - n) / rate)
-    seconds = ranks.max(time.perf_counter() - t0)
-    per_process = ranks.gather(len(todo))
-
-    summary: dict[str, Any] = {
-        "checkpoint": ckpt.path, "checkpoint_kind": ckpt.kind, "dataset": dm.dataset, "split": split,
-        "out_dir": str(out_dir), "num_images": len(ids), "computed": n_todo,
-        "resumed": len(ids) - n_todo, "seconds": round(seconds, 3),
-        "images_per_s": round(n_todo / seconds, 3) if n_todo and seconds > 0 else None,
-        "cam": meta["cam"], "cam_downscale": cam_downscale,
-        "processes": ranks.world_size, "computed_per_process": per_process,
-    }
-    if has_masks and ids:
-        mine_ids = [ids[i] for i in mine]
-        totals = {k: ranks.sum(torch.from_numpy(summed_confmats(stats, mine_ids, k, C))).numpy()
-                  for k in CONFMAT_KEYS}
-        summary |= score_totals(totals, ["background", *dm.class_names])
-    summary["text"] = report(summary, cam, dm.dataset, split, ["background", *dm.class_names])
-    if ranks.is_main:
-        write_metrics(out_dir / "pseudo_label_metrics.json", summary)
-    return summary
+    every = max(len(todo) // 10, 1)
+    n = 0
+    for batch in dm.eval_loader(split, list(todo)):
+        for image_id, s in zip(batch["image_id"], process_batch(
+                batch, net, par, cam, device, out_dir, cam_downscale), strict=True):
+            stats[image_id] = s
+        before, n = n, n + len(batch["image_id"])
+        if ranks.is_main and (n // every != before // every or n == len(todo)):
+            rate = n / (time.perf_counter() - t0)
+            log.info("%d / %d images%s (%.2f images/s, ~%.0f s left)", n, len(todo),
+                     " of the main process's share" if ranks.distributed else "", rate, (len(todo) - n) / rate)
 
 
 def summed_confmats(stats: dict[str, dict[str, np.ndarray]], ids: Sequence[str], key: str, C: int) -> np.ndarray:

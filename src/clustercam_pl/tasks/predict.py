@@ -11,11 +11,12 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
                          sigmoid class-token score of every class (at scale 1 when the protocol
                          has it), the classes above the threshold, the pixel fraction of each class
                          in the mask
-    failed.txt           the inputs that could not be read (path, tab, reason); absent when none
+    failed.txt           the inputs that could not be read or declare more than `max_pixels` pixels
+                         (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
 
-Resumable: every file is written to ``<name>.part`` and renamed, the mask (with the record) last; an
-input is done when all of its files exist and read back, and a rerun computes only the others, then
+Resumable: every file is written atomically (`utils.files.atomic_write`), the mask (with the record)
+last; an input is done when all of its files exist and read back, and a rerun computes only the others, then
 rebuilds predictions.jsonl from the records (complete, no duplicates). `predict_subset` processes any
 subset of the inputs; `predict_images` with `ranks` (`distributed.launch`) gives each process its share
 of the inputs not done yet, and the main process alone writes predictions.jsonl and failed.txt. Plain
@@ -31,32 +32,39 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.cam.generate import check_cam_layers, multi_scale_cam
-from clustercam_pl.checkpoint import find_one_checkpoint, load_checkpoint, resolve_class_names
-from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, read_image_any, write_index_png
+from clustercam_pl.cam.generate import multi_scale_cam
+from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint, resolve_class_names
+from clustercam_pl.data.imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    own_pixel_limit,
+    read_image_reduced,
+    write_index_png,
+)
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
-from clustercam_pl.inference.crf import CRFPool, crf_refine, default_crf_workers, require_crf, to_uint8_image
-from clustercam_pl.inference.network import predict
+from clustercam_pl.inference.network import min_input_side, predict
+from clustercam_pl.inference.pool import StepPool, default_workers
+from clustercam_pl.inference.protocol import Protocol, postprocess
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.models.utils import training_mode
-from clustercam_pl.tasks.evaluate import Protocol
-from clustercam_pl.tasks.export_labels import file_sha256
 from clustercam_pl.utils.checks import check_range
 from clustercam_pl.utils.distributed import Ranks
-from clustercam_pl.utils.results import write_metrics, write_text_atomic
-from clustercam_pl.visualize import voc_palette
+from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256
+from clustercam_pl.utils.results import write_text_atomic
+from clustercam_pl.visualize import cam_image, overlay_image, row_strips
 
 log = logging.getLogger("clustercam_pl.predict")
 
@@ -64,8 +72,6 @@ META_FORMAT = 1
 RECORD_KEY = "clustercam_prediction"
 """PNG text chunk of `<key>.png` that holds the image's predictions.jsonl record."""
 JSONL, FAILED, META = "predictions.jsonl", "failed.txt", "predict_meta.json"
-OVERLAY_ALPHA = 0.5  # weight of the class colour over a non-background pixel
-CAM_ALPHA = 0.5  # weight of the heat map over the image
 JPEG_QUALITY = 90
 
 
@@ -79,6 +85,8 @@ class InputImage:
 
 
 def _image_files(folder: Path, exclude: Path | None) -> list[Path]:
+    """The image files below `folder`; links to folders are not entered (`Path.rglob`), so a link loop
+    cannot make the listing endless."""
     files = []
     for f in folder.rglob("*"):
         if f.suffix.lower() not in IMAGE_EXTENSIONS or not f.is_file():
@@ -87,6 +95,64 @@ def _image_files(folder: Path, exclude: Path | None) -> list[Path]:
             continue  # our own outputs, when out_dir lies inside the input folder
         files.append(f)
     return sorted(files, key=lambda f: f.as_posix())
+
+
+def _component_regex(part: str) -> str:
+    """One path component of a glob pattern as a regex: ``*`` and ``?`` stay inside the component, ``[...]``
+    is a class (``[!...]`` negated); a name starting with '.' only matches a pattern starting with '.'."""
+    out, i = [] if part.startswith(".") else [r"(?!\.)"], 0
+    while i < len(part):
+        c = part[i]
+        end = part.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif end != -1:
+            body = part[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """The files a glob pattern matches, as `glob.glob(pattern, recursive=True)` lists them, but walked here
+    for ``**``: `glob` enters links to folders without end, so a link loop (two links to a parent folder)
+    makes it list ~2^40 paths. Here every real folder is entered once (through its real path when the
+    tree holds it, else through the first link); a link to one already entered is logged and skipped."""
+    if "**" not in pattern:  # no recursion: as deep as the pattern, a loop cannot make it endless
+        return [Path(f) for f in glob.glob(pattern) if Path(f).is_file()]
+    if pattern.endswith(("/", os.sep)):
+        return []  # matches folders only
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = Path(*parts[:fixed]) if fixed else Path()
+    rest = parts[fixed:]
+    regex = re.compile("".join(
+        (r"(?:(?!\.)[^/]+/)*" if n < len(rest) - 1 else r"(?:(?!\.)[^/]+/)*(?!\.)[^/]+") if part == "**"
+        else _component_regex(part) + ("/" if n < len(rest) - 1 else "")
+        for n, part in enumerate(rest)))
+    hidden = any(part.startswith(".") for part in rest)  # else hidden folders cannot match: not entered
+    files: list[Path] = []
+    entered: set[tuple[int, int]] = set()
+    pending = [base]  # the tree itself first, then the links to folders found in it: real paths win
+    while pending:
+        top = pending.pop(0)
+        for folder, dirs, names in os.walk(top):  # links to folders are listed in `dirs`, not entered
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in entered:
+                log.info("not entering %s: it leads to %s, already listed", folder, os.path.realpath(folder))
+                dirs[:] = []
+                continue
+            entered.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if hidden or not d.startswith("."))
+            pending += [Path(folder) / d for d in dirs if os.path.islink(os.path.join(folder, d))]
+            rel = Path(folder).relative_to(base)
+            files += [Path(folder) / n for n in names if regex.fullmatch((rel / n).as_posix())]
+    return [f for f in files if f.is_file()]
 
 
 def _list_file(path: Path) -> list[Path]:
@@ -101,9 +167,10 @@ def _list_file(path: Path) -> list[Path]:
 
 
 def _keys(files: Sequence[Path], root: Path) -> list[str]:
-    """Output names: the path relative to `root` without suffix; inputs that would share one (a.jpg and
+    """Output names: the path as listed (links not resolved: a link to a file elsewhere must not put its
+    outputs outside out_dir) relative to `root` without suffix; inputs that would share one (a.jpg and
     a.png in one folder) keep their suffix in the name instead (a_jpg, a_png)."""
-    rel = [Path(os.path.relpath(f.resolve(), root)).as_posix() for f in files]
+    rel = [Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files]
     plain = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
     counts: dict[str, int] = {}
     for k in plain:
@@ -135,15 +202,14 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
             if exclude is not None and p.resolve().is_relative_to(exclude):
                 raise ValueError(f"{key}={text} is out_dir or lies inside it ({exclude}): the masks would land "
                                  "among the inputs; pass an out_dir=... outside the input folder")
-            files, root = _image_files(p, exclude), p.resolve()
+            files, root = _image_files(p, exclude), Path(os.path.abspath(p))
         elif glob.has_magic(text):
-            files = sorted((Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file()),
-                           key=lambda f: f.as_posix())
+            files = sorted(_glob_files(text), key=lambda f: f.as_posix())
             files, root = [f for f in files if exclude is None or not f.resolve().is_relative_to(exclude)], None
         elif p.is_file() and p.suffix.lower() == ".txt":
             files, root = _list_file(p), None
         elif p.is_file():
-            files, root = [p], p.resolve().parent
+            files, root = [p], Path(os.path.abspath(p)).parent
         else:
             raise FileNotFoundError(f"{key}={text} does not exist: pass {key}=<folder | glob | image | .txt list>")
         if not files:
@@ -158,7 +224,7 @@ def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: 
         unique.setdefault(str(f.resolve()), f)
     files = list(unique.values())
     if root is None:
-        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+        root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
     return [InputImage(f, k) for f, k in zip(files, _keys(files, root), strict=True)]
 
 
@@ -172,10 +238,13 @@ class PredictSettings:
     max_side: int = 1024
     cams: bool = False
     cam: CAMConfig = field(default_factory=CAMConfig)  # scales / flip / cam_layers / p2p_refine of the CAMs
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger inputs fail (decompression bombs); not in as_dict
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, ge=0, le=1)
         check_range("max_side", self.max_side, ge=1, integer=True)
+        if self.max_pixels is not None:
+            check_range("max_pixels", self.max_pixels, ge=1, integer=True)
 
     def as_dict(self) -> dict[str, Any]:
         cam = ({"scales": list(self.cam.scales), "flip": self.cam.flip, "cam_layers": self.cam.cam_layers,
@@ -192,19 +261,6 @@ class ImagePrediction:
     scores: np.ndarray  # (K,) sigmoid of the class-token logits
     cams: dict[int, np.ndarray]  # class index -> (H, W) float32 in [0, 1], the classes above the threshold
     predicted_size: tuple[int, int]  # (h, w) the network saw
-
-
-def cam_settings(stored: Mapping[str, Any]) -> CAMConfig:
-    """The CAM settings a checkpoint trained with (its `LoadedCheckpoint.cam`; {}: the reference's)."""
-    known = {f.name for f in fields(CAMConfig)}
-    return CAMConfig(**{k: v for k, v in stored.items() if k in known})
-
-
-def min_input_side(net: ClusterCAMNet) -> int:
-    """The smallest input side the network takes: one cluster cell of patches (one patch without clusters)."""
-    backbone = net.backbone
-    cell = max(backbone.cluster_grid) if backbone.has_clusters else 1
-    return backbone.patch_size * cell
 
 
 def working_size(height: int, width: int, max_side: int, min_side: int, scales: Sequence[float]) -> tuple[int, int]:
@@ -231,7 +287,7 @@ def _resize(array: np.ndarray, height: int, width: int, nearest: bool = False) -
 
 @dataclass
 class NetworkOutput:
-    """One image after the network, before its label map (the CRF, if any, may run elsewhere)."""
+    """One image after the network, before its label map (post-processing steps may run elsewhere)."""
 
     image: torch.Tensor  # (3, h, w) normalised, what the network saw
     probs: torch.Tensor  # (K+1, h, w) segmentation probabilities
@@ -240,18 +296,25 @@ class NetworkOutput:
     size: tuple[int, int]  # (H, W) of the input
 
 
+def network_size(net: ClusterCAMNet, settings: PredictSettings, height: int, width: int) -> tuple[int, int]:
+    """(h, w) the network sees an input of `height` x `width` at (`working_size` for its scales and CAMs)."""
+    scales = [*settings.protocol.scales, *(settings.cam.scales if settings.cams else ())]
+    return working_size(height, width, settings.max_side, min_input_side(net), scales)
+
+
 @torch.no_grad()
 def network_output(
-    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
+    net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device,
+    size: tuple[int, int] | None = None,
 ) -> NetworkOutput:
     """Probabilities, class scores and (if asked) CAMs of one uint8 (H, W, 3) image (eval mode).
 
     The network sees the image at `working_size`; CAMs come back at the input's size, bilinearly.
+    `size`: the input's (H, W) when `rgb` is it decoded reduced (`read_image_reduced`), at least (h, w).
     """
-    H, W = rgb.shape[:2]
+    H, W = size or rgb.shape[:2]
     p = settings.protocol
-    scales = [*p.scales, *(settings.cam.scales if settings.cams else ())]
-    h, w = working_size(H, W, settings.max_side, min_input_side(net), scales)
+    h, w = network_size(net, settings, H, W)
     x, _ = apply_transform(build_eval_transform(), _resize(rgb, h, w))
     x = x[None].to(device)  # (1, 3, h, w)
     pred = predict(net, x, p.scales, p.flip)
@@ -280,59 +343,19 @@ def predict_image(
     net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
 ) -> ImagePrediction:
     """Mask, class scores and (if asked) CAMs of one uint8 (H, W, 3) image, at its own size (eval mode);
-    the CRF of the protocol in this process (`predict_subset` runs it in a `CRFPool`)."""
+    the protocol's post-processing in this process (`predict_subset` runs it in a `StepPool`)."""
     out = network_output(net, rgb, settings, device)
-    probs = out.probs[None]  # (1, K+1, h, w)
-    if settings.protocol.crf is not None:
-        probs = crf_refine(out.image[None], probs, None, settings.protocol.crf)
-    return image_prediction(out, probs.argmax(dim=1)[0].cpu().numpy())
+    [(_, label)] = postprocess([("image", out.image, out.probs)], settings.protocol)  # (h, w) uint8
+    return image_prediction(out, label)
 
 
-# ---------------------------------------------------------------------------------------- drawing
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def overlay_image(rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
-    """uint8 (H, W, 3): the image with its non-background pixels blended with the VOC colour of their
-    class, and a legend (colour, name) of the classes present in the top-left corner."""
-    pal = voc_palette().astype(np.float32)  # (256, 3)
-    out = rgb.astype(np.float32)
-    fg = label > 0  # (H, W)
-    out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[fg]]
-    im = Image.fromarray(np.rint(out).clip(0, 255).astype(np.uint8))
-    present = [int(v) for v in np.unique(label) if v > 0]
-    if present:
-        H, W = label.shape
-        size = int(np.clip(min(H, W) / 16, 10, 28))
-        font, draw = _font(size), ImageDraw.Draw(im)
-        pad, row = max(size // 4, 2), size + max(size // 4, 2)
-        names = [class_names[v - 1] if v - 1 < len(class_names) else f"class_{v}" for v in present]
-        width = max(draw.textlength(n, font=font) for n in names) + size + 3 * pad
-        draw.rectangle((0, 0, width, row * len(names) + pad), fill=(255, 255, 255))
-        for i, (v, name) in enumerate(zip(present, names, strict=True)):
-            y = pad + i * row
-            draw.rectangle((pad, y, pad + size, y + size), fill=tuple(int(c) for c in pal[v]), outline=(0, 0, 0))
-            draw.text((2 * pad + size, y), name, fill=(0, 0, 0), font=font)
-    return np.asarray(im)
-
-
-def cam_image(rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3): the image blended with the jet heat map of a CAM (H, W) in [0, 1]."""
-    heat = cv2.applyColorMap(np.rint(cam.clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    return np.rint((1 - CAM_ALPHA) * rgb + CAM_ALPHA * heat).clip(0, 255).astype(np.uint8)
-
-
+# ------------------------------------------------------------------------------------------ files
 def file_label(name: str) -> str:
     """A class name as part of a file name: runs of characters other than letters, digits, '-', '.', '_'
     become '-' ('disc/stripes' -> 'disc-stripes')."""
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "class"
 
 
-# ------------------------------------------------------------------------------------------ files
 def output_paths(out_dir: Path, key: str, cam_names: Sequence[str] = ()) -> dict[str, Path]:
     """The files of one input: mask, overlay and one heat map per name in `cam_names`."""
     base = out_dir / key
@@ -343,17 +366,17 @@ def output_paths(out_dir: Path, key: str, cam_names: Sequence[str] = ()) -> dict
 
 
 def write_jpeg(path: Path, rgb: np.ndarray) -> None:
-    """A JPEG written to `<name>.part` and renamed: never half-written under its own name."""
+    """A JPEG written atomically: never half-written under its own name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    Image.fromarray(rgb).save(tmp, format="JPEG", quality=JPEG_QUALITY)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        Image.fromarray(rgb).save(f, format="JPEG", quality=JPEG_QUALITY)
 
 
 def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[str], threshold: float) -> dict:
     """The image's predictions.jsonl line."""
     H, W = pred.label.shape
-    counts = np.bincount(pred.label.ravel(), minlength=len(class_names) + 1)  # (K+1,)
+    counts = sum(np.bincount(pred.label[rows].ravel(), minlength=len(class_names) + 1)  # (K+1,)
+                 for rows in row_strips(H, W))  # in strips: bincount widens to int64, 8 bytes a pixel
     names = ["background", *class_names]
     return {
         "input": os.path.abspath(item.path),
@@ -384,7 +407,7 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
     if not all(p.is_file() for p in paths.values()):
         return None
     try:
-        with Image.open(paths["mask"]) as im:
+        with own_pixel_limit(), Image.open(paths["mask"]) as im:  # ours: as large as the input we accepted
             im.load()
             record = json.loads(im.text[RECORD_KEY])
             mask_size = im.size
@@ -397,7 +420,7 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
             if name == "mask":
                 got = mask_size
             else:
-                with Image.open(p) as im:
+                with own_pixel_limit(), Image.open(p) as im:
                     im.load()
                     got = im.size
             if got != size:
@@ -406,32 +429,6 @@ def read_done(out_dir: Path, item: InputImage, cams: bool) -> dict[str, Any] | N
         log.warning("redoing %s: its outputs do not read back (%s: %s)", item.path, type(e).__name__, e)
         return None
     return record
-
-
-def remove_partials(out_dir: Path) -> int:
-    """Delete the `.part` files an interrupted run left behind (they are never read)."""
-    n = 0
-    for f in out_dir.rglob("*.part"):
-        f.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
-def check_meta(out_dir: Path, meta: dict[str, Any], overwrite: bool, write: bool = True) -> None:
-    """Refuse to mix outputs of another checkpoint or other settings into `out_dir`; then record ours
-    (with `write`)."""
-    path = out_dir / META
-    if path.is_file() and not overwrite:
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-        if diff:
-            detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {meta.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"{out_dir} holds predictions made with another checkpoint or other settings ({detail}). "
-                "Pass another out_dir=..., or overwrite=true to redo every image there."
-            )
-    if write:
-        write_metrics(path, meta)
 
 
 # ------------------------------------------------------------------------------------------- loop
@@ -460,35 +457,31 @@ def done_records(items: Sequence[InputImage], indices: Iterable[int], out_dir: P
 
 def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[int], out_dir: Path,
              settings: PredictSettings, class_names: Sequence[str], device: torch.device,
-             crf_pool: CRFPool | None, progress: bool, result: SubsetResult) -> None:
-    """Predict and write `items[i]` for every i in `indices` into `result`. With the CRF, an image's job
-    goes to `crf_pool` once the network is done with it, and the next image's forward pass runs while
-    the pool works; its files are written when its label map comes back (in input order)."""
+             pool: StepPool | None, progress: bool, result: SubsetResult) -> None:
+    """Predict and write `items[i]` for every i in `indices` into `result`. With post-processing steps,
+    an image goes to `pool` once the network is done with it, and the next image's forward pass runs
+    while the pool works; its files are written when its label map comes back (in input order)."""
     bar = tqdm(total=len(indices), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-    waiting: dict[int, tuple[np.ndarray, NetworkOutput]] = {}  # index -> (rgb, network output)
+    waiting: dict[str, tuple[int, np.ndarray, NetworkOutput]] = {}  # key -> (index, rgb, network output)
 
-    def predicted() -> Iterator[tuple[int, NetworkOutput]]:
+    def predicted() -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         for i in indices:
-            try:
-                rgb = read_image_any(items[i].path)  # (H, W, 3) uint8
+            try:  # decoded no larger than the network needs (a 100 MP JPEG at 1/8): (h', w', 3) uint8
+                image = read_image_reduced(items[i].path, lambda H, W: network_size(net, settings, H, W),
+                                           settings.max_pixels)
             except ImageReadError as e:
                 log.error("skipping %s: %s", items[i].path, e)
                 result.failed[i] = str(e)
                 bar.update()
                 continue
-            out = network_output(net, rgb, settings, device)
-            waiting[i] = (rgb, out)
-            yield i, out
+            rgb = image.rgb
+            out = network_output(net, rgb, settings, device, image.size)
+            waiting[items[i].key] = (i, rgb, out)
+            yield items[i].key, out.image, out.probs  # (3, h, w), (K+1, h, w)
 
-    if settings.protocol.crf is None:
-        labels: Iterator[tuple[int, np.ndarray]] = (
-            (i, out.probs.argmax(dim=0).cpu().numpy()) for i, out in predicted())  # (h, w)
-    else:
-        pool = crf_pool if crf_pool is not None else CRFPool(settings.protocol.crf, 0)
-        jobs = ((i, to_uint8_image(out.image), out.probs.float().cpu().numpy()) for i, out in predicted())
-        labels = pool.imap(jobs)
-    for i, label in labels:
-        rgb, out = waiting.pop(i)
+    for key, label in postprocess(predicted(), settings.protocol, pool):  # label (h, w) uint8
+        i, rgb, out = waiting.pop(key)
+        rgb = _resize(rgb, *out.size)  # (H, W, 3): the overlay and CAM pictures have the input's size
         pred = image_prediction(out, label)
         result.records[i] = write_outputs(out_dir, items[i], rgb, pred, class_names, settings.threshold)
         result.computed += 1
@@ -506,13 +499,13 @@ def predict_subset(
     device: torch.device,
     overwrite: bool = False,
     progress: bool = True,
-    crf_pool: CRFPool | None = None,
+    pool: StepPool | None = None,
 ) -> SubsetResult:
     """Predict `items[i]` for every i in `indices` that is not done yet (all of them with `overwrite`).
 
     Only those files are written, each atomically, so disjoint index sets can run in separate processes
     over one out_dir. An unreadable input is logged and returned as failed; the others still run.
-    The protocol's CRF runs in `crf_pool` (None: in this process).
+    The protocol's post-processing runs in `pool` (None: in this process).
     """
     result = SubsetResult()
     if overwrite:
@@ -520,7 +513,7 @@ def predict_subset(
     else:
         result.records, todo = done_records(items, indices, out_dir, settings.cams)
         result.reused = len(result.records)
-    _compute(net, items, todo, out_dir, settings, class_names, device, crf_pool, progress, result)
+    _compute(net, items, todo, out_dir, settings, class_names, device, pool, progress, result)
     return result
 
 
@@ -556,58 +549,81 @@ def predict_images(
     net_overrides: Mapping[str, Any] | None = None,
     crf_workers: int | None = None,
     ranks: Ranks | None = None,
+    on_claim: Callable[[], None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Predict every input of `input_spec` into `out_dir` with one checkpoint (module docstring); returns a
     summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies.
 
+    `out_dir` is claimed first (`utils.files.OutputFolder`): a second run into it while this one runs
+    is refused, naming the owner; `on_claim` (main process) runs once it is ours (e.g. to record env.json).
     `ranks` (`distributed.launch`): each process checks its share of the inputs, then predicts its
     share of those not done yet (every input by exactly one process); the main process writes
     predictions.jsonl and failed.txt, and every process returns the summary one process would.
-    `crf_workers`: CRF worker processes (None: the available cores shared by this machine's
-    processes; 0: in this process).
+    `crf_workers`: post-processing worker processes (None: the available cores shared by this
+    machine's processes; 0: in this process). `max_pixels`: an input whose header declares more pixels
+    fails (listed in failed.txt) before it is decoded; None: no limit.
     """
     ranks = ranks or Ranks(device=device)  # its device is the one used
-    if protocol.crf is not None:
-        require_crf()  # before the checkpoint is read
+    protocol.require()  # before the checkpoint is read
     out_dir = Path(out_dir)
     path = find_one_checkpoint(ckpt_spec)
     ckpt = load_checkpoint(path, **dict(net_overrides or {}))
-    K = ckpt.net.num_classes
+    names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams, max_pixels)
+    items = list_inputs(input_spec, exclude=out_dir)
+    meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
+            **settings.as_dict()}
+    with OutputFolder(out_dir, meta, command="predict", overwrite=overwrite, meta_name=META).claim(ranks):
+        if ranks.is_main:
+            if on_claim is not None:
+                on_claim()
+            log.info("%s: %d inputs -> %s (%s, %d classes%s)", path, len(items), out_dir, protocol.name,
+                     len(names), f", {ranks.world_size} processes" if ranks.distributed else "")
+        # Done-checks sharded, then the inputs not done yet sharded: balanced on a rerun too.
+        mine = ranks.shard(range(len(items)))
+        records, todo = ({}, list(mine)) if overwrite else done_records(items, mine, out_dir, cams)
+        todo = sorted(i for share in ranks.gather(todo) for i in share)
+        result = SubsetResult(records=records, reused=len(records))
+        workers = default_workers(ranks.local_world_size) if crf_workers is None else crf_workers
+        if ranks.is_main and protocol.steps:
+            log.info("post-processing in %s",
+                     f"{workers} worker process(es) per process" if workers else "the main process")
+        net = ckpt.net.to(ranks.device).eval()
+        t0 = time.perf_counter()
+        # In flight: two images per worker and the next one, whose forward pass overlaps their post-processing.
+        with StepPool(protocol.steps, workers, max_pending=2 * workers + 1) as pool:
+            _compute(net, items, ranks.shard(todo), out_dir, settings, names, ranks.device, pool,
+                     progress and ranks.is_main, result)
+        seconds = ranks.max(time.perf_counter() - t0)
+        summary = _gather(items, result, out_dir, ranks, seconds)
+    summary = {"checkpoint": str(path), "out_dir": str(out_dir), **summary, **settings.as_dict(), "class_names": names}
+    if ranks.is_main:
+        split = f"; per process {summary['predicted_per_process']}" if ranks.distributed else ""
+        log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s%s); results in %s",
+                 summary["predicted"], summary["reused"], len(summary["failed"]), seconds,
+                 summary["images_per_s"], split, out_dir / JSONL)
+    return summary
+
+
+def _settings(
+    ckpt: LoadedCheckpoint, path: Path, protocol: Protocol, class_names: Sequence[str] | None,
+    threshold: float, max_side: int, cams: bool, max_pixels: int | None,
+) -> tuple[list[str], PredictSettings]:
+    """The class names and the settings of a run, checked against the checkpoint's network."""
+    K = ckpt.net.cfg.num_classes
     if class_names is not None and len(class_names) != K:
         raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
     names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
-    settings = PredictSettings(protocol, threshold, max_side, cams, cam_settings(ckpt.cam))
+    cam = CAMConfig.from_stored(ckpt.cam, str(path))
+    settings = PredictSettings(protocol, threshold, max_side, cams, cam, max_pixels)
     if cams:  # before any image, not at the first one with a class above the threshold
-        check_cam_layers(settings.cam.cam_layers, ckpt.net.cfg.depth)
-    items = list_inputs(input_spec, exclude=out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
-            **settings.as_dict()}
-    check_meta(out_dir, meta, overwrite, write=False)  # every process: none waits on one that refused
-    ranks.barrier()
-    if ranks.is_main:
-        if n := remove_partials(out_dir):
-            log.info("removed %d partial files of an interrupted run", n)
-        write_metrics(out_dir / META, meta)
-        log.info("%s: %d inputs -> %s (%s, %d classes%s)", path, len(items), out_dir, protocol.name, K,
-                 f", {ranks.world_size} processes" if ranks.distributed else "")
-    ranks.barrier()  # no process writes before the leftovers are gone
+        settings.cam.check_for(ckpt.net.cfg)
+    return names, settings
 
-    # Done-checks sharded, then the inputs not done yet sharded: balanced on a rerun too.
-    mine = ranks.shard(range(len(items)))
-    records, todo = ({}, list(mine)) if overwrite else done_records(items, mine, out_dir, cams)
-    todo = sorted(i for share in ranks.gather(todo) for i in share)
-    result = SubsetResult(records=records, reused=len(records))
-    workers = default_crf_workers(ranks.local_world_size) if crf_workers is None else crf_workers
-    if ranks.is_main and protocol.crf is not None:
-        log.info("dense CRF in %s", f"{workers} worker process(es) per process" if workers else "the main process")
-    net = ckpt.net.to(ranks.device).eval()
-    t0 = time.perf_counter()
-    # In flight: two images per worker and the next one, whose forward pass overlaps their CRF.
-    with CRFPool(protocol.crf, workers if protocol.crf is not None else 0, max_pending=2 * workers + 1) as pool:
-        _compute(net, items, ranks.shard(todo), out_dir, settings, names, ranks.device, pool,
-                 progress and ranks.is_main, result)
-    seconds = ranks.max(time.perf_counter() - t0)
+
+def _gather(items: Sequence[InputImage], result: SubsetResult, out_dir: Path, ranks: Ranks,
+            seconds: float) -> dict[str, Any]:
+    """Every process's records and failures: predictions.jsonl and failed.txt (main process), the counts."""
     shares = ranks.gather((result.records, result.failed, result.computed))
     all_records = {i: r for recs, _, _ in shares for i, r in recs.items()}
     all_failed = {i: reason for _, fails, _ in shares for i, reason in fails.items()}
@@ -617,17 +633,10 @@ def predict_images(
     if ranks.is_main:
         write_jsonl(out_dir, [all_records[i] for i in sorted(all_records)])
         write_failed(out_dir, failed)
-    reused = len(all_records) - computed
-    summary = {
-        "checkpoint": str(path), "out_dir": str(out_dir), "inputs": len(items),
-        "predicted": computed, "reused": reused, "processes": ranks.world_size, "predicted_per_process": per_process,
+    return {
+        "inputs": len(items), "predicted": computed, "reused": len(all_records) - computed,
+        "processes": ranks.world_size, "predicted_per_process": per_process,
         "failed": [os.path.abspath(item.path) for item, _ in failed],
         "seconds": round(seconds, 3),
         "images_per_s": round(computed / seconds, 3) if computed and seconds > 0 else None,
-        **settings.as_dict(), "class_names": names,
     }
-    if ranks.is_main:
-        split = f"; per process {per_process}" if ranks.distributed else ""
-        log.info("%d predicted, %d already done, %d failed (%.1f s, %s images/s%s); results in %s",
-                 computed, reused, len(failed), seconds, summary["images_per_s"], split, out_dir / JSONL)
-    return summary

@@ -3,7 +3,9 @@
 A Hydra multirun leaves one folder per job with ``.hydra/overrides.yaml`` (what the job was told) and,
 once it finished, ``metrics.json``. The keys whose values differ between jobs are the swept keys;
 jobs that differ only in ``seed`` are repeats of one setting, so their metrics are averaged and the
-spread over seeds is the error bar. Entry point: ``python -m clustercam_pl.summarize``.
+spread over seeds is the error bar. A job whose files cannot be read (a truncated ``metrics.json``) is
+listed as broken with the file and the reason; the others are summarised. Entry point:
+``python -m clustercam_pl.summarize``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Run:
     metrics: dict[str, float] | None  # None: no metrics.json yet (pending)
     optimized_metric: str | None = None
     command_line: list[str] = field(default_factory=list)  # the overrides as Hydra recorded them
+    error: str | None = None  # why one of its files could not be read: left out of the table, listed
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Summary:
     settings: list[Setting]
     pending: list[Run]
     out_dir: Path
+    broken: list[Run] = field(default_factory=list)  # runs whose files could not be read (`Run.error`)
     runs: list[Run] = field(default_factory=list)  # all of them, pending included
     seed_keys: tuple[str, ...] = SEED_KEYS
     optuna: dict[Path, dict[str, Any]] = field(default_factory=dict)
@@ -116,30 +120,46 @@ def _natural_key(p: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in p.parts]
 
 
+_UNREADABLE = (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError)  # json.JSONDecodeError is a ValueError
+
+
+def _reason(e: Exception) -> str:
+    """An exception on one line (YAML's span several), for the table's list and stderr."""
+    return " ".join(str(e).split())
+
+
 def load_run(folder: Path) -> Run:
-    """A run folder's overrides, metrics (None while pending) and optimised metric."""
-    try:
-        lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
-    except yaml.YAMLError as e:
-        raise SweepError(f"cannot read {folder / '.hydra' / 'overrides.yaml'}: {e}") from e
-    overrides = dict(parse_override(str(line)) for line in lines)
-    metrics = None
+    """A run folder's overrides, metrics (None while pending) and optimised metric. A file that cannot be
+    read (a job killed while writing, a full disk) gives a run with `Run.error` naming it, not an
+    exception: one broken job must not hide the others."""
+    ofile, cfile = folder / ".hydra" / "overrides.yaml", folder / ".hydra" / "config.yaml"
     mfile = folder / "metrics.json"
-    if mfile.is_file():
-        try:
+    try:
+        lines = yaml.safe_load(ofile.read_text()) or []
+        if not isinstance(lines, list):
+            raise ValueError(f"a list of overrides expected, got {type(lines).__name__}")
+    except _UNREADABLE as e:
+        return Run(folder=folder, overrides={}, metrics=None, error=f"cannot read {ofile}: {_reason(e)}")
+    overrides = dict(parse_override(str(line)) for line in lines)
+    run = Run(folder=folder, overrides=overrides, metrics=None, command_line=[str(line) for line in lines])
+    try:
+        if mfile.is_file():
             data = json.loads(mfile.read_text())
-        except json.JSONDecodeError as e:
-            raise SweepError(f"cannot read {mfile}: {e}; delete it to list the job as pending") from e
-        source = data.get("metrics", data) if isinstance(data, dict) else {}
-        metrics = {k: float(v) for k, v in source.items()
-                   if isinstance(v, int | float) and not isinstance(v, bool)}
-    optimized = None
-    cfile = folder / ".hydra" / "config.yaml"
-    if cfile.is_file():
-        cfg = yaml.safe_load(cfile.read_text()) or {}
-        optimized = cfg.get("optimized_metric") if isinstance(cfg, dict) else None
-    return Run(folder=folder, overrides=overrides, metrics=metrics, optimized_metric=optimized,
-               command_line=[str(line) for line in lines])
+            source = data.get("metrics", data) if isinstance(data, dict) else {}
+            run.metrics = {k: float(v) for k, v in source.items()
+                           if isinstance(v, int | float) and not isinstance(v, bool)}
+    except _UNREADABLE as e:
+        run.error = f"cannot read {mfile}: {_reason(e)}; rerun the job, or delete the file to list the job as pending"
+        run.metrics = None
+        return run
+    try:
+        cfg = (yaml.safe_load(cfile.read_text()) or {}) if cfile.is_file() else {}
+    except _UNREADABLE as e:
+        run.error = f"cannot read {cfile}: {_reason(e)}"
+        run.metrics = None
+        return run
+    run.optimized_metric = cfg.get("optimized_metric") if isinstance(cfg, dict) else None
+    return run
 
 
 def swept_keys(runs: Sequence[Run]) -> list[str]:
@@ -159,9 +179,11 @@ def summarize(
     ``optimized_metric``, else val/seg_miou)."""
     folders, roots = find_run_folders(Path(p) for p in paths)
     runs = [load_run(f) for f in folders]
-    done = [r for r in runs if r.metrics is not None]
-    pending = [r for r in runs if r.metrics is None]
-    swept = swept_keys(runs)
+    broken = [r for r in runs if r.error is not None]
+    readable = [r for r in runs if r.error is None]
+    done = [r for r in readable if r.metrics is not None]
+    pending = [r for r in readable if r.metrics is None]
+    swept = swept_keys(readable)
     seed_keys = tuple(seed_keys)
     found = sorted({k for r in done for k in r.metrics if k.startswith(METRIC_PREFIXES)})
     if metric is None:
@@ -173,7 +195,7 @@ def summarize(
 
     groups: dict[tuple[str | None, ...], Setting] = {}
     setting_keys = [k for k in swept if k not in seed_keys]
-    for r in runs:
+    for r in readable:
         key = tuple(r.overrides.get(k) for k in setting_keys)
         groups.setdefault(key, Setting({k: r.overrides.get(k, "—") for k in setting_keys}, []))
         groups[key].runs.append(r)
@@ -188,7 +210,7 @@ def summarize(
         if (root / OPTUNA_RESULTS).is_file():
             optuna[root / OPTUNA_RESULTS] = yaml.safe_load((root / OPTUNA_RESULTS).read_text()) or {}
     return Summary(swept=swept, metric=metric, metrics=metrics, settings=settings, pending=pending,
-                   out_dir=Path(out_dir), runs=runs, seed_keys=seed_keys, optuna=optuna)
+                   out_dir=Path(out_dir), broken=broken, runs=runs, seed_keys=seed_keys, optuna=optuna)
 
 
 def _nan_to_zero(x: float) -> float:
@@ -233,6 +255,9 @@ def markdown(summary: Summary, minimize: bool = False) -> str:
                     "see the job's .log):"]
         out += [f"- {_where(r, summary.out_dir)}: " + " ".join(r.command_line)
                 for r in summary.pending]
+    if summary.broken:
+        out += ["", f"broken ({len(summary.broken)} of {total}: a file could not be read; left out of the table):"]
+        out += [f"- {_where(r, summary.out_dir)}: {r.error}" for r in summary.broken]
     for path, result in summary.optuna.items():
         out += ["", f"optuna ({path}):", "```yaml", yaml.safe_dump(result, sort_keys=False).rstrip(), "```"]
     return "\n".join(out)

@@ -1,6 +1,6 @@
 """Range checks of numeric settings: one message format that names the full config key and the range.
 
-The settings objects (``OptimConfig``, ``WSSSDataModule``, ``SyntheticConfig``, ``ClusterCAMLoss``)
+The settings objects (``OptimConfig``, ``WSSSDataModule``, ``SyntheticConfig``, ``LossConfig``)
 know the config group they are built from and pass ``<group>.<field>`` here, so a bad value on the
 command line is reported as the override to fix, e.g. ``optim.weight_decay=-0.1 is out of range:
 must be >= 0``.

@@ -301,7 +301,8 @@ class OutputFolder:
     (or the end of a ``with`` block) gives the folder up.
 
     ``ignore`` names meta keys that may change between runs (a re-saved checkpoint of the same
-    weights, say) without the outputs becoming mixed.
+    weights, say) without the outputs becoming mixed. ``meta_name``: the meta file's name (a
+    command whose layout predates ``meta.json`` keeps its own, e.g. predict_meta.json).
     """
 
     def __init__(
@@ -312,8 +313,10 @@ class OutputFolder:
         command: str,
         overwrite: bool = False,
         ignore: Sequence[str] = (),
+        meta_name: str = META_NAME,
     ) -> None:
         self.root = Path(root)
+        self.meta_name = meta_name
         self.meta = dict(meta)
         self.command = command
         self.overwrite = overwrite
@@ -322,7 +325,7 @@ class OutputFolder:
 
     @property
     def meta_path(self) -> Path:
-        return self.root / META_NAME
+        return self.root / self.meta_name
 
     def check_meta(self) -> None:
         """ValueError when the folder holds outputs made with other settings (and not ``overwrite``)."""

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clustercam_pl.utils.files import write_text
+
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The entries that are numbers (tensors included), as floats; non-finite values become NaN."""
@@ -20,19 +22,15 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def write_text_atomic(path: Path, text: str, tmp_suffix: str = ".part") -> Path:
-    """Text written to `<name><tmp_suffix>` and renamed: a reader never sees half a file."""
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Text written atomically (`utils.files.write_text`), its folder made first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + tmp_suffix)
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_text(path, text)
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> Path:
-    """JSON written to a temporary file and renamed: a reader never sees half a file."""
-    text = json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n"
-    return write_text_atomic(path, text, tmp_suffix=".tmp")
+    """JSON (sorted keys) written atomically: a reader never sees half a file."""
+    return write_text_atomic(path, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def iou_table(per_class: list[float], names: list[str]) -> str:
