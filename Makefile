@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade "pip>=24"
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	# SAM 2 (extra sam2) ships as source only; built against the torch installed above, without CUDA kernels.
-	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation "sam2>=1.1"
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --no-build-isolation "sam2==1.1.0"
 	touch $(STAMP)
 
 ## Everything CI runs: the fast suite and the slow end-to-end tests (training, DDP, sweeps, notebook).
