@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast test-all lint train bench clean
+.PHONY: install test test-fast lint train bench clean
 
 install: $(STAMP)
 

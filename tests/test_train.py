@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose
+from omegaconf import open_dict, read_write
 
 from clustercam_pl.lit_module import NonFiniteLossError
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, lr_at
 from clustercam_pl.train import train
-from helpers import TINY_OVERRIDES, compose_train
+from helpers import TINY_OVERRIDES, compose_train, hydra_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
@@ -29,19 +32,20 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kw) -> subproces
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def test_synthetic_run_writes_metrics_and_checkpoints(tmp_path):
-    cfg = compose_train([*TINY_OVERRIDES, "callbacks.step_checkpoint.every_n_train_steps=2"], output_dir=tmp_path)
-    summary = train(cfg)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+def test_synthetic_run_writes_metrics_and_checkpoints(tiny_run):
+    metrics = json.loads((tiny_run.folder / "metrics.json").read_text())
     for key in ("val/seg_miou", "val/pseudo_miou", "val/map"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert metrics["global_step"] == 8 == summary["global_step"]  # 2 epochs x 16 images / batch 4
+    assert metrics["global_step"] == 4 == tiny_run.summary["global_step"]  # 1 epoch x 16 images / batch 4
     assert set(metrics["per_class_iou"]) == {"background", "disc/stripes", "square/checker", "triangle/dots", "ring/noise"}
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["clustercam"]["format"] == 2 and ckpt["global_step"] == 8
+    ckpt = torch.load(tiny_run.last, map_location="cpu", weights_only=True)
+    assert ckpt["clustercam"]["format"] == 2 and ckpt["global_step"] == 4
     assert ckpt["clustercam"]["class_names"] == ["disc/stripes", "square/checker", "triangle/dots", "ring/noise"]
     assert ckpt["hyper_parameters"]["cam"]["cam_layers"] == 2 and "cam_layers" not in ckpt["clustercam"]["net_config"]
-    assert (tmp_path / "config.yaml").is_file()
+    # every_n_train_steps=2: the step checkpoint of step 4 replaced step 2's (save_top_k=1).
+    names = sorted(p.name for p in (tiny_run.folder / "checkpoints").iterdir())
+    assert names == ["best-epoch000.ckpt", "last.ckpt", "step-0000004.ckpt"]
+    assert (tiny_run.folder / "config.yaml").is_file()
 
 
 def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
@@ -77,12 +81,11 @@ def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypa
     assert not any("_orig_mod" in k for k in ckpt["state_dict"])
 
 
-def test_checkpoint_rebuilds_the_network_without_configs(tmp_path):
+def test_checkpoint_rebuilds_the_network_without_configs(tiny_run):
     from clustercam_pl.checkpoint import net_from_framework, read_file
     from clustercam_pl.lit_module import module_from_checkpoint
 
-    train(compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1"], output_dir=tmp_path))
-    path = tmp_path / "checkpoints" / "last.ckpt"
+    path = tiny_run.last
     net = net_from_framework(read_file(path), str(path))
     assert net.num_classes == 4 and net.backbone.embed_dim == 32
     # The whole module, with the run's CAM settings, for analysis (the notebook's loader).
@@ -151,22 +154,26 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_reaches_planned_steps(tmp_path):
+def test_sigkill_mid_epoch_then_resume_reaches_planned_steps(tmp_path, caplog):
     run = tmp_path / "run"
-    args = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
-            "callbacks.step_checkpoint.every_n_train_steps=3", f"hydra.run.dir={run}"]
-    proc = start_cli(args)
-    _wait_for(run / "checkpoints" / "last.ckpt", proc, 240)
+    over = [*TINY_OVERRIDES, "data.synthetic.num_train=1200", "trainer.max_epochs=2",
+            "callbacks.step_checkpoint.every_n_train_steps=3"]
+    proc = start_cli([*over, f"hydra.run.dir={run}"])
+    last = run / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc, 240)
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)  # mid-epoch: 300 steps per epoch
     proc.wait(30)
-    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    saved = torch.load(last, weights_only=True)["global_step"]
     assert 3 <= saved < 300
-    done = run_cli(args, REPO)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resuming from {run / 'checkpoints' / 'last.ckpt'}" in done.stdout + done.stderr
+    # The resume runs in this process and stops 4 steps past the checkpoint: what is under test is that
+    # it continues from the killed run's last.ckpt to its planned steps, not the rest of the 600 steps.
+    with caplog.at_level(logging.INFO, logger="clustercam_pl"):
+        summary = train(compose_train([*over, f"trainer.max_steps={saved + 4}"], output_dir=run))
+    assert f"resuming from {last}" in caplog.text
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["global_step"] == 600
+    assert metrics["global_step"] == summary["global_step"] == saved + 4
+    assert torch.load(last, weights_only=True)["global_step"] == saved + 4
 
 
 @pytest.mark.slow
@@ -199,20 +206,36 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert env["world_size"] == 2 and env["batch"]["per_device"] == 2 and env["batch"]["global"] == 4
 
 
-@pytest.mark.slow
-def test_two_job_sweep_on_synthetic(tmp_path):
-    sweep = tmp_path / "sweep"
-    done = run_cli(["-m", *TINY_OVERRIDES, "trainer.max_epochs=1", "net.cluster_iters=1,2",
-                    f"hydra.sweep.dir={sweep}"], REPO, timeout=400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for job in ("0", "1"):
-        assert json.loads((sweep / job / "metrics.json").read_text())["global_step"] == 4
-        assert f"cluster_iters: {int(job) + 1}" in (sweep / job / "config.yaml").read_text()
-
-
-@pytest.mark.slow
 def test_ddp_inside_basic_multirun_is_refused(tmp_path):
-    done = run_cli(["-m", *TINY_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu", "net.cluster_iters=1,2",
-                    f"hydra.sweep.dir={tmp_path}"], REPO, timeout=200)
-    assert done.returncode != 0
-    assert "re-launches the sweep in every rank" in done.stdout + done.stderr
+    """`check_multirun_strategy` in a composed multirun config; test_eval.py runs the same refusal
+    through a real `-m` command line."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from clustercam_pl.entry import check_multirun_strategy
+
+    def multirun(*overrides: str, mode: RunMode = RunMode.MULTIRUN):
+        """The job config as Hydra hands it to the task function, HydraConfig set."""
+        with hydra_config():
+            cfg = compose("train", overrides=[*TINY_OVERRIDES, "trainer.accelerator=cpu", *overrides],
+                          return_hydra_config=True)
+        with read_write(cfg), open_dict(cfg):
+            cfg.hydra.mode = mode
+            cfg.paths.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    try:
+        with pytest.raises(ValueError, match=r"trainer\.strategy=ddp inside a --multirun sweep with the basic launcher "
+                           r"re-launches the sweep in every rank\. Use trainer=ddp_spawn"):
+            train(multirun("trainer=ddp", "trainer.devices=2"))  # refused before anything is built
+        assert not list(tmp_path.iterdir())
+        with pytest.raises(ValueError, match=r"with the joblib launcher re-launches the sweep in every rank"):
+            check_multirun_strategy(multirun("trainer=ddp", "trainer.devices=2", "hydra/launcher=joblib"))
+        for allowed in (["trainer=ddp_spawn", "trainer.devices=2"], ["trainer=ddp", "trainer.devices=1"],
+                        ["trainer=ddp", "trainer.devices=2", "hydra/launcher=submitit_slurm"]):
+            check_multirun_strategy(multirun(*allowed))
+        # One run: Lightning's re-launch of the script is the intended DDP.
+        check_multirun_strategy(multirun("trainer=ddp", "trainer.devices=2", mode=RunMode.RUN))
+    finally:
+        HydraConfig.instance().cfg = None
