@@ -50,6 +50,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # six commands of up to 300 s each on a loaded machine
 def test_wheel_install_runs_from_another_folder(tmp_path):
     # Build from a copy, so the build leaves nothing in the checkout; offline and without build isolation
     # (setuptools comes from this environment: the dev extra).

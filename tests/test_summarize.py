@@ -124,6 +124,7 @@ def test_errors_name_the_input(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the sweep may take its 400 s on a loaded machine
 def test_four_job_synthetic_sweep(tmp_path, capsys):
     """Two cluster grids x two seeds, two steps each, then summarize: two rows of n = 2 whose mean and std
     are those of the jobs' metrics.json; each job's config.yaml has its swept values, the jobs share one

@@ -195,6 +195,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the command line may take its 400 s on a loaded machine
 def test_ddp_two_cpu_processes(tmp_path):
     run = tmp_path / "run"
     done = run_cli([*TINY_OVERRIDES, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
