@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
-## The fast suite only (a few minutes on 2 CPU cores).
+## The unit tests only (the tests not marked slow; README, Tests: how long each takes).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

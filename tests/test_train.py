@@ -64,6 +64,7 @@ def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
     assert expected != pytest.approx(lr_at(5.0, base, 4, optim), rel=1e-3)
 
 
+@pytest.mark.slow  # Dynamo's graph capture of the network parts: the slowest training of the unit tests
 def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypatch):
     # `model.compile=true` compiles once, before training, and the run trains through the compiled
     # modules. Dynamo's `eager` backend keeps it fast (graph capture, no code generation);
