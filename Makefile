@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast test-all lint train bench clean
+.PHONY: install test test-fast lint train bench clean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
-## The fast suite only (a few minutes on 2 CPU cores).
+## The unit tests only (the tests not marked slow; README, Tests: how long each takes).
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 

@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import logging  # noqa: E402
+from types import MappingProxyType  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -45,3 +48,34 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def expected(parity_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(parity_dir / "expected.pt", map_location="cpu", weights_only=True)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append((record.levelno, record.getMessage()))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny synthetic run, trained once per session for every test that needs a trained run
+    (metrics, checkpoints, env.json, eval / predict on real Lightning checkpoints); see
+    helpers.TINY_RUN_OVERRIDES. A test that wants other settings trains its own."""
+    from clustercam_pl.train import train
+    from helpers import TINY_RUN_OVERRIDES, TinyRun, compose_train
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    logger, handler = logging.getLogger("clustercam_pl"), _Records()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        torch.manual_seed(0)
+        summary = train(compose_train(TINY_RUN_OVERRIDES, output_dir=folder))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return TinyRun(folder, MappingProxyType(summary), tuple(handler.messages))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
+from clustercam_pl.checkpoint import framework_section
+from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.models import ClusterCAMNet, NetConfig
 from clustercam_pl.models.config import PRESET_DIR
 
@@ -23,16 +30,22 @@ def tiny_net(num_classes: int = 4, **fields) -> ClusterCAMNet:
     """`NetConfig.preset("tiny")` at test size; `fields` change any `NetConfig` field."""
     return ClusterCAMNet(NetConfig.preset("tiny", num_classes=num_classes, **(TEST_NET | fields)))
 
-# A few-second synthetic run: tiny net, tiny images, few batches, no loggers.
-TINY_OVERRIDES = [
-    "+experiment=synthetic",
-    "logger=none",
+# The network of the tests' training runs, as Hydra overrides: conf/net/tiny.yaml shrunk (every test
+# that trains through a config takes these from here).
+TINY_NET_OVERRIDES = [
     "net.embed_dim=32",
     "net.depth=2",
     "net.num_heads=2",
     "cam.cam_layers=2",
-    "cam.p2p_refine=true",  # the reference's CAM path (the synthetic experiment turns it off)
     "net.decoder_width=16",
+]
+
+# A few-second synthetic run: tiny net, tiny images, few batches, no loggers.
+TINY_OVERRIDES = [
+    "+experiment=synthetic",
+    "logger=none",
+    *TINY_NET_OVERRIDES,
+    "cam.p2p_refine=true",  # the reference's CAM path (the synthetic experiment turns it off)
     "data.synthetic.image_size=64",
     "data.synthetic.num_train=16",
     "data.synthetic.num_val=4",
@@ -45,6 +58,30 @@ TINY_OVERRIDES = [
     "trainer.enable_model_summary=false",
     "model.seg_start_epoch=1",
 ]
+
+# The one trained run the tests share (conftest.py's session fixture `tiny_run`): one epoch of 4 steps,
+# a step checkpoint every 2 steps, and a reference batch other than the run's, so env.json carries a note.
+TINY_RUN_OVERRIDES = [
+    *TINY_OVERRIDES,
+    "trainer.max_epochs=1",
+    "callbacks.step_checkpoint.every_n_train_steps=2",
+    "reference_batch_size=16",
+]
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """A finished `train(compose_train(TINY_RUN_OVERRIDES))`: its run folder, the metrics `train`
+    returned, and the (level, message) of every clustercam_pl log record at INFO and above. Tests
+    read it; whatever writes goes into the test's own tmp_path."""
+
+    folder: Path
+    summary: Mapping[str, Any]
+    messages: tuple[tuple[int, str], ...]
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "checkpoints" / "last.ckpt"
 
 
 @contextmanager
@@ -69,3 +106,44 @@ def rel_err(a: Tensor, b: Tensor) -> float:
     """||a - b|| / ||b||, the parity fixture's definition of a match."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def save_framework_checkpoint(net: ClusterCAMNet, path: Path, *, class_names: Sequence[str] | None = None,
+                              cam: Mapping[str, Any] | None = None, epoch: int = 1, global_step: int = 4) -> Path:
+    """A framework checkpoint of `net` without a training run: the keys of a `ClusterCAMLitModule`
+    checkpoint that eval, export_labels and predict read (`cam`: the run's CAM settings, as
+    hyper_parameters["cam"] carries them)."""
+    checkpoint: dict[str, Any] = {
+        "clustercam": framework_section(net, class_names),
+        "state_dict": {"net." + k: v for k, v in net.state_dict().items()},
+        "epoch": epoch,
+        "global_step": global_step,
+    }
+    if cam is not None:
+        checkpoint["hyper_parameters"] = {"cam": dict(cam)}
+    torch.save(checkpoint, path)
+    return path
+
+
+def one_training_step(cfg: DictConfig) -> tuple[ClusterCAMLitModule, Tensor]:
+    """What `train(cfg)` does for its first step, without a Trainer: the config checks, the datamodule
+    and module the config builds (pretrained weights loaded), one batch of the training loader,
+    `training_step` with the segmentation branch on, backward. Returns the module and the loss.
+
+    For configs that differ from a trained one only in settings: their whole path is built and
+    differentiated in a second instead of a training run's ten."""
+    from clustercam_pl.entry import check_config
+    from clustercam_pl.train import build
+
+    check_config(cfg)
+    datamodule, module = build(cfg)
+    datamodule.setup("fit")
+    module.setup("fit")
+    module.hparams.seg_start_epoch = 0  # current_epoch is 0 without a Trainer: CAMs, PAR and the decoder run
+    batch = next(iter(datamodule.train_dataloader()))  # image (B, 3, H, W), cls_label (B, K)
+    module.train()
+    with warnings.catch_warnings():  # self.log without a Trainer only warns: not news here
+        warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)`")
+        loss = module.training_step(batch, 0)
+    loss.backward()
+    return module, loss.detach()

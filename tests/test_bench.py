@@ -76,6 +76,7 @@ def test_bench_bf16_runs_and_matches_fp32(capsys):
         torch.testing.assert_close(losses[1][k].float(), losses[0][k], rtol=2e-2, atol=2e-2, msg=k)
 
 
+@pytest.mark.slow  # two interpreter start-ups (torch + Lightning each)
 def test_bench_compare_runs_each_path_in_its_own_process(capsys):
     bench.main(["cam", "--tiny", "--steps", "1", "--warmup", "0", "--compare"])  # cam: the cheaper mode
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]

@@ -24,7 +24,6 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.checkpoint import (
     find_checkpoints,
-    framework_section,
     load_checkpoint,
     ours_to_reference,
 )
@@ -37,8 +36,8 @@ from clustercam_pl.inference.network import predict, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.tasks.evaluate import report
-from clustercam_pl.train import train
-from helpers import CONF_DIR, TINY_OVERRIDES, compose_train, hydra_config
+from helpers import CONF_DIR, TINY_OVERRIDES, hydra_config
+from helpers import save_framework_checkpoint as save_framework
 from helpers import tiny_net as make_tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,14 +52,6 @@ MS = (0.5, 0.75, 1.0, 1.25, 1.5)
 def tiny_net(seed: int = 0) -> ClusterCAMNet:
     torch.manual_seed(seed)
     return make_tiny_net(4, decoder_width=16).eval()
-
-
-def save_framework(net: ClusterCAMNet, path: Path, epoch: int = 1, step: int = 4) -> Path:
-    """The layout `ClusterCAMLitModule` checkpoints have (the parts eval reads)."""
-    torch.save({"clustercam": framework_section(net, None),
-                "state_dict": {"net." + k: v for k, v in net.state_dict().items()},
-                "epoch": epoch, "global_step": step}, path)
-    return path
 
 
 def compose_eval(overrides: list[str], out: Path, config: str = "eval"):
@@ -174,7 +165,7 @@ def test_several_checkpoints_report_last_and_best(tmp_path, capsys):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     for seed, epoch in ((1, 5), (2, 9), (3, 7)):
-        save_framework(tiny_net(seed), folder / f"epoch{epoch}.ckpt", epoch=epoch, step=10 * epoch)
+        save_framework(tiny_net(seed), folder / f"epoch{epoch}.ckpt", epoch=epoch, global_step=10 * epoch)
     (folder / "notes.txt").write_text("not a checkpoint")
     names = [p.name for p in find_checkpoints(str(tmp_path))]  # run folder -> its checkpoints/
     assert names == ["epoch5.ckpt", "epoch7.ckpt", "epoch9.ckpt"]
@@ -270,12 +261,12 @@ def test_command_line(tmp_path):
     assert (run / "eval.log").is_file()
 
 
-def test_run_folder_of_a_real_training_run(tmp_path):
+def test_run_folder_of_a_real_training_run(tiny_run, tmp_path):
     """Lightning checkpoints from `train`: the run folder is found, and `ss` on val reproduces the
     decoder mIoU the training run logged (same images, same single-scale argmax)."""
-    metrics = train(compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1"], output_dir=tmp_path / "train"))
+    metrics = tiny_run.summary  # 1 epoch of 4 steps
     data = [o for o in TINY_OVERRIDES if o.startswith("data.")] + ["data=synthetic", "device=cpu"]
-    summary = evaluate(compose_eval([*data, f"ckpt_path={tmp_path / 'train'}", "eval=ss"], tmp_path / "run"))
+    summary = evaluate(compose_eval([*data, f"ckpt_path={tiny_run.folder}", "eval=ss"], tmp_path / "run"))
     names = sorted(Path(r["path"]).name for r in summary["checkpoints"])
     assert "last.ckpt" in names and len(names) >= 2
     assert all(r["kind"] == "framework" and r["global_step"] == 4 for r in summary["checkpoints"])

@@ -1,24 +1,28 @@
-"""Every experiment runs a few training steps (VOC / COCO on small fake prepared trees)."""
+"""Every experiment of conf/experiment builds and learns (VOC / COCO on small fake prepared trees).
+
+One experiment per data path trains a few steps through `train` (data module, Trainer, validation,
+checkpoints); the others differ from it only in settings (network preset, cluster blocks, recipe), so
+their composed config is built and takes one forward / backward step."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+from wsss_fakes import make_coco_tree, make_voc_tree
 
 from clustercam_pl.data.synthetic import write_folder_dataset
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
-from helpers import CONF_DIR, compose_train
-
-sys.path.insert(0, str(Path(__file__).parent / "data"))
-from wsss_fakes import make_coco_tree, make_voc_tree  # noqa: E402
+from helpers import CONF_DIR, TINY_NET_OVERRIDES, compose_train, one_training_step
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# The experiment trained for each data path (data.dataset): the others on that path take one step.
+TRAINED = {"coco": "coco_vits", "folder": "folder_vits", "synthetic": "synthetic", "voc": "voc_vits"}
 # Shrink the network and the run, keep everything else the experiment sets.
 SMALL = [
-    "net.embed_dim=32", "net.depth=2", "net.num_heads=2", "cam.cam_layers=2", "net.decoder_width=16",
+    *TINY_NET_OVERRIDES,
     "model.pretrained=null", "model.seg_start_epoch=0", "trainer=cpu", "trainer.precision=32-true",
     "trainer.max_steps=2", "trainer.max_epochs=5", "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false", "logger=none", "data.num_workers=0", "cam.par_iters=2",
@@ -39,9 +43,8 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     return {"voc": root / "voc", "coco": root / "coco", "folder": root / "folder"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_runs_a_few_steps(name, prepared, tmp_path):
+def small_config(name: str, prepared: dict[str, Path], out: Path):
+    """Experiment `name` at test size, on the synthetic set or the fake prepared tree of its data path."""
     extra = ["data.synthetic.image_size=64", "data.synthetic.num_train=8", "data.synthetic.num_val=2",
              "data.global_batch_size=4"]
     crop = 56 if "dinov2" in name else 64  # a multiple of the patch (14 px for DINOv2)
@@ -56,7 +59,28 @@ def test_experiment_runs_a_few_steps(name, prepared, tmp_path):
                  "data.pin_memory=false"]
     if not name.startswith(("synthetic", "folder")):
         extra.append("trainer.limit_val_batches=0")  # the fake trees' images are smaller than a cluster cell
-    summary = train(compose_train([f"+experiment={name}", *SMALL, *extra], output_dir=tmp_path))
+    return compose_train([f"+experiment={name}", *SMALL, *extra], output_dir=out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, name", TRAINED.items())
+def test_experiment_trains_a_few_steps(dataset, name, prepared, tmp_path):
+    cfg = small_config(name, prepared, tmp_path)
+    assert cfg.data.dataset == dataset
+    summary = train(cfg)
     assert summary["global_step"] == 2
     if name.startswith(("synthetic", "folder")):
         assert 0.0 <= summary["val/seg_miou"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name in EXPERIMENTS if name not in TRAINED.values()])
+def test_experiment_takes_a_training_step(name, prepared, tmp_path):
+    cfg = small_config(name, prepared, tmp_path)
+    assert cfg.data.dataset in TRAINED, f"{name}: add one experiment of data.dataset={cfg.data.dataset} to TRAINED"
+    module, loss = one_training_step(cfg)
+    assert torch.isfinite(loss) and loss > 0
+    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"{name}: no gradient reached {unused}"
+    for n, p in module.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), n

@@ -22,7 +22,6 @@ from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.checkpoint import framework_section
 from clustercam_pl.data.synthetic import SyntheticConfig, SyntheticWSSS
 from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.lit_module import ClusterCAMLitModule
@@ -32,7 +31,7 @@ from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig
 from clustercam_pl.tasks.export_labels import read_done
 from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
-from helpers import hydra_config
+from helpers import hydra_config, save_framework_checkpoint
 from helpers import tiny_net as make_tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,12 +51,7 @@ def tiny_net() -> ClusterCAMNet:
 
 @pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
-    net = tiny_net()
-    path = tmp_path / "last.ckpt"
-    sd = {"net." + k: v for k, v in net.state_dict().items()}
-    torch.save({"clustercam": framework_section(net, None), "state_dict": sd, "epoch": 1, "global_step": 4,
-                "hyper_parameters": {"cam": {"cam_layers": 2, "p2p_refine": True}}}, path)
-    return path
+    return save_framework_checkpoint(tiny_net(), tmp_path / "last.ckpt", cam={"cam_layers": 2, "p2p_refine": True})
 
 
 def run(ckpt: Path, out: Path, *extra: str) -> dict:

@@ -50,6 +50,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # six commands of up to 300 s each on a loaded machine
 def test_wheel_install_runs_from_another_folder(tmp_path):
     # Build from a copy, so the build leaves nothing in the checkout; offline and without build isolation
     # (setuptools comes from this environment: the dev extra).
@@ -105,10 +106,8 @@ def test_wheel_install_runs_from_another_folder(tmp_path):
     (ev,) = (user / "outputs" / "eval").iterdir()
     assert json.loads((ev / "eval_metrics.json").read_text())["num_images"] == 2
 
-    # `python -m` composes from the installed configs too (--cfg job: print the config, run nothing).
-    done = _run([*py, "-m", "clustercam_pl.train", "+experiment=synthetic", "--cfg", "job"], user, env)
-    assert "task_name: synthetic" in done.stdout
     done = _run([*py, str(target / "bin" / "clustercam-prepare"), "--help"], user, env)
     assert "voc" in done.stdout and "coco" in done.stdout
+    # `python -m` runs the installed copy too (test_train.py runs `python -m clustercam_pl.train` of the checkout).
     done = _run([*py, "-m", "clustercam_pl.summarize", str(run)], user, env)
     assert "| n | seeds | val/seg_miou |" in done.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU, classwise_map
+from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 
 
 def _hand_miou(gts, preds, n):
@@ -64,9 +64,3 @@ def test_per_image_ap_matches_definition_with_ties():
     # image 1: no positives, skipped; image 2: positives ranked 3rd and 4th -> (1/3 + 2/4) / 2
     want = ((1 + 2 / 3) / 2 + (1 / 3 + 2 / 4) / 2) / 2
     assert metric.compute().item() == pytest.approx(want, rel=1e-6)
-
-
-def test_classwise_map_is_torchmetrics_macro():
-    metric = classwise_map(3)
-    metric.update(torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.8, 0.7]]), torch.tensor([[1, 0, 0], [0, 1, 1]]))
-    assert metric.compute().item() == pytest.approx(1.0)

@@ -10,6 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers import TINY_NET_OVERRIDES
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "notebooks" / "clustercam_tour.ipynb"
 TIMEOUT_S = 300
@@ -21,10 +23,7 @@ TINY_ENV = {
     "CLUSTERCAM_NOTEBOOK_EPOCHS": "2",
     "CLUSTERCAM_NOTEBOOK_NUM_TRAIN": "16",
     "CLUSTERCAM_NOTEBOOK_OVERRIDES": " ".join([
-        "net.embed_dim=32",
-        "net.depth=2",
-        "net.num_heads=2",
-        "net.decoder_width=16",
+        *TINY_NET_OVERRIDES,
         "data.synthetic.image_size=64",
         "data.synthetic.num_val=4",
         "data.global_batch_size=4",

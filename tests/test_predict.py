@@ -23,7 +23,7 @@ from hydra import compose
 from PIL import Image, ImageOps
 
 from clustercam_pl.cam.config import CAMConfig
-from clustercam_pl.checkpoint import framework_section, load_checkpoint, resolve_class_names
+from clustercam_pl.checkpoint import load_checkpoint, resolve_class_names
 from clustercam_pl.data.imageio import read_image_any
 from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_sample
@@ -31,9 +31,8 @@ from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 from clustercam_pl.entry import protocol_from_config
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
 from clustercam_pl.tasks.predict import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
-from clustercam_pl.train import train
 from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
-from helpers import TINY_OVERRIDES, compose_train, hydra_config
+from helpers import hydra_config, save_framework_checkpoint
 from helpers import tiny_net as make_tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,11 +128,9 @@ def check_outputs(out: Path, sizes: dict[str, tuple[int, int]], inputs: Path, th
 
 
 @pytest.fixture(scope="module")
-def trained_ckpt(tmp_path_factory) -> Path:
-    """A tiny network trained 1 epoch on the synthetic set (the training run's last.ckpt; 4 steps, ~3 s)."""
-    run = tmp_path_factory.mktemp("train")
-    train(compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1"], output_dir=run))
-    return run / "checkpoints" / "last.ckpt"
+def trained_ckpt(tiny_run) -> Path:
+    """A tiny network trained 1 epoch on the synthetic set (the shared run's last.ckpt; 4 steps)."""
+    return tiny_run.last
 
 
 @pytest.fixture
@@ -141,12 +138,8 @@ def tiny_ckpt(tmp_path) -> Path:
     """An untrained tiny framework checkpoint that names its classes (fast tests)."""
     torch.manual_seed(0)
     net = make_tiny_net(4, patch_size=8).eval()
-    path = tmp_path / "tiny.ckpt"
     cam = asdict(CAMConfig(cam_layers=2, p2p_refine=True, scales=(1.0, 0.75), train_mode=False))
-    torch.save({"clustercam": framework_section(net, NAMES), "epoch": 0, "global_step": 0,
-                "hyper_parameters": {"cam": cam},
-                "state_dict": {"net." + k: v for k, v in net.state_dict().items()}}, path)
-    return path
+    return save_framework_checkpoint(net, tmp_path / "tiny.ckpt", class_names=NAMES, cam=cam, epoch=0, global_step=0)
 
 
 # ----------------------------------------------------------------------------------------- reading

@@ -9,9 +9,8 @@ import subprocess
 import pytest
 
 from clustercam_pl.optim import OptimConfig
-from clustercam_pl.train import train
 from clustercam_pl.utils import run_info
-from helpers import CONF_DIR, TINY_OVERRIDES, compose_train
+from helpers import CONF_DIR, compose_train
 
 REPO = CONF_DIR.parents[2]
 
@@ -49,21 +48,17 @@ def test_source_commit(tmp_path):
                                                                                     "git_dirty": None}
 
 
-def test_train_writes_env_json_and_logs_it(tmp_path, caplog):
-    cfg = compose_train([*TINY_OVERRIDES, "trainer.max_epochs=1", "data.synthetic.num_train=4", "data.synthetic.num_val=2",
-                         "reference_batch_size=16"], output_dir=tmp_path)
-    with caplog.at_level(logging.INFO, logger="clustercam_pl"):
-        train(cfg)
-    info = json.loads((tmp_path / "env.json").read_text())
+def test_train_writes_env_json_and_logs_it(tiny_run):
+    info = json.loads((tiny_run.folder / "env.json").read_text())  # the run has reference_batch_size=16
     assert info["clustercam_pl"]["version"] == "0.1.0" and info["world_size"] == 1
     assert info["batch"]["global"] == 4 and info["batch"]["per_device"] == 4 and info["batch"]["reference"] == 16
     assert info["precision"] == "32-true" and info["devices"]["count"] >= 1
     assert info["packages"]["torch"] and info["python"].count(".") == 2
-    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("env: "))
+    line = next(m for _, m in tiny_run.messages if m.startswith("env: "))
     assert "world size 1 | batch 4 global, 4 per device | precision 32-true" in line
-    warning = next(r for r in caplog.records if "reference batch" in r.getMessage())
-    assert warning.levelno == logging.WARNING and warning.getMessage() == info["batch"]["note"]
-    assert "data.global_batch_size=16" in warning.getMessage()
+    level, warning = next((lv, m) for lv, m in tiny_run.messages if "reference batch" in m)
+    assert level == logging.WARNING and warning == info["batch"]["note"]
+    assert "data.global_batch_size=16" in warning
 
 
 def test_record_env_for_an_entry_point_without_training(tmp_path):

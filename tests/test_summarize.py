@@ -147,9 +147,11 @@ def test_broken_jobs_are_listed_with_their_file_and_the_others_summarised(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the sweep may take its 400 s on a loaded machine
 def test_four_job_synthetic_sweep(tmp_path, capsys):
     """Two cluster grids x two seeds, two steps each, then summarize: two rows of n = 2 whose mean and std
-    are those of the jobs' metrics.json; the jobs share one wandb group and carry the swept keys."""
+    are those of the jobs' metrics.json; each job's config.yaml has its swept values, the jobs share one
+    wandb group and carry the swept keys. (The one multirun training of the suite.)"""
     sweep = tmp_path / "sweep"
     done = run_cli(["-m", *TINY_OVERRIDES, "trainer.max_epochs=1", "data.synthetic.num_train=8",
                     "data.synthetic.num_val=2", "logger=wandb", "callbacks=none",
@@ -159,6 +161,7 @@ def test_four_job_synthetic_sweep(tmp_path, capsys):
     assert all(m["global_step"] == 2 for m in jobs.values())
     for j in jobs:
         cfg = yaml.safe_load((sweep / j / "config.yaml").read_text())
+        assert cfg["net"]["cluster_grid"] == ([2, 2] if j in "01" else [3, 3]) and cfg["seed"] == int(j) % 2
         assert cfg["logger"]["wandb"]["group"] == "sweep"
         assert cfg["logger"]["wandb"]["config"] == {
             "sweep": "sweep", "sweep/net.cluster_grid": "[2,2]" if j in "01" else "[3,3]", "sweep/seed": str(int(j) % 2)}

@@ -7,8 +7,6 @@
 * :class:`PerImageAveragePrecision`: the reference's in-training mAP (``engine.compute_mAP``): the
   average precision of each image's class scores against its labels, averaged over the images with
   at least one positive label.
-* :func:`classwise_map`: the usual class-wise macro mAP (torchmetrics), for comparison with the
-  classification literature.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from typing import Any
 
 import torch
 from torchmetrics import Metric
-from torchmetrics.classification import MulticlassJaccardIndex, MultilabelAveragePrecision
+from torchmetrics.classification import MulticlassJaccardIndex
 
 from clustercam_pl.data.labels import IGNORE_INDEX
 
@@ -111,11 +109,6 @@ class PerImageAveragePrecision(Metric):
 
     def compute(self) -> torch.Tensor:
         return (self.ap_sum / self.count).float()  # NaN if no image had a positive label
-
-
-def classwise_map(num_labels: int, **kwargs: Any) -> MultilabelAveragePrecision:
-    """Class-wise macro mAP: AP of each class over the whole set, averaged over classes (torchmetrics)."""
-    return MultilabelAveragePrecision(num_labels=num_labels, average="macro", **kwargs)
 
 
 def scores_from_confmat(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
