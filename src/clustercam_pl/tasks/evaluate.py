@@ -13,13 +13,23 @@ on val).
 On N processes (`clustercam_pl.utils.distributed`), each evaluates its share of the images (each image
 once) and writes their PNGs; the confusion matrices are summed, so the numbers are those of one
 process. Post-processing steps run in a `StepPool` of worker processes alongside the network.
+
+Resumable: every image's confusion counts go, as they are computed, into a small npz record
+(`<out_dir>/per_image/[<i>_<checkpoint>/]<id>.npz`, written atomically; after the image's export PNG
+when exporting). A rerun into the same folder with the same checkpoints, data and protocol
+(`meta.json`) skips the images whose record reads back and sums the stored counts, so its mIoU is
+exactly that of an uninterrupted run, on any number of processes; a rerun with other settings is
+refused (`overwrite=true` recomputes everything).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
+import signal
 import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,8 +47,9 @@ from clustercam_pl.inference.network import crop_predictions
 from clustercam_pl.inference.pool import StepPool, default_workers
 from clustercam_pl.inference.protocol import Protocol, network_crops, postprocess
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
+from clustercam_pl.tasks.export_labels import dataset_ids, write_npz
 from clustercam_pl.utils.distributed import Ranks
-from clustercam_pl.utils.files import OutputFolder, atomic_write, natural_key, write_text
+from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256, natural_key, write_text
 from clustercam_pl.utils.results import iou_table, write_metrics
 
 log = logging.getLogger("clustercam_pl.eval")
@@ -48,8 +59,11 @@ SELECTION_NOTE = (
     "scored (optimistic); the reference quotes the best of 30 checkpoints (epochs 50-79) chosen on val"
 )
 VOC_TEST_IMAGES = 1456
-META_FORMAT = 1
+META_FORMAT = 2  # 2: per-image records (resumable); a folder of format 1 is refused by the meta check
 REPORT, METRICS = "eval_report.txt", "eval_metrics.json"
+RECORDS = "per_image"
+# Test hook: a process SIGKILLs itself after writing this many new per-image records (resume tests).
+KILL_AFTER_ENV = "CLUSTERCAM_EVAL_KILL_AFTER"
 
 
 # ----------------------------------------------------------------------------------- selection
@@ -103,6 +117,48 @@ def export_voc_results(root: str | os.PathLike, split: str = "test", comp: str =
     return archive
 
 
+# ------------------------------------------------------------------------------- per-image records
+def records_dir(out_dir: Path, index: int, path: str | os.PathLike, several: bool) -> Path:
+    """Where the per-image records of the `index`-th checkpoint go (a sub-folder each when several)."""
+    return out_dir / RECORDS / f"{index:02d}_{Path(path).stem}" if several else out_dir / RECORDS
+
+
+def read_record(path: Path, num_classes: int) -> np.ndarray | None:
+    """The stored (C, C) int64 confusion counts of a finished image; None if missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            confmat = np.asarray(z["confmat"], dtype=np.int64)
+    except Exception as e:  # anything unreadable is redone, never trusted
+        log.warning("redoing %s: its record does not read back (%s: %s)", path, type(e).__name__, e)
+        return None
+    return confmat if confmat.shape == (num_classes, num_classes) else None
+
+
+def resume_state(
+    ids: Sequence[str], mine: Sequence[int], records: Path, export_dir: Path | None, num_classes: int,
+    overwrite: bool = False,
+) -> tuple[np.ndarray, int, list[int]]:
+    """(summed (C, C) counts of this process's finished images, how many, the indices still to do).
+
+    An image is finished when its record reads back (and, when exporting, its PNG exists)."""
+    total, n_done, todo = np.zeros((num_classes, num_classes), dtype=np.int64), 0, []
+    for i in mine:
+        confmat = None if overwrite else read_record(records / f"{ids[i]}.npz", num_classes)
+        if confmat is None or (export_dir is not None and not (export_dir / f"{ids[i]}.png").is_file()):
+            todo.append(i)
+        else:
+            total += confmat
+            n_done += 1
+    return total, n_done, todo
+
+
+def _kill_hook() -> int | None:
+    value = os.environ.get(KILL_AFTER_ENV)
+    return int(value) if value else None
+
+
 # ------------------------------------------------------------------------------------ evaluation
 def _label_maps(
     net: torch.nn.Module, loader: DataLoader, protocol: Protocol, device: torch.device, pool: StepPool | None
@@ -138,31 +194,50 @@ def evaluate_network(
     export_dir: Path | None = None,
     pool: StepPool | None = None,
     ranks: Ranks | None = None,
+    records: Path | None = None,
+    resumed: tuple[np.ndarray, int] | None = None,
 ) -> dict[str, Any]:
     """Run one network over the loader (this process's share); mIoU against the masks, PNGs into
     `export_dir` if given. Counts are summed over `ranks`, so every process returns the whole result.
+
+    `records`: each image's confusion counts are written there as `<id>.npz` as soon as it is done
+    (after its PNG); `resumed`: the summed (C, C) counts and number of this process's images that a
+    previous run finished (`resume_state`), added to the result.
     """
     ranks = ranks or Ranks(device=device)
     net = ckpt.net.to(device).eval()
     C = net.cfg.num_classes + 1
     confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C) rows: mask
+    n_resumed = 0
+    if resumed is not None:
+        confmat += torch.from_numpy(resumed[0]).to(device)
+        n_resumed = resumed[1]
+    kill_after = _kill_hook()
     n_images, t0 = 0, time.perf_counter()
     for mask, image_id, labels in _label_maps(net, loader, protocol, device, pool):  # labels (h, w) uint8
+        image_confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C)
         if has_masks and mask is not None:
-            confmat += confusion_matrix(torch.from_numpy(labels).to(device).long(), mask.to(device), C)
+            image_confmat = confusion_matrix(torch.from_numpy(labels).to(device).long(), mask.to(device), C)
+        confmat += image_confmat
         if export_dir is not None:
             write_index_png(export_dir / f"{image_id}.png", labels)
+        if records is not None:  # after the PNG: a record says the image is finished
+            write_npz(records / f"{image_id}.npz", confmat=image_confmat.cpu().numpy())
         n_images += 1
+        if kill_after is not None and n_images >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
     seconds = ranks.max(time.perf_counter() - t0)
     confmat = ranks.sum(confmat)
-    per_process = ranks.gather(n_images)
-    n_images = sum(per_process)
+    per_process = [a + b for a, b in zip(ranks.gather(n_images), ranks.gather(n_resumed), strict=True)]
+    computed = int(ranks.sum(torch.tensor(n_images)))
     result: dict[str, Any] = {
         "path": ckpt.path, "kind": ckpt.kind, "epoch": ckpt.epoch, "global_step": ckpt.global_step,
-        "images": n_images, "images_per_process": per_process, "seconds": round(seconds, 3),
-        "images_per_s": round(n_images / seconds, 3) if seconds > 0 else None,
+        "images": sum(per_process), "images_per_process": per_process, "computed": computed,
+        "resumed": sum(per_process) - computed, "seconds": round(seconds, 3),
+        "images_per_s": round(computed / seconds, 3) if seconds > 0 and computed else None,
         "miou": None, "per_class": None,
     }
+    n_images = sum(per_process)
     if has_masks and n_images:
         miou, per_class = iou_from_confmat(confmat.cpu())
         result["miou"] = float(miou.float())
@@ -218,6 +293,7 @@ def evaluate_checkpoints(
     net_overrides: Mapping[str, Any] | None = None,
     crf_workers: int | None = None,
     ranks: Ranks | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every checkpoint of `ckpt_spec` (file, list, glob, run folder) with `protocol` on `split`
     of `datamodule` (a `WSSSDataModule`).
@@ -229,7 +305,9 @@ def evaluate_checkpoints(
     0: in this process). `ranks`
     (`distributed.launch`): each process evaluates its share of the images and writes their PNGs;
     the confusion matrices are summed, the main process packs the export, and every process returns
-    the summary one process would.
+    the summary one process would. Resumable (see the module's docstring): `meta.json` records the
+    checkpoints (sha256), data, split, images and protocol; `overwrite` recomputes every image and
+    accepts a folder made with other settings.
     """
     ranks = ranks or Ranks(device=device)
     protocol.require()  # before any slow work
@@ -247,16 +325,18 @@ def evaluate_checkpoints(
     if limit is not None and int(limit) < 1:
         raise ValueError(f"limit={limit} must be a positive number of images (or null for all)")
     num_images = min(int(limit), len(dataset)) if limit is not None else len(dataset)
-    loader = dm.eval_loader(split, ranks.shard(range(num_images)))  # no padding: each image once
     if not has_masks and not export_comp and ranks.is_main:
         log.warning("split %s has no masks: nothing will be scored (export=true writes predictions)", split)
-    meta = {"format": META_FORMAT, "command": "eval"}  # each run's settings go to eval_metrics.json
-    with OutputFolder(out_dir, meta, command="eval").claim(ranks):
+    meta = eval_meta(paths, dm, split, num_images, protocol, export_comp, net_overrides)
+    with OutputFolder(out_dir, meta, command="eval", overwrite=overwrite,
+                      ignore=("checkpoint_paths",)).claim(ranks):
         export_dir = voc_results_dir(out_dir, split, export_comp) if export_comp else None
         if export_dir is not None:
             export_dir.mkdir(parents=True, exist_ok=True)
         workers = default_workers(ranks.local_world_size) if crf_workers is None else crf_workers
-        results = _evaluate_paths(paths, dm, loader, protocol, device, has_masks, export_dir, workers,
+        shares = _Shares(dataset_ids(dataset)[:num_images], ranks.shard(range(num_images)), out_dir,
+                         len(paths) > 1, overwrite)  # no padding: each image once
+        results = _evaluate_paths(paths, dm, split, shares, protocol, device, has_masks, export_dir, workers,
                                   net_overrides, ranks)
         summary = _summary(results, dm, split, protocol, quote, num_images, device, ranks, out_dir)
         summary["crf_workers"] = workers if protocol.steps else None
@@ -274,8 +354,37 @@ def evaluate_checkpoints(
     return summary
 
 
+def eval_meta(
+    paths: Sequence[Path], dm: Any, split: str, num_images: int, protocol: Protocol, export_comp: str | None,
+    net_overrides: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What makes an eval folder's per-image records valid: the checkpoints' contents, the data, the
+    images and the protocol (as JSON stores it, so a rerun compares equal)."""
+    options = dm.kind_config
+    meta = {
+        "format": META_FORMAT, "command": "eval",
+        "checkpoints_sha256": [file_sha256(p) for p in paths], "checkpoint_paths": [str(p) for p in paths],
+        "dataset": dm.dataset, "data_root": dm.root,
+        "data_options": dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options,
+        "split": split, "num_images": num_images, "protocol": protocol.as_dict(),
+        "export_comp": export_comp, "net_overrides": dict(net_overrides or {}),
+    }
+    return json.loads(json.dumps(meta, default=str))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shares:
+    """This process's images (`mine`: indices into `ids`) and where their records go."""
+
+    ids: list[str]
+    mine: list[int]
+    out_dir: Path
+    several: bool
+    overwrite: bool
+
+
 def _evaluate_paths(
-    paths: Sequence[Path], dm: Any, loader: DataLoader, protocol: Protocol, device: torch.device,
+    paths: Sequence[Path], dm: Any, split: str, shares: _Shares, protocol: Protocol, device: torch.device,
     has_masks: bool, export_dir: Path | None, workers: int, net_overrides: Mapping[str, Any] | None,
     ranks: Ranks,
 ) -> list[dict[str, Any]]:
@@ -291,14 +400,24 @@ def _evaluate_paths(
     chunk = int(getattr(dm, "val_batch_size", 1) or 1)
     with StepPool(protocol.steps, workers, max_pending=(2 * workers + 1) * chunk) as pool:
         pool.start()  # the workers start while the checkpoint loads
-        for path in paths:
+        for index, path in enumerate(paths):
+            records = records_dir(shares.out_dir, index, path, shares.several)
+            records.mkdir(parents=True, exist_ok=True)
+            C = dm.num_classes + 1
+            total, n_done_here, todo = resume_state(shares.ids, shares.mine, records, export_dir, C, shares.overwrite)
+            n_done = int(ranks.sum(torch.tensor(n_done_here)))
+            if ranks.is_main and n_done:
+                log.info("%s: %d of %d images already done (resuming from %s)", path, n_done,
+                         len(shares.ids), records)
+            loader = dm.eval_loader(split, todo)
             ckpt = load_checkpoint(path, **(net_overrides or {}))
             if ckpt.net.cfg.num_classes != dm.num_classes:
                 raise ValueError(
                     f"{path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
-            result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks)
+            result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks,
+                                      records=records, resumed=(total, n_done_here))
             if ranks.is_main:
                 log.info("%s: mIoU %s (%d images, %.1f s)", path, _fmt(result["miou"]), result["images"],
                          result["seconds"])
