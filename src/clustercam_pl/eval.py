@@ -5,7 +5,8 @@ with its result: mIoU (VOC convention) and the per-class IoU table; with several
 and the best are reported (`quote=last|best`). `export=true` writes and packs the predictions for the
 VOC evaluation server. `trainer=ddp trainer.devices=N` (or `trainer.num_nodes`, `trainer=ddp_spawn`,
 SLURM tasks) runs it on N processes, as training; `crf_workers` sets the post-processing worker
-processes. The work is `clustercam_pl.tasks.evaluate`; `evaluate(cfg)` is importable (tests call it);
+processes. `check_archive=<tar.gz>` checks a VOC server archive against the split list (no network).
+The work is `clustercam_pl.tasks.evaluate`; `evaluate(cfg)` is importable (tests call it);
 `main` is the Hydra wrapper.
 """
 
@@ -30,6 +31,7 @@ from clustercam_pl.entry import (
     run_dir,
 )
 from clustercam_pl.tasks.evaluate import evaluate_checkpoints, report
+from clustercam_pl.tasks.voc_archive import check_archive_of_split
 from clustercam_pl.utils.distributed import Ranks, launch
 
 log = logging.getLogger("clustercam_pl.eval")
@@ -38,6 +40,12 @@ log = logging.getLogger("clustercam_pl.eval")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate every checkpoint of `cfg.ckpt_path` with protocol `cfg.eval` on the processes of
     `cfg.trainer` (one by default); write eval_metrics.json (the main process)."""
+    if cfg.get("check_archive"):  # no network: check a VOC server archive against the split list
+        dm = instantiate(cfg.data, _convert_="all", num_workers=0)
+        result = check_archive_of_split(str(cfg.check_archive), dm, str(cfg.split))
+        print(f"{result['archive']}: {result['images']} images, layout, sizes, palette and values as the VOC "
+              "server expects: ready to upload", flush=True)
+        return {"archive_check": result, "miou": None}
     check_multirun_strategy(cfg)
     settings = launch_settings(cfg)
     return launch(settings, _evaluate, cfg if settings.single else resolved_copy(cfg))

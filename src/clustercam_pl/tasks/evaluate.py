@@ -48,6 +48,7 @@ from clustercam_pl.inference.pool import StepPool, default_workers
 from clustercam_pl.inference.protocol import Protocol, network_crops, postprocess
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.tasks.export_labels import dataset_ids, write_npz
+from clustercam_pl.tasks.voc_archive import ArchiveError, check_voc_archive, dataset_sizes
 from clustercam_pl.utils.distributed import Ranks
 from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256, natural_key, write_text
 from clustercam_pl.utils.results import iou_table, write_metrics
@@ -276,7 +277,9 @@ def report(summary: dict[str, Any]) -> str:
         names = list(summary["per_class_iou"])
         lines.append(iou_table([summary["per_class_iou"][n] for n in names], names))
     if summary.get("export_archive"):
-        lines.append(f"VOC server export: {summary['export_archive']}")
+        check = summary.get("export_check") or "ok"
+        state = "checked, ready to upload" if check == "ok" else "NOT ready, see the archive check above"
+        lines.append(f"VOC server export: {summary['export_archive']} ({state})")
     return "\n".join(lines)
 
 
@@ -345,6 +348,7 @@ def evaluate_checkpoints(
             if ranks.is_main:
                 export_voc_results(out_dir, split, export_comp)
             summary["export_archive"] = str(voc_archive_path(out_dir, split, export_comp))
+            summary["export_check"] = _check_export(summary["export_archive"], dataset, split, ranks)
             if dm.dataset == "voc" and split == "test" and num_images != VOC_TEST_IMAGES and ranks.is_main:
                 log.warning("the VOC test set has %d images, this export has %d (limit=%s): the server will "
                             "refuse it", VOC_TEST_IMAGES, num_images, limit)
@@ -381,6 +385,18 @@ class _Shares:
     out_dir: Path
     several: bool
     overwrite: bool
+
+
+def _check_export(archive: str, dataset: Any, split: str, ranks: Ranks) -> str:
+    """"ok", or the archive check's message (logged as an error: the server would refuse it)."""
+    message = "ok"
+    if ranks.is_main:
+        try:
+            check_voc_archive(archive, dataset_ids(dataset), dataset_sizes(dataset), split)
+        except ArchiveError as e:
+            message = str(e)
+            log.error("%s", message)
+    return ranks.gather(message)[0]
 
 
 def _evaluate_paths(
