@@ -94,6 +94,8 @@ def test_several_checkpoints_keep_a_record_folder_each(ckpt, tmp_path):
     over = [*DATA, f"ckpt_path=[{other},{ckpt}]", "eval=ss", "limit=2"]
     first = evaluate(compose_eval(over, tmp_path / "run"))
     assert sorted(p.name for p in (tmp_path / "run" / RECORDS).iterdir()) == ["00_epoch1", "01_last"]
+    est = first["checkpoints"][0]
+    assert est["estimate_s"] > 0 and est["estimate_bytes"] == est["bytes"] > 0  # 2 images: the probe is all
     second = evaluate(compose_eval(over, tmp_path / "run"))  # everything resumed, nothing computed
     assert [r["computed"] for r in second["checkpoints"]] == [0, 0]
     assert [r["miou"] for r in second["checkpoints"]] == [r["miou"] for r in first["checkpoints"]]

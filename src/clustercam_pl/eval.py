@@ -62,7 +62,7 @@ def _evaluate(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
         as_list(cfg.ckpt_path), dm, str(cfg.split), protocol, ranks.device, out_dir,
         quote=str(cfg.quote), limit=cfg.limit, export_comp=str(cfg.export_comp) if cfg.export else None,
         net_overrides=net_overrides(cfg), crf_workers=cfg.crf_workers, ranks=ranks,
-        overwrite=bool(cfg.get("overwrite", False)),
+        overwrite=bool(cfg.get("overwrite", False)), progress=bool(cfg.get("progress", True)),
     )
     if ranks.is_main:
         print(report(summary), flush=True)

@@ -39,6 +39,7 @@ from clustercam_pl.inference.steps import IGNORE
 from clustercam_pl.metrics import confusion_matrix, scores_from_confmat
 from clustercam_pl.utils.distributed import Ranks
 from clustercam_pl.utils.files import OutputFolder, atomic_write, natural_key, write_json, write_text
+from clustercam_pl.utils.progress import CostMeter
 from clustercam_pl.visualize import _class_legend, _figure, _label_image
 
 log = logging.getLogger("clustercam_pl.audit")
@@ -210,7 +211,9 @@ def audit_share(
     totals = [np.zeros((C, C + 1), np.int64) for _ in sets]
     curve = np.zeros((len(THRESHOLDS), C, C), np.int64) if cams is not None else None
     records = []
-    for image_id in ranks.shard(list(ids)):
+    mine = ranks.shard(list(ids))
+    meter = CostMeter(len(mine), "audit", enabled=ranks.is_main)
+    for image_id in mine:
         _, mask = item_arrays(dataset[index[image_id]])
         if mask is None:
             raise ValueError(f"image {image_id} has no mask: the audit needs a split with masks")
@@ -231,6 +234,8 @@ def audit_share(
                                         "(or pass cams=false)")
             curve += cam_curve_counts(*read_cams(npz, mask.shape), mask, C)
         records.append(rec)
+        meter.update(1)
+    meter.close()
     return records, totals, curve
 
 

@@ -51,6 +51,7 @@ from clustercam_pl.tasks.export_labels import dataset_ids, write_npz
 from clustercam_pl.tasks.voc_archive import ArchiveError, check_voc_archive, dataset_sizes
 from clustercam_pl.utils.distributed import Ranks
 from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256, natural_key, write_text
+from clustercam_pl.utils.progress import CostMeter
 from clustercam_pl.utils.results import iou_table, write_metrics
 
 log = logging.getLogger("clustercam_pl.eval")
@@ -197,13 +198,15 @@ def evaluate_network(
     ranks: Ranks | None = None,
     records: Path | None = None,
     resumed: tuple[np.ndarray, int] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run one network over the loader (this process's share); mIoU against the masks, PNGs into
     `export_dir` if given. Counts are summed over `ranks`, so every process returns the whole result.
 
     `records`: each image's confusion counts are written there as `<id>.npz` as soon as it is done
     (after its PNG); `resumed`: the summed (C, C) counts and number of this process's images that a
-    previous run finished (`resume_state`), added to the result.
+    previous run finished (`resume_state`), added to the result. `progress`: a bar with images/s and
+    ETA, and an estimate of time and disk from the first batches (main process).
     """
     ranks = ranks or Ranks(device=device)
     net = ckpt.net.to(device).eval()
@@ -215,18 +218,25 @@ def evaluate_network(
         n_resumed = resumed[1]
     kill_after = _kill_hook()
     n_images, t0 = 0, time.perf_counter()
+    chunk = int(getattr(loader, "batch_size", None) or 1)
+    meter = CostMeter(len(loader.dataset), "eval", enabled=progress and ranks.is_main, probe=2 * chunk)  # type: ignore[arg-type]
     for mask, image_id, labels in _label_maps(net, loader, protocol, device, pool):  # labels (h, w) uint8
         image_confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C)
         if has_masks and mask is not None:
             image_confmat = confusion_matrix(torch.from_numpy(labels).to(device).long(), mask.to(device), C)
         confmat += image_confmat
+        written: list[Path] = []
         if export_dir is not None:
             write_index_png(export_dir / f"{image_id}.png", labels)
+            written.append(export_dir / f"{image_id}.png")
         if records is not None:  # after the PNG: a record says the image is finished
             write_npz(records / f"{image_id}.npz", confmat=image_confmat.cpu().numpy())
+            written.append(records / f"{image_id}.npz")
+        meter.update(1, tuple(written))
         n_images += 1
         if kill_after is not None and n_images >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
+    meter.close()
     seconds = ranks.max(time.perf_counter() - t0)
     confmat = ranks.sum(confmat)
     per_process = [a + b for a, b in zip(ranks.gather(n_images), ranks.gather(n_resumed), strict=True)]
@@ -236,7 +246,7 @@ def evaluate_network(
         "images": sum(per_process), "images_per_process": per_process, "computed": computed,
         "resumed": sum(per_process) - computed, "seconds": round(seconds, 3),
         "images_per_s": round(computed / seconds, 3) if seconds > 0 and computed else None,
-        "miou": None, "per_class": None,
+        "miou": None, "per_class": None, **meter.estimate(),
     }
     n_images = sum(per_process)
     if has_masks and n_images:
@@ -297,6 +307,7 @@ def evaluate_checkpoints(
     crf_workers: int | None = None,
     ranks: Ranks | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every checkpoint of `ckpt_spec` (file, list, glob, run folder) with `protocol` on `split`
     of `datamodule` (a `WSSSDataModule`).
@@ -310,7 +321,7 @@ def evaluate_checkpoints(
     the confusion matrices are summed, the main process packs the export, and every process returns
     the summary one process would. Resumable (see the module's docstring): `meta.json` records the
     checkpoints (sha256), data, split, images and protocol; `overwrite` recomputes every image and
-    accepts a folder made with other settings.
+    accepts a folder made with other settings. `progress`: a progress bar and the cost estimate.
     """
     ranks = ranks or Ranks(device=device)
     protocol.require()  # before any slow work
@@ -338,7 +349,7 @@ def evaluate_checkpoints(
             export_dir.mkdir(parents=True, exist_ok=True)
         workers = default_workers(ranks.local_world_size) if crf_workers is None else crf_workers
         shares = _Shares(dataset_ids(dataset)[:num_images], ranks.shard(range(num_images)), out_dir,
-                         len(paths) > 1, overwrite)  # no padding: each image once
+                         len(paths) > 1, overwrite, progress)  # no padding: each image once
         results = _evaluate_paths(paths, dm, split, shares, protocol, device, has_masks, export_dir, workers,
                                   net_overrides, ranks)
         summary = _summary(results, dm, split, protocol, quote, num_images, device, ranks, out_dir)
@@ -385,6 +396,17 @@ class _Shares:
     out_dir: Path
     several: bool
     overwrite: bool
+    progress: bool = False
+
+
+def _log_cost(path: Path, protocol: Protocol, n_images: int, n_done: int, processes: int, export: bool) -> None:
+    """What the loop will do, before it starts: images, scales, flips, post-processing, outputs."""
+    passes = len(protocol.scales) * (2 if protocol.flip else 1)
+    steps = ", ".join(s.name for s in protocol.steps) or "none"
+    log.info("%s: %d images (%d already done, %d to do on %d process(es)); %d scale(s) %s, flip %s = %d "
+             "forward pass(es) per image; post-processing: %s; writes a per-image record%s",
+             path, n_images, n_done, n_images - n_done, processes, len(protocol.scales), list(protocol.scales),
+             "yes" if protocol.flip else "no", passes, steps, " and a PNG" if export else "")
 
 
 def _check_export(archive: str, dataset: Any, split: str, ranks: Ranks) -> str:
@@ -422,9 +444,8 @@ def _evaluate_paths(
             C = dm.num_classes + 1
             total, n_done_here, todo = resume_state(shares.ids, shares.mine, records, export_dir, C, shares.overwrite)
             n_done = int(ranks.sum(torch.tensor(n_done_here)))
-            if ranks.is_main and n_done:
-                log.info("%s: %d of %d images already done (resuming from %s)", path, n_done,
-                         len(shares.ids), records)
+            if ranks.is_main:
+                _log_cost(path, protocol, len(shares.ids), n_done, ranks.world_size, export_dir is not None)
             loader = dm.eval_loader(split, todo)
             ckpt = load_checkpoint(path, **(net_overrides or {}))
             if ckpt.net.cfg.num_classes != dm.num_classes:
@@ -433,7 +454,7 @@ def _evaluate_paths(
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
             result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks,
-                                      records=records, resumed=(total, n_done_here))
+                                      records=records, resumed=(total, n_done_here), progress=shares.progress)
             if ranks.is_main:
                 log.info("%s: mIoU %s (%d images, %.1f s)", path, _fmt(result["miou"]), result["images"],
                          result["seconds"])

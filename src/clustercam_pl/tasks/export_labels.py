@@ -47,6 +47,7 @@ from clustercam_pl.inference.network import (
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.utils.distributed import Ranks
 from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256
+from clustercam_pl.utils.progress import CostMeter
 from clustercam_pl.utils.results import iou_table, write_metrics
 
 log = logging.getLogger("clustercam_pl.export_labels")
@@ -244,15 +245,19 @@ def _export(net: torch.nn.Module, dm: Any, split: str, todo: Sequence[int], cam:
     t0 = time.perf_counter()
     every = max(len(todo) // 10, 1)
     n = 0
-    for batch in dm.eval_loader(split, list(todo)):
+    loader = dm.eval_loader(split, list(todo))
+    meter = CostMeter(len(todo), "export_labels", enabled=ranks.is_main, probe=2 * (loader.batch_size or 1))
+    for batch in loader:
         for image_id, s in zip(batch["image_id"], process_batch(
                 batch, net, par, cam, device, out_dir, cam_downscale), strict=True):
             stats[image_id] = s
+            meter.update(1, output_paths(out_dir, image_id))
         before, n = n, n + len(batch["image_id"])
         if ranks.is_main and (n // every != before // every or n == len(todo)):
             rate = n / (time.perf_counter() - t0)
             log.info("%d / %d images%s (%.2f images/s, ~%.0f s left)", n, len(todo),
                      " of the main process's share" if ranks.distributed else "", rate, (len(todo) - n) / rate)
+    meter.close()
 
 
 def summed_confmats(stats: dict[str, dict[str, np.ndarray]], ids: Sequence[str], key: str, C: int) -> np.ndarray:
