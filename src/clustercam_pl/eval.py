@@ -63,6 +63,8 @@ def _evaluate(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
         quote=str(cfg.quote), limit=cfg.limit, export_comp=str(cfg.export_comp) if cfg.export else None,
         net_overrides=net_overrides(cfg), crf_workers=cfg.crf_workers, ranks=ranks,
         overwrite=bool(cfg.get("overwrite", False)), progress=bool(cfg.get("progress", True)),
+        save_scores=bool(cfg.get("save_scores", False)), score_downscale=int(cfg.get("score_downscale", 4)),
+        scores_from=cfg.get("scores_from"),
     )
     if ranks.is_main:
         print(report(summary), flush=True)

@@ -46,6 +46,7 @@ from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.inference.network import crop_predictions
 from clustercam_pl.inference.pool import StepPool, default_workers
 from clustercam_pl.inference.protocol import Protocol, network_crops, postprocess
+from clustercam_pl.inference.scores import expand_scores, reduce_scores
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.tasks.export_labels import dataset_ids, write_npz
 from clustercam_pl.tasks.voc_archive import ArchiveError, check_voc_archive, dataset_sizes
@@ -162,13 +163,40 @@ def _kill_hook() -> int | None:
 
 
 # ------------------------------------------------------------------------------------ evaluation
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Saved class probabilities: written to `save_dir` (save_scores) or read from `from_dir` instead of
+    running the network (scores_from), at 1/`factor` resolution (`inference.scores`)."""
+
+    factor: int = 4
+    save_dir: Path | None = None
+    from_dir: Path | None = None
+
+
+def _saved_crops(
+    ids: Sequence[str], images: Tensor, image_size: Tensor | None, scores: Scores, device: torch.device,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(image (3, h, w), probabilities (C, h, w)) of a padded batch (B, 3, H, W) from saved scores."""
+    assert scores.from_dir is not None
+    for i, image_id in enumerate(ids):
+        h, w = (int(image_size[i, 0]), int(image_size[i, 1])) if image_size is not None else images.shape[-2:]
+        path = scores.from_dir / f"{image_id}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: scores_from needs the scores of every image; finish "
+                                    f"that eval (rerun it with save_scores=true: it resumes)")
+        with np.load(path) as z:
+            yield images[i, :, :h, :w], expand_scores(z["scores"], (h, w), device)
+
+
 def _label_maps(
-    net: torch.nn.Module, loader: DataLoader, protocol: Protocol, device: torch.device, pool: StepPool | None
+    net: torch.nn.Module, loader: DataLoader, protocol: Protocol, device: torch.device, pool: StepPool | None,
+    scores: Scores | None = None,
 ) -> Iterator[tuple[Tensor | None, str, np.ndarray]]:
     """(mask (h, w) or None, image_id, label map (h, w) uint8) of every image of `loader`, in its order.
 
     With post-processing steps, each image goes to `pool` as soon as its batch is predicted, and the
-    next batch is predicted while the pool works.
+    next batch is predicted while the pool works. `scores`: save the probabilities, or read them
+    instead of running `net`.
     """
     masks: dict[str, Tensor | None] = {}
 
@@ -177,9 +205,15 @@ def _label_maps(
             image = batch["image"].to(device)  # (B, 3, H, W), padded
             size = batch.get("image_size")  # (B, 2) or None
             crops = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
-            for image_id, mask, (img, probs) in zip(
-                    batch["image_id"], crops, network_crops(net, image, size, protocol), strict=True):
+            if scores is not None and scores.from_dir is not None:
+                pairs = _saved_crops(batch["image_id"], image, size, scores, device)
+            else:
+                pairs = network_crops(net, image, size, protocol)
+            for image_id, mask, (img, probs) in zip(batch["image_id"], crops, pairs, strict=True):
                 masks[image_id] = mask
+                if scores is not None and scores.save_dir is not None:
+                    write_npz(scores.save_dir / f"{image_id}.npz", scores=reduce_scores(probs, scores.factor),
+                              image_size=np.array(probs.shape[-2:], dtype=np.int32))
                 yield image_id, img, probs  # (3, h, w), (C, h, w)
 
     chunk = getattr(loader, "batch_size", None) or 1
@@ -199,6 +233,7 @@ def evaluate_network(
     records: Path | None = None,
     resumed: tuple[np.ndarray, int] | None = None,
     progress: bool = False,
+    scores: Scores | None = None,
 ) -> dict[str, Any]:
     """Run one network over the loader (this process's share); mIoU against the masks, PNGs into
     `export_dir` if given. Counts are summed over `ranks`, so every process returns the whole result.
@@ -220,12 +255,12 @@ def evaluate_network(
     n_images, t0 = 0, time.perf_counter()
     chunk = int(getattr(loader, "batch_size", None) or 1)
     meter = CostMeter(len(loader.dataset), "eval", enabled=progress and ranks.is_main, probe=2 * chunk)  # type: ignore[arg-type]
-    for mask, image_id, labels in _label_maps(net, loader, protocol, device, pool):  # labels (h, w) uint8
+    for mask, image_id, labels in _label_maps(net, loader, protocol, device, pool, scores):  # (h, w) uint8
         image_confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C)
         if has_masks and mask is not None:
             image_confmat = confusion_matrix(torch.from_numpy(labels).to(device).long(), mask.to(device), C)
         confmat += image_confmat
-        written: list[Path] = []
+        written = [scores.save_dir / f"{image_id}.npz"] if scores is not None and scores.save_dir else []
         if export_dir is not None:
             write_index_png(export_dir / f"{image_id}.png", labels)
             written.append(export_dir / f"{image_id}.png")
@@ -308,6 +343,9 @@ def evaluate_checkpoints(
     ranks: Ranks | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    save_scores: bool = False,
+    score_downscale: int = 4,
+    scores_from: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate every checkpoint of `ckpt_spec` (file, list, glob, run folder) with `protocol` on `split`
     of `datamodule` (a `WSSSDataModule`).
@@ -322,6 +360,9 @@ def evaluate_checkpoints(
     the summary one process would. Resumable (see the module's docstring): `meta.json` records the
     checkpoints (sha256), data, split, images and protocol; `overwrite` recomputes every image and
     accepts a folder made with other settings. `progress`: a progress bar and the cost estimate.
+    `save_scores`: also keep each image's probabilities at 1/`score_downscale` size in `<out_dir>/scores`
+    (one checkpoint); `scores_from`: an eval folder that did, whose scores replace the network (same
+    checkpoint, data, scales and flip; any post-processing).
     """
     ranks = ranks or Ranks(device=device)
     protocol.require()  # before any slow work
@@ -342,6 +383,10 @@ def evaluate_checkpoints(
     if not has_masks and not export_comp and ranks.is_main:
         log.warning("split %s has no masks: nothing will be scored (export=true writes predictions)", split)
     meta = eval_meta(paths, dm, split, num_images, protocol, export_comp, net_overrides)
+    scores = _scores(paths, meta, out_dir, save_scores, score_downscale, scores_from)
+    if scores is not None:
+        meta |= {"score_downscale": scores.factor, "save_scores": scores.save_dir is not None,
+                 "scores_from": None if scores.from_dir is None else str(scores.from_dir)}
     with OutputFolder(out_dir, meta, command="eval", overwrite=overwrite,
                       ignore=("checkpoint_paths",)).claim(ranks):
         export_dir = voc_results_dir(out_dir, split, export_comp) if export_comp else None
@@ -349,7 +394,7 @@ def evaluate_checkpoints(
             export_dir.mkdir(parents=True, exist_ok=True)
         workers = default_workers(ranks.local_world_size) if crf_workers is None else crf_workers
         shares = _Shares(dataset_ids(dataset)[:num_images], ranks.shard(range(num_images)), out_dir,
-                         len(paths) > 1, overwrite, progress)  # no padding: each image once
+                         len(paths) > 1, overwrite, progress, scores)  # no padding: each image once
         results = _evaluate_paths(paths, dm, split, shares, protocol, device, has_masks, export_dir, workers,
                                   net_overrides, ranks)
         summary = _summary(results, dm, split, protocol, quote, num_images, device, ranks, out_dir)
@@ -397,6 +442,43 @@ class _Shares:
     several: bool
     overwrite: bool
     progress: bool = False
+    scores: Scores | None = None
+
+
+def _scores(
+    paths: Sequence[Path], meta: Mapping[str, Any], out_dir: Path, save: bool, factor: int,
+    scores_from: str | os.PathLike | None,
+) -> Scores | None:
+    """The `Scores` of this run (None: neither saved nor read); refuses scores made otherwise."""
+    if not save and scores_from is None:
+        return None
+    if len(paths) > 1:
+        raise ValueError(f"save_scores / scores_from work on one checkpoint, but ckpt_path gives {len(paths)}: "
+                         "pick one")
+    if save and scores_from is not None:
+        raise ValueError("save_scores=true and scores_from=... together: the scores are read, not written; drop one")
+    if scores_from is None:
+        (out_dir / "scores").mkdir(parents=True, exist_ok=True)
+        return Scores(int(factor), save_dir=out_dir / "scores")
+    folder = Path(scores_from)
+    try:
+        saved = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"scores_from={folder}: no readable meta.json ({e}); pass the folder of an eval "
+                         "run made with save_scores=true") from e
+    if not saved.get("save_scores"):
+        raise ValueError(f"scores_from={folder}: that eval did not save scores; rerun it with save_scores=true")
+    keys = ("checkpoints_sha256", "dataset", "data_root", "data_options", "split")
+    differ = [k for k in keys if saved.get(k) != meta.get(k)]
+    for k in ("scales", "flip"):  # the forward pass the scores come from
+        if saved["protocol"][k] != meta["protocol"][k]:
+            differ.append(f"protocol {k} (saved {saved['protocol'][k]}, now {meta['protocol'][k]})")
+    if saved.get("num_images", 0) < meta["num_images"]:
+        differ.append(f"num_images (saved {saved.get('num_images')}, now {meta['num_images']})")
+    if differ:
+        raise ValueError(f"scores_from={folder} was made with another {', '.join(differ)}: pass the same "
+                         "checkpoint, data and eval scales/flip (only the post-processing may differ)")
+    return Scores(int(saved["score_downscale"]), from_dir=folder / "scores")
 
 
 def _log_cost(path: Path, protocol: Protocol, n_images: int, n_done: int, processes: int, export: bool) -> None:
@@ -454,7 +536,8 @@ def _evaluate_paths(
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
             result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks,
-                                      records=records, resumed=(total, n_done_here), progress=shares.progress)
+                                      records=records, resumed=(total, n_done_here), progress=shares.progress,
+                                      scores=shares.scores)
             if ranks.is_main:
                 log.info("%s: mIoU %s (%d images, %.1f s)", path, _fmt(result["miou"]), result["images"],
                          result["seconds"])
