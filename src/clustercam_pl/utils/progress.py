@@ -3,7 +3,8 @@
 A day-long evaluation should say early how long it will take and how much disk it will fill, not
 at its end. :class:`CostMeter` is a tqdm bar (images/s and ETA, main process only) that, once the
 first `probe` images are done, logs an estimate of the whole share's time and disk from them (the
-first images include the warm-up, so the estimate errs long) and keeps it for the summary.
+first batch's time, warm-up included, once; the rest at the rate of the images after it) and keeps
+it for the summary.
 """
 
 from __future__ import annotations
@@ -42,15 +43,23 @@ class CostMeter:
         self.t0 = time.perf_counter()
         self.estimate_s: float | None = None
         self.estimate_bytes: int | None = None
+        self.first = (0.0, 0)  # (seconds, images) when the first images were done
         self.bar = tqdm(total=self.total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
 
     def update(self, n: int = 1, paths: tuple[str | os.PathLike, ...] = ()) -> None:
         self.bytes += sum(Path(p).stat().st_size for p in paths)
         before, self.done = self.done, self.done + n
         self.bar.update(n)
+        now = time.perf_counter()
+        if before == 0:  # the first batch: start-up and warm-up, counted once
+            self.first = (now - self.t0, self.done)
         if before < self.probe <= self.done:
-            elapsed = time.perf_counter() - self.t0
-            self.estimate_s = elapsed * self.total / self.done
+            elapsed = now - self.t0
+            (t_first, n_first), steady = self.first, self.done - self.first[1]
+            if steady > 0:  # the first batch's time + the rest at the rate of the images after it
+                self.estimate_s = t_first + (elapsed - t_first) / steady * (self.total - n_first)
+            else:
+                self.estimate_s = elapsed * self.total / self.done
             self.estimate_bytes = round(self.bytes * self.total / self.done)
             if self.enabled:
                 log.info("%s: estimate from the first %d images: %.1f s for all %d (%.2f images/s), "
