@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from clustercam_pl import checkpoint as ckpt_io
@@ -29,7 +30,7 @@ from clustercam_pl.cam.generate import pseudo_label_step
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.inference.network import cam_prediction, predict, pseudo_labels_per_image, scored_pseudo_label
-from clustercam_pl.losses import ClusterCAMLoss, LossConfig
+from clustercam_pl.losses import ClusterCAMLoss, LossConfig, seg_loss
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, adamw, lr_at
@@ -221,6 +222,64 @@ class ClusterCAMLitModule(L.LightningModule):
         # Resuming a file of an earlier format: the state dict keys are unchanged, the rest migrates.
         source = str(self._trainer.ckpt_path) if self._trainer is not None else "checkpoint"
         checkpoint.update(ckpt_io.migrate(checkpoint, source))
+
+
+class StageTwoLitModule(ClusterCAMLitModule):
+    """Stage two: the ClusterCAM network trained with the segmentation loss on fixed labels.
+
+    The batches carry ``mask`` = the exported (refined) label of each crop (``data.label_dir``); there are
+    no CAMs and no classification terms. The loss is the framework's balanced :func:`~clustercam_pl.losses.seg_loss`
+    (background and foreground averaged apart, as stage one's decoder learns). Validation, checkpoints
+    (format 3, ``hyper_parameters.stage = 2``) and the optimiser are stage one's.
+
+    Args:
+        init_from: a stage-one checkpoint whose weights start the run (its network config must equal
+            ``net``'s); None: ``pretrained`` ImageNet weights or random.
+        Other arguments: as :class:`ClusterCAMLitModule`; ``seg_start_epoch`` must be 0 and
+        ``val_pseudo_labels`` False (accepted so that the shared ``model`` config keys pass through).
+    """
+
+    def __init__(self, net: ClusterCAMNet, cam: CAMConfig, loss: LossConfig, optim: OptimConfig,
+                 init_from: str | None = None, pretrained: str | None = None, check_finite: bool = True,
+                 compile: bool = False, seg_start_epoch: int = 0, val_pseudo_labels: bool = False):
+        if seg_start_epoch != 0 or val_pseudo_labels:
+            raise ValueError(f"stage two trains the decoder from the first step on fixed labels: set "
+                             f"model.seg_start_epoch=0 and model.val_pseudo_labels=false (got {seg_start_epoch}, "
+                             f"{val_pseudo_labels})")
+        super().__init__(net, cam, loss, optim, seg_start_epoch=0, pretrained=pretrained,
+                         val_pseudo_labels=False, check_finite=check_finite, compile=compile)
+        self.save_hyperparameters({"stage": 2, "init_from": None if init_from is None else str(init_from)})
+        # The CAM head makes no segmentation: frozen, so that no parameter goes without a gradient (DDP).
+        self.net.head.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        # Before a resumed checkpoint is restored: a resumed run overwrites these weights.
+        if stage == "fit" and self.hparams.init_from:
+            self.net.load_state_dict(stage_one_weights(self.hparams.init_from, self.net))
+            log.info("stage two initialised from %s", self.hparams.init_from)
+        else:
+            super().setup(stage)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image, label = batch["image"], batch["mask"]  # (B, 3, S, S), (B, S, S) 255 = ignore
+        out = self.net(image, with_seg=True)
+        up = F.interpolate(out.seg_logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        loss = seg_loss(up, label)  # up: (B, K + 1, S, S)
+        if self.hparams.check_finite and not torch.isfinite(loss):
+            self._stop_on_non_finite({"seg": loss})
+        self.log("train/loss", loss.detach(), batch_size=image.shape[0], prog_bar=True)
+        return loss
+
+
+def stage_one_weights(path: str | Path, net: ClusterCAMNet) -> dict[str, Tensor]:
+    """The state dict of the network in ``path``, refused (naming both) when its config differs from ``net``'s."""
+    loaded = ckpt_io.load_checkpoint(path)
+    if loaded.net.cfg != net.cfg:
+        theirs, ours = loaded.net.cfg.to_dict(), net.cfg.to_dict()
+        diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)}
+        raise ValueError(f"model.init_from={path}: its network differs from net (checkpoint, config): {diff}; "
+                         "pass the same net preset and overrides as the stage-one run")
+    return loaded.net.state_dict()
 
 
 def module_from_checkpoint(path: str | Path) -> ClusterCAMLitModule:
