@@ -276,7 +276,8 @@ def stage_one_weights(path: str | Path, net: ClusterCAMNet) -> dict[str, Tensor]
     loaded = ckpt_io.load_checkpoint(path)
     if loaded.net.cfg != net.cfg:
         theirs, ours = loaded.net.cfg.to_dict(), net.cfg.to_dict()
-        diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)}
+        diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
+                if theirs.get(k) != ours.get(k)}
         raise ValueError(f"model.init_from={path}: its network differs from net (checkpoint, config): {diff}; "
                          "pass the same net preset and overrides as the stage-one run")
     return loaded.net.state_dict()
