@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from hydra import compose
 from omegaconf import open_dict
+from PIL import Image
 
+from clustercam_pl.checkpoint import load_checkpoint
 from clustercam_pl.data.datamodule import WSSSDataModule
 from clustercam_pl.data.fixed_labels import LabelDirError
 from clustercam_pl.data.imageio import write_index_png
-from clustercam_pl.data.synthetic import SyntheticConfig, make_sample
+from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_sample
 from clustercam_pl.eval import evaluate
 from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.predict import run_predict
@@ -89,21 +91,35 @@ def test_true_labels_train_a_better_network_than_noisy_ones(tmp_path):
     assert scores["true"] > scores["noisy"] + 0.03, scores
 
 
-def test_stage_two_from_exported_stage_one_labels_trains_evaluates_predicts(tiny_run, tmp_path):
-    export = tmp_path / "export"
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory) -> Path:
+    """The tiny stage-one run's pseudo labels of its train split (export_labels)."""
+    out = tmp_path_factory.mktemp("export")
     with hydra_config():
         cfg = compose("export_labels", overrides=[
             "data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_train=16", "cam.par_iters=2",
-            "device=cpu", f"ckpt_path={tiny_run.last}", f"out_dir={export}", "split=train"])
+            "device=cpu", f"ckpt_path={tiny_run.last}", f"out_dir={out / 'labels_train'}", "split=train"])
     with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "export_run")
+        cfg.paths.output_dir = str(out / "export_run")
     export_pseudo_labels(cfg)
+    return out / "labels_train" / "labels"
+
+
+# The smp network at test size: DeepLabV3+ with timm's tiny test ResNet (random) and a narrow decoder.
+SMP = "model.smp={arch: DeepLabV3Plus, encoder_name: tu-test_resnet, encoder_weights: null, extra: {decoder_channels: 16}}"
+
+
+@pytest.mark.parametrize("network", ["clustercam", "smp"])
+def test_stage_two_from_exported_stage_one_labels_trains_evaluates_predicts(network, tiny_run, exported, tmp_path):
     run = tmp_path / "stage2"
+    init = [SMP] if network == "smp" else [f"model.init_from={tiny_run.last}"]
     summary = train(compose_train([*STAGE2, "data.synthetic.num_train=16", "data.global_batch_size=4",
-                                   "trainer.max_epochs=1", f"data.label_dir={export / 'labels'}",
-                                   f"model.init_from={tiny_run.last}"], output_dir=run))
+                                   "trainer.max_epochs=1", f"data.label_dir={exported}", *init], output_dir=run))
     assert summary["global_step"] == 4 and 0.0 <= summary["val/seg_miou"] <= 1.0
     ckpt = run / "checkpoints" / "last.ckpt"
+    loaded = load_checkpoint(ckpt)
+    assert type(loaded.net).__name__ == ("SmpSegNet" if network == "smp" else "ClusterCAMNet")
+    assert loaded.hparams["stage"] == 2 and loaded.class_names == list(class_names(4))
     with hydra_config():
         ecfg = compose("eval", overrides=["data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_val=8",
                                           "eval=ss", "device=cpu", f"ckpt_path={ckpt}"])
@@ -111,13 +127,12 @@ def test_stage_two_from_exported_stage_one_labels_trains_evaluates_predicts(tiny
         ecfg.paths.output_dir = str(tmp_path / "eval")
     result = evaluate(ecfg)
     assert result["miou"] == pytest.approx(summary["val/seg_miou"], abs=1e-6)  # eval = in-training validation
-    image = tmp_path / "in"
-    image.mkdir()
-    from PIL import Image
-
-    Image.fromarray(make_sample(SyntheticConfig.from_dict(SYN), 0, "test", 0)[0]).save(image / "a.png")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = make_sample(SyntheticConfig.from_dict(SYN), 0, "test", 0)[0]  # (64, 64, 3)
+    Image.fromarray(np.ascontiguousarray(image[:50, :61])).save(inputs / "a.png")  # a side smp must pad
     with hydra_config():
-        pcfg = compose("predict", overrides=["device=cpu", "progress=false", f"ckpt_path={ckpt}", f"input={image}",
+        pcfg = compose("predict", overrides=["device=cpu", "progress=false", f"ckpt_path={ckpt}", f"input={inputs}",
                                              f"out_dir={tmp_path / 'pred'}", "eval=ss"])
     out = run_predict(pcfg)
-    assert out["predicted"] == 1 and out["class_names"] == list(summary.get("class_names", out["class_names"]))
+    assert out["predicted"] == 1 and out["class_names"] == list(class_names(4))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from clustercam_pl.inference.network import cam_prediction, predict, pseudo_labe
 from clustercam_pl.losses import ClusterCAMLoss, LossConfig, seg_loss
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.models.smp_net import SmpSegNet
 from clustercam_pl.optim import OptimConfig, adamw, lr_at
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ class ClusterCAMLitModule(L.LightningModule):
             "check_finite": bool(check_finite),
             "compile": bool(compile),
         })
-        cam.check_for(net.cfg)
+        if isinstance(net, ClusterCAMNet):  # an smp network (stage two) makes no CAMs
+            cam.check_for(net.cfg)
         self.net, self.cam_cfg, self.optim_cfg = net, cam, optim
         self.criterion = ClusterCAMLoss(loss)
         self.par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters)
@@ -235,22 +238,31 @@ class StageTwoLitModule(ClusterCAMLitModule):
     Args:
         init_from: a stage-one checkpoint whose weights start the run (its network config must equal
             ``net``'s); None: ``pretrained`` ImageNet weights or random.
+        smp: the smp network's settings (``SmpConfig`` without ``num_classes``); the entry point builds
+            ``net`` from them (an :class:`~clustercam_pl.models.smp_net.SmpSegNet`), here they are recorded.
         Other arguments: as :class:`ClusterCAMLitModule`; ``seg_start_epoch`` must be 0 and
         ``val_pseudo_labels`` False (accepted so that the shared ``model`` config keys pass through).
     """
 
-    def __init__(self, net: ClusterCAMNet, cam: CAMConfig, loss: LossConfig, optim: OptimConfig,
+    def __init__(self, net: ClusterCAMNet | SmpSegNet, cam: CAMConfig, loss: LossConfig, optim: OptimConfig,
                  init_from: str | None = None, pretrained: str | None = None, check_finite: bool = True,
-                 compile: bool = False, seg_start_epoch: int = 0, val_pseudo_labels: bool = False):
+                 compile: bool = False, seg_start_epoch: int = 0, val_pseudo_labels: bool = False,
+                 smp: Mapping[str, Any] | None = None):
         if seg_start_epoch != 0 or val_pseudo_labels:
             raise ValueError(f"stage two trains the decoder from the first step on fixed labels: set "
                              f"model.seg_start_epoch=0 and model.val_pseudo_labels=false (got {seg_start_epoch}, "
                              f"{val_pseudo_labels})")
         super().__init__(net, cam, loss, optim, seg_start_epoch=0, pretrained=pretrained,
                          val_pseudo_labels=False, check_finite=check_finite, compile=compile)
-        self.save_hyperparameters({"stage": 2, "init_from": None if init_from is None else str(init_from)})
-        # The CAM head makes no segmentation: frozen, so that no parameter goes without a gradient (DDP).
-        self.net.head.requires_grad_(False)
+        self.save_hyperparameters({"stage": 2, "init_from": None if init_from is None else str(init_from),
+                                   "network": "smp" if isinstance(net, SmpSegNet) else "clustercam"})
+        if isinstance(net, SmpSegNet):
+            if init_from or pretrained:
+                raise ValueError("model.init_from / model.pretrained are ClusterCAM weights; an smp network takes "
+                                 "its encoder weights from model.smp.encoder_weights (e.g. imagenet): set both to null")
+        else:
+            # The CAM head makes no segmentation: frozen, so that no parameter goes without a gradient (DDP).
+            self.net.head.requires_grad_(False)
 
     def setup(self, stage: str) -> None:
         # Before a resumed checkpoint is restored: a resumed run overwrites these weights.
