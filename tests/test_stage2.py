@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose
 from omegaconf import open_dict
 from PIL import Image
@@ -17,9 +18,10 @@ from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.data.synthetic import SyntheticConfig, class_names, make_sample
 from clustercam_pl.eval import evaluate
 from clustercam_pl.export_labels import export_pseudo_labels
+from clustercam_pl.models.smp_net import SmpConfig, SmpSegNet
 from clustercam_pl.predict import run_predict
 from clustercam_pl.train import train
-from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config
+from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config, save_framework_checkpoint
 
 SYN = {"num_classes": 4, "image_size": 64, "num_train": 8, "num_val": 4, "num_test": 2}
 
@@ -136,3 +138,27 @@ def test_stage_two_from_exported_stage_one_labels_trains_evaluates_predicts(netw
                                              f"out_dir={tmp_path / 'pred'}", "eval=ss"])
     out = run_predict(pcfg)
     assert out["predicted"] == 1 and out["class_names"] == list(class_names(4))
+
+
+def test_smp_checkpoint_round_trip_and_refusals(tmp_path):
+    net = SmpSegNet(SmpConfig(4, encoder_name="tu-test_resnet", extra={"decoder_channels": 16})).eval()
+    ckpt = save_framework_checkpoint(net, tmp_path / "smp.ckpt", class_names=class_names(4))
+    loaded = load_checkpoint(ckpt)
+    x = torch.randn(1, 3, 40, 56)  # (1, 3, H, W): not a multiple of the stride
+    with torch.no_grad():
+        out = loaded.net(x)
+        assert out.seg_logits.shape == (1, 5, 40, 56) and torch.equal(out.seg_logits, net(x).seg_logits)
+        probs = out.seg_logits.softmax(1)[:, 1:].amax(dim=(2, 3))  # (1, K)
+        assert torch.allclose(out.cls_logits.sigmoid(), probs, atol=1e-5)
+    with pytest.raises(ValueError, match="makes no CAMs: export pseudo labels from a ClusterCAM checkpoint"):
+        with hydra_config():
+            cfg = compose("export_labels", overrides=["data=synthetic", "data.synthetic.image_size=64", "device=cpu",
+                                                      f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'x'}"])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+        export_pseudo_labels(cfg)
+    other = torch.load(ckpt, weights_only=True)
+    other["clustercam"]["network"] = "mask2former"
+    torch.save(other, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match=r"clustercam.network='mask2former' is not a network this clustercam_pl"):
+        load_checkpoint(tmp_path / "other.ckpt")
