@@ -138,6 +138,12 @@ def test_stage_two_from_exported_stage_one_labels_trains_evaluates_predicts(netw
                                              f"out_dir={tmp_path / 'pred'}", "eval=ss"])
     out = run_predict(pcfg)
     assert out["predicted"] == 1 and out["class_names"] == list(class_names(4))
+    if network == "smp":
+        with hydra_config():
+            pcfg = compose("predict", overrides=["device=cpu", "progress=false", f"ckpt_path={ckpt}",
+                                                 f"input={inputs}", f"out_dir={tmp_path / 'cams'}", "cams=true"])
+        with pytest.raises(ValueError, match="holds a stage-two SmpSegNet, which makes no CAMs; drop cams=true"):
+            run_predict(pcfg)
 
 
 def test_smp_checkpoint_round_trip_and_refusals(tmp_path):
