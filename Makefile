@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= crf,coco,sweep,refine,sam,dev
+EXTRAS ?= crf,coco,sweep,refine,sam,stage2,dev
 
 # Tests and demos never touch the network.
 export HF_HUB_OFFLINE := 1

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from wsss_fakes import make_coco_tree, make_voc_tree
 
+from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.data.synthetic import write_folder_dataset
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
@@ -59,7 +62,24 @@ def small_config(name: str, prepared: dict[str, Path], out: Path):
                  "data.pin_memory=false"]
     if not name.startswith(("synthetic", "folder")):
         extra.append("trainer.limit_val_batches=0")  # the fake trees' images are smaller than a cluster cell
+    if name.endswith("_stage2"):  # fixed labels of the training split; the network from ImageNet / random
+        base = compose_train([f"+experiment={name}", *SMALL, *extra, "data.label_dir=null"])
+        extra += [f"data.label_dir={stage2_labels(base, out / 'labels')}", "model.init_from=null"]
     return compose_train([f"+experiment={name}", *SMALL, *extra], output_dir=out)
+
+
+def stage2_labels(cfg, folder: Path) -> Path:
+    """A label PNG per training image of `cfg`'s data (class 1 in the middle, the rest background)."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    source = datamodule.train_dataset
+    folder.mkdir(parents=True)
+    for i in range(len(source)):
+        h, w = source.image_hw(i)
+        label = np.zeros((h, w), np.uint8)  # (H, W)
+        label[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+        write_index_png(folder / f"{source.item_id(i)}.png", label)
+    return folder
 
 
 @pytest.mark.slow

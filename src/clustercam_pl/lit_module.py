@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from clustercam_pl import checkpoint as ckpt_io
@@ -29,9 +31,10 @@ from clustercam_pl.cam.generate import pseudo_label_step
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.inference.network import cam_prediction, predict, pseudo_labels_per_image, scored_pseudo_label
-from clustercam_pl.losses import ClusterCAMLoss, LossConfig
+from clustercam_pl.losses import ClusterCAMLoss, LossConfig, seg_loss
 from clustercam_pl.metrics import PerImageAveragePrecision, SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.models.smp_net import SmpSegNet
 from clustercam_pl.optim import OptimConfig, adamw, lr_at
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,8 @@ class ClusterCAMLitModule(L.LightningModule):
             "check_finite": bool(check_finite),
             "compile": bool(compile),
         })
-        cam.check_for(net.cfg)
+        if isinstance(net, ClusterCAMNet):  # an smp network (stage two) makes no CAMs
+            cam.check_for(net.cfg)
         self.net, self.cam_cfg, self.optim_cfg = net, cam, optim
         self.criterion = ClusterCAMLoss(loss)
         self.par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters)
@@ -221,6 +225,74 @@ class ClusterCAMLitModule(L.LightningModule):
         # Resuming a file of an earlier format: the state dict keys are unchanged, the rest migrates.
         source = str(self._trainer.ckpt_path) if self._trainer is not None else "checkpoint"
         checkpoint.update(ckpt_io.migrate(checkpoint, source))
+
+
+class StageTwoLitModule(ClusterCAMLitModule):
+    """Stage two: the ClusterCAM network trained with the segmentation loss on fixed labels.
+
+    The batches carry ``mask`` = the exported (refined) label of each crop (``data.label_dir``); there are
+    no CAMs and no classification terms. The loss is the framework's balanced :func:`~clustercam_pl.losses.seg_loss`
+    (background and foreground averaged apart, as stage one's decoder learns). Validation, checkpoints
+    (format 3, ``hyper_parameters.stage = 2``) and the optimiser are stage one's.
+
+    Args:
+        init_from: a stage-one checkpoint whose weights start the run (its network config must equal
+            ``net``'s); None: ``pretrained`` ImageNet weights or random.
+        smp: the smp network's settings (``SmpConfig`` without ``num_classes``); the entry point builds
+            ``net`` from them (an :class:`~clustercam_pl.models.smp_net.SmpSegNet`), here they are recorded.
+        Other arguments: as :class:`ClusterCAMLitModule`; ``seg_start_epoch`` must be 0 and
+        ``val_pseudo_labels`` False (accepted so that the shared ``model`` config keys pass through).
+    """
+
+    def __init__(self, net: ClusterCAMNet | SmpSegNet, cam: CAMConfig, loss: LossConfig, optim: OptimConfig,
+                 init_from: str | None = None, pretrained: str | None = None, check_finite: bool = True,
+                 compile: bool = False, seg_start_epoch: int = 0, val_pseudo_labels: bool = False,
+                 smp: Mapping[str, Any] | None = None):
+        if seg_start_epoch != 0 or val_pseudo_labels:
+            raise ValueError(f"stage two trains the decoder from the first step on fixed labels: set "
+                             f"model.seg_start_epoch=0 and model.val_pseudo_labels=false (got {seg_start_epoch}, "
+                             f"{val_pseudo_labels})")
+        super().__init__(net, cam, loss, optim, seg_start_epoch=0, pretrained=pretrained,
+                         val_pseudo_labels=False, check_finite=check_finite, compile=compile)
+        self.save_hyperparameters({"stage": 2, "init_from": None if init_from is None else str(init_from),
+                                   "network": "smp" if isinstance(net, SmpSegNet) else "clustercam"})
+        if isinstance(net, SmpSegNet):
+            if init_from or pretrained:
+                raise ValueError("model.init_from / model.pretrained are ClusterCAM weights; an smp network takes "
+                                 "its encoder weights from model.smp.encoder_weights (e.g. imagenet): set both to null")
+        else:
+            # The CAM head makes no segmentation: frozen, so that no parameter goes without a gradient (DDP).
+            self.net.head.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        # Before a resumed checkpoint is restored: a resumed run overwrites these weights.
+        if stage == "fit" and self.hparams.init_from:
+            self.net.load_state_dict(stage_one_weights(self.hparams.init_from, self.net))
+            log.info("stage two initialised from %s", self.hparams.init_from)
+        else:
+            super().setup(stage)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image, label = batch["image"], batch["mask"]  # (B, 3, S, S), (B, S, S) 255 = ignore
+        out = self.net(image, with_seg=True)
+        up = F.interpolate(out.seg_logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        loss = seg_loss(up, label)  # up: (B, K + 1, S, S)
+        if self.hparams.check_finite and not torch.isfinite(loss):
+            self._stop_on_non_finite({"seg": loss})
+        self.log("train/loss", loss.detach(), batch_size=image.shape[0], prog_bar=True)
+        return loss
+
+
+def stage_one_weights(path: str | Path, net: ClusterCAMNet) -> dict[str, Tensor]:
+    """The state dict of the network in ``path``, refused (naming both) when its config differs from ``net``'s."""
+    loaded = ckpt_io.load_checkpoint(path)
+    if loaded.net.cfg != net.cfg:
+        theirs, ours = loaded.net.cfg.to_dict(), net.cfg.to_dict()
+        diff = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours))
+                if theirs.get(k) != ours.get(k)}
+        raise ValueError(f"model.init_from={path}: its network differs from net (checkpoint, config): {diff}; "
+                         "pass the same net preset and overrides as the stage-one run")
+    return loaded.net.state_dict()
 
 
 def module_from_checkpoint(path: str | Path) -> ClusterCAMLitModule:

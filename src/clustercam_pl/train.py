@@ -28,6 +28,7 @@ from clustercam_pl.entry import (
 )
 from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.models.smp_net import SmpConfig, SmpSegNet
 from clustercam_pl.utils.files import write_text
 from clustercam_pl.utils.results import iou_table, scalar_metrics
 from clustercam_pl.utils.run_folder import claim_run_folder
@@ -41,7 +42,11 @@ REPORTED = ("val/seg_miou", "val/pseudo_miou", "val/cam_miou", "val/map")
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ClusterCAMLitModule]:
     """Datamodule and LightningModule from a composed config (the network's K comes from the data)."""
     datamodule = instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only-loadable
-    net = ClusterCAMNet(instantiate(cfg.net, num_classes=datamodule.num_classes, _convert_="all"))
+    smp = cfg.model.get("smp")  # stage two with a standard segmentation network (conf/experiment/*_stage2_smp)
+    if smp:
+        net = SmpSegNet(SmpConfig(num_classes=datamodule.num_classes, **OmegaConf.to_container(smp, resolve=True)))
+    else:
+        net = ClusterCAMNet(instantiate(cfg.net, num_classes=datamodule.num_classes, _convert_="all"))
     # Objects are passed to the partial, not as instantiate kwargs (Hydra would turn them into configs).
     model = instantiate(cfg.model, _partial_=True)(
         net=net,

@@ -9,6 +9,8 @@ Besides Lightning's keys (`state_dict`, `hyper_parameters`, `epoch`, ...) a fram
 * 2: `net_config` is a `NetConfig` dict; `cam_layers` / `p2p_refine` live in the CAM settings
   (`hyper_parameters.cam`); `class_names` names the classes; `hyper_parameters.net` still a copy.
 * 3: the network config is stored once, in `clustercam.net_config` (no `hyper_parameters.net`).
+  Optional `network`: "smp" when `net_config` is an `SmpConfig` (a stage-two segmentation network);
+  absent (every older file): "clustercam".
 
 Older formats are migrated on every read (commands, `load_checkpoint`, and Lightning's resume through
 `ClusterCAMLitModule.on_load_checkpoint`); newer ones are refused.
@@ -20,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from clustercam_pl.models import ClusterCAMNet
+from clustercam_pl.models.smp_net import SmpSegNet
 
 FORMAT = 3
 """The framework checkpoint format this version writes; newer files are refused, older ones migrated."""
@@ -71,7 +74,10 @@ def migrate(checkpoint: Mapping[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def framework_section(net: ClusterCAMNet, class_names: Sequence[str] | None) -> dict[str, Any]:
+def framework_section(net: ClusterCAMNet | SmpSegNet, class_names: Sequence[str] | None) -> dict[str, Any]:
     """What a framework checkpoint carries besides Lightning's own keys."""
-    return {"format": FORMAT, "net_config": net.cfg.to_dict(),
-            "class_names": None if class_names is None else [str(n) for n in class_names]}
+    section = {"format": FORMAT, "net_config": net.cfg.to_dict(),
+               "class_names": None if class_names is None else [str(n) for n in class_names]}
+    if isinstance(net, SmpSegNet):
+        section["network"] = "smp"
+    return section

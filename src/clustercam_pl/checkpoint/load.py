@@ -19,6 +19,7 @@ from clustercam_pl.checkpoint.state_dict import load_state_dict_checked
 from clustercam_pl.data.labels import COCO_CLASSES, VOC_CLASSES
 from clustercam_pl.models import ClusterCAMNet, NetConfig
 from clustercam_pl.models.config import MOVED_TO_CAM
+from clustercam_pl.models.smp_net import SmpConfig, SmpSegNet
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class LoadedCheckpoint:
     """A network and what its file says: kind, training progress, CAM settings, class names."""
 
-    net: ClusterCAMNet
+    net: ClusterCAMNet | SmpSegNet  # SmpSegNet: a stage-two smp network (clustercam.network = "smp")
     path: str
     kind: str  # "framework" (Lightning, this package) or "reference" (official ClusterCAM)
     epoch: int | None
@@ -66,12 +67,21 @@ def resolve_class_names(num_classes: int, stored: Sequence[str] | None = None) -
     return [f"class_{i}" for i in range(1, num_classes + 1)]
 
 
-def _framework_net(checkpoint: Mapping[str, Any], source: str) -> ClusterCAMNet:
+def _framework_net(checkpoint: Mapping[str, Any], source: str) -> ClusterCAMNet | SmpSegNet:
     """The network of a migrated framework checkpoint, rebuilt from its stored config (no Hydra needed)."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, Mapping):
         raise ValueError(f"{source} has no state_dict: the file is damaged; copy it again or pass another checkpoint")
-    net = ClusterCAMNet(NetConfig.from_dict(checkpoint["clustercam"]["net_config"], source))
+    section = checkpoint["clustercam"]
+    network = section.get("network", "clustercam")
+    if network == "smp":  # weights come from the state dict below, not from the hub
+        net: ClusterCAMNet | SmpSegNet = SmpSegNet(
+            SmpConfig.from_dict({**section["net_config"], "encoder_weights": None}, source))
+    elif network == "clustercam":
+        net = ClusterCAMNet(NetConfig.from_dict(section["net_config"], source))
+    else:
+        raise ValueError(f"{source}: clustercam.network={network!r} is not a network this clustercam_pl builds "
+                         "('clustercam' or 'smp'): upgrade clustercam_pl or pass another checkpoint")
     sd = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     load_state_dict_checked(net, sd, source)
     return net

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate, get_worker_info
 
+from clustercam_pl.data.fixed_labels import FixedLabelDataset
 from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.data.layout import prepare_hint
 from clustercam_pl.data.registry import DEFAULT_CROP, LoadOptions, dataset_kind
@@ -123,6 +124,10 @@ class WSSSDataModule(L.LightningDataModule):
             image_size, num_train, num_val, num_test and the difficulty knobs).
         pin_memory: passed to the DataLoaders.
         check_files: check in ``setup`` that every listed image/mask exists (main process, clear error).
+        label_dir: stage two: a folder of ``<image_id>.png`` label maps of the training split (0 background,
+            c + 1 class c, 255 ignore; what ``export_labels`` / ``refine`` write). Training items then carry
+            ``mask`` = that label, cropped and augmented with the image; checked in ``setup`` (see
+            :mod:`clustercam_pl.data.fixed_labels`). None: stage one (image-level labels only).
     """
 
     group: ClassVar[str] = "data"  # the config group it is built from: messages name `data.<argument>`
@@ -146,6 +151,7 @@ class WSSSDataModule(L.LightningDataModule):
         synthetic: Mapping[str, Any] | None = None,
         pin_memory: bool = False,
         check_files: bool = True,
+        label_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.kind = dataset_kind(dataset)
@@ -176,6 +182,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.seed = seed
         self.pin_memory = pin_memory
         self.check_files = check_files
+        self.label_dir = None if label_dir is None else os.fspath(label_dir)
         self.kind_config = self.kind.configure(synthetic)  # the synthetic kind's options; others take none
         if crop_size is None:
             crop_size = self.kind.default_crop(self.kind_config)
@@ -253,8 +260,11 @@ class WSSSDataModule(L.LightningDataModule):
             transform = build_train_transform(self.train_transform, self.crop_size, seed=self.seed + rank)
         else:
             transform = build_eval_transform()
-        opts = LoadOptions(self.root, self.label_source, self.skip_unlabeled, self.negatives, self.check_files,
-                           self.seed, self.kind_config)
+        opts = LoadOptions(self.root, self.label_source, self.skip_unlabeled, self.negatives,
+                           self.check_files, self.seed, self.kind_config)
+        if train and self.label_dir is not None:  # stage two: the fixed labels ride along with the crops
+            source = self.kind.build(split, build_eval_transform(), train=True, opts=opts)
+            return FixedLabelDataset(source, self.label_dir, transform, split=split)
         return self.kind.build(split, transform, train=train, opts=opts)
 
     # ------------------------------------------------------------------ loaders

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clustercam_pl.data.imageio import ImageReadError, read_mask, read_rgb
+from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, read_rgb
 from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside, multi_hot, read_label_file
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.registry import DatasetKind
@@ -189,6 +189,19 @@ class PreparedSegmentation(Dataset, DatasetKind):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    # The raw side, for stage two's fixed labels (data.fixed_labels.RawSource).
+    def item_id(self, index: int) -> str:
+        return self.ids[index]
+
+    def image_hw(self, index: int) -> tuple[int, int]:
+        """(H, W) of item ``index`` from its file's header (no decoding)."""
+        return image_size(self.image_path(self.ids[index]))
+
+    def raw_item(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """(image id, uint8 (H, W, 3) image, float32 (K,) multi-hot label), untransformed."""
+        image_id = self.ids[index]
+        return image_id, read_rgb(self.image_path(image_id)), multi_hot(self.labels.get(image_id, ()), self.num_classes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]

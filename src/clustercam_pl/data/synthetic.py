@@ -384,17 +384,34 @@ class SyntheticWSSS(Dataset, DatasetKind):
     def __len__(self) -> int:
         return self.config.length(self.split)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    # The raw side, for stage two's fixed labels (data.fixed_labels.RawSource).
+    def item_id(self, index: int) -> str:
+        return f"synthetic_{self.split}_{index:06d}"
+
+    def image_hw(self, index: int) -> tuple[int, int]:
+        return self.config.image_size, self.config.image_size
+
+    def _sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 image (S, S, 3), uint8 mask (S, S) and float32 (K,) label of item ``index``."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for synthetic {self.split} (length {len(self)})")
         image, mask = make_sample(self.config, self.seed, self.split, index)
         label = np.zeros(self.num_classes, dtype=np.float32)  # (K,)
         label[mask_classes(mask, self.num_classes)] = 1.0
+        return image, mask, label
+
+    def raw_item(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
+        """(image id, uint8 (S, S, 3) image, float32 (K,) label), untransformed."""
+        image, _, label = self._sample(index)
+        return self.item_id(index), image, label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, mask, label = self._sample(index)
         img_t, mask_t = apply_transform(self.transform, image, mask if self.with_mask else None)
         item: dict[str, Any] = {
             "image": img_t,
             "cls_label": torch.from_numpy(label),
-            "image_id": f"synthetic_{self.split}_{index:06d}",
+            "image_id": self.item_id(index),
         }
         if mask_t is not None:
             item["mask"] = mask_t

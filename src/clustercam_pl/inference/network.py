@@ -159,5 +159,6 @@ def cam_prediction(cams: Tensor, background: float) -> Tensor:
 
 # TODO(merge): `ClusterViT.min_input_side` (models/vit.py) is the one home of this rule once merged.
 def min_input_side(net: ClusterCAMNet) -> int:
-    """The smallest input side the network takes (`ClusterViT.min_input_side`)."""
-    return net.backbone.min_input_side
+    """The smallest input side the network takes (`ClusterViT.min_input_side`; an `SmpSegNet` says its own)."""
+    own = getattr(net, "min_input_side", None)
+    return int(own) if own is not None else net.backbone.min_input_side

@@ -45,6 +45,7 @@ from clustercam_pl.inference.network import (
     scored_pseudo_label,
 )
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
+from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.utils.distributed import Ranks
 from clustercam_pl.utils.files import OutputFolder, atomic_write, file_sha256
 from clustercam_pl.utils.progress import CostMeter
@@ -175,6 +176,9 @@ def export_split(
         if int(limit) < 1:
             raise ValueError(f"limit={limit} must be a positive number of images (or null for all)")
         ids = ids[: int(limit)]
+    if not isinstance(ckpt.net, ClusterCAMNet):
+        raise ValueError(f"{ckpt.path} holds a stage-two {type(ckpt.net).__name__}, which makes no CAMs: export "
+                         "pseudo labels from a ClusterCAM checkpoint, or run predict / eval on this one")
     if ckpt.net.cfg.num_classes != dm.num_classes:
         raise ValueError(
             f"{ckpt.path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "

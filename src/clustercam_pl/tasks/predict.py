@@ -569,6 +569,9 @@ def predict_images(
     out_dir = Path(out_dir)
     path = find_one_checkpoint(ckpt_spec)
     ckpt = load_checkpoint(path, **dict(net_overrides or {}))
+    if cams and not isinstance(ckpt.net, ClusterCAMNet):
+        raise ValueError(f"cams=true: {path} holds a stage-two {type(ckpt.net).__name__}, which makes no CAMs; "
+                         "drop cams=true, or predict with a ClusterCAM checkpoint")
     names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams, max_pixels)
     items = list_inputs(input_spec, exclude=out_dir)
     meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,

@@ -1,0 +1,94 @@
+"""A standard segmentation network (segmentation-models-pytorch) behind ClusterCAMNet's interface.
+
+Stage two can train a DeepLabV3+ (or any smp architecture, with a timm encoder ``tu-<name>``) on fixed
+labels. `SmpSegNet` answers what prediction, validation, eval and predict ask of a network: ``cfg.num_classes``,
+``min_input_side`` and ``forward(x) -> (seg_logits, cls_logits)``, so none of them branches on the kind.
+Its class scores are not learned: ``cls_logits`` is the logit of each class's largest per-pixel
+probability (an image-level score read off the segmentation, for mAP and predictions.jsonl).
+
+smp (the ``stage2`` extra) is imported when such a network is built, not with this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clustercam_pl.models.clustercam import ClusterCAMOutput
+
+
+@dataclass(frozen=True)
+class SmpConfig:
+    """What rebuilds an smp network: ``smp.create_model(arch, encoder_name, encoder_weights, classes=K + 1,
+    **extra)``."""
+
+    num_classes: int
+    arch: str = "DeepLabV3Plus"
+    encoder_name: str = "tu-resnet50"
+    encoder_weights: str | None = None  # smp's name of pretrained weights ("imagenet", from the hub) or None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> SmpConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"{source}: unknown smp network keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _import_smp() -> Any:
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as e:
+        raise ImportError("the smp stage-two network needs segmentation-models-pytorch: "
+                          "pip install 'clustercam_pl[stage2]'") from e
+    return smp
+
+
+class SmpSegNet(nn.Module):
+    """An smp segmentation model answering like `ClusterCAMNet` (seg logits; class scores from them)."""
+
+    def __init__(self, config: SmpConfig) -> None:
+        super().__init__()
+        self.cfg = config
+        smp = _import_smp()
+        self.model = smp.create_model(config.arch, encoder_name=config.encoder_name,
+                                      encoder_weights=config.encoder_weights, classes=config.num_classes + 1,
+                                      **dict(config.extra))
+        self.stride = int(getattr(self.model.encoder, "output_stride", 32))
+        self.compiled = False
+
+    @property
+    def min_input_side(self) -> int:
+        """Any side works (inputs are padded to the encoder's stride); one stride is the smallest useful."""
+        return self.stride
+
+    def compile_parts(self, **compile_kwargs: Any) -> None:
+        """`torch.compile` the smp model in place (state-dict keys unchanged)."""
+        self.model.compile(**compile_kwargs)
+        self.compiled = True
+
+    def forward(self, x: Tensor, with_seg: bool = True) -> ClusterCAMOutput:
+        """x (B, 3, H, W) ImageNet-normalised -> seg_logits (B, K + 1, H, W), cls_logits (B, K).
+
+        Inputs are padded bottom/right with 0 (the mean colour) to a multiple of the encoder's stride,
+        which smp requires, and the logits cropped back.
+        """
+        H, W = x.shape[-2:]
+        ph, pw = -H % self.stride, -W % self.stride
+        logits = self.model(F.pad(x, (0, pw, 0, ph)))[..., :H, :W]  # (B, K + 1, H, W)
+        probs = logits.float().softmax(1)[:, 1:].amax(dim=(2, 3))  # (B, K) largest per-class probability
+        cls_logits = torch.logit(probs, eps=1e-6)
+        return ClusterCAMOutput(cls_logits=cls_logits, patch_logits=cls_logits, seg_logits=logits,
+                                features=logits, c2p=logits.new_zeros(0), attention=None)
