@@ -383,3 +383,16 @@ def test_a_postprocess_step_is_one_config_entry(tmp_path):
     listed = compose_eval(["eval=ss", "ckpt_path=x", "~eval.postprocess", "+eval.postprocess=[{name:crf,n_iter:4}]"],
                           tmp_path)
     assert protocol_from_config(listed.eval) == protocol_from_config(added.eval)
+
+
+def test_a_label_step_of_the_refine_command_runs_inside_eval(tmp_path):
+    """The refinement steps (issue 20) are post-processing steps like the CRF: `superpixel` joins `eval`
+    from the command line and changes the label maps it scores (a vote over SLIC regions)."""
+    ckpt = save_framework(make_tiny_net(), tmp_path / "k.ckpt")
+    plain = evaluate(compose_eval([*DATA, f"ckpt_path={ckpt}", "eval=ss"], tmp_path / "plain"))
+    voted = evaluate(compose_eval([*DATA, f"ckpt_path={ckpt}", "eval=ss", "crf_workers=0",
+                                   "+postprocess@eval.postprocess.sp=superpixel",
+                                   "eval.postprocess.sp.n_segments=8"], tmp_path / "voted"))
+    assert [s["name"] for s in voted["protocol"]["postprocess"]] == ["superpixel"]
+    assert voted["num_images"] == plain["num_images"] == 4
+    assert 0.0 <= voted["miou"] <= 1.0 and voted["miou"] != plain["miou"]
