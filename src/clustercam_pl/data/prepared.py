@@ -60,6 +60,13 @@ class PreparedSegmentation(Dataset, DatasetKind):
 
     # The kind's facts (name, classes, splits, ...) are class attributes of each subclass: see DatasetKind.
 
+    @classmethod
+    def class_names_of(cls, root: str | None, config: Any) -> tuple[str, ...]:
+        """``fixed_classes``, else the classes the prepared root's manifest lists (a folder dataset)."""
+        if cls.fixed_classes is not None:
+            return cls.fixed_classes
+        return read_manifest(root, cls.name).classes
+
     def __init__(
         self,
         root: str | os.PathLike[str],

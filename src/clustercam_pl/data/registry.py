@@ -95,12 +95,11 @@ class DatasetKind:
 
     @classmethod
     def class_names_of(cls, root: str | None, config: Any) -> tuple[str, ...]:
-        """The class names of a root of this kind (its manifest's when not fixed)."""
-        if cls.fixed_classes is not None:
-            return cls.fixed_classes
-        from clustercam_pl.data.layout import read_manifest
-
-        return read_manifest(root, cls.name).classes
+        """The class names of a root of this kind: ``fixed_classes`` here; a kind whose classes depend on
+        its data (a prepared root's manifest, a synthetic config) overrides this."""
+        if cls.fixed_classes is None:
+            raise NotImplementedError(f"dataset kind {cls.name!r} has no fixed classes and no class_names_of")
+        return cls.fixed_classes
 
     @classmethod
     def build(cls, split: str, transform: Callable[..., dict[str, Any]], *, train: bool, opts: LoadOptions) -> Any:
