@@ -14,7 +14,6 @@ import csv
 import json
 import math
 import os
-import re
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from clustercam_pl.utils.files import natural_key
 
 SEED_KEYS = ("seed",)
 METRIC_PREFIXES = ("val/", "test/")
@@ -104,7 +105,7 @@ def find_run_folders(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
             runs.append(p)
             continue
         found = sorted((f.parent.parent for f in p.rglob("overrides.yaml") if f.parent.name == ".hydra"),
-                       key=_natural_key)
+                       key=natural_key)
         if not found:
             raise SweepError(
                 f"no run folders in {p}: a Hydra multirun folder holds <job>/.hydra/overrides.yaml, "
@@ -113,11 +114,6 @@ def find_run_folders(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
         runs += found
         roots.append(p)
     return list(dict.fromkeys(runs)), roots
-
-
-def _natural_key(p: Path) -> list[Any]:
-    """Job folders 0, 1, ..., 10 in numeric order."""
-    return [int(part) if part.isdigit() else part for part in p.parts]
 
 
 _UNREADABLE = (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError)  # json.JSONDecodeError is a ValueError
@@ -287,11 +283,7 @@ def _axis(values: Iterable[str]) -> tuple[list[str], bool]:
     try:
         return sorted(distinct, key=float), True
     except ValueError:
-        return sorted(distinct, key=_natural_key_str), False
-
-
-def _natural_key_str(s: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+        return sorted(distinct, key=natural_key), False
 
 
 def _safe(name: str) -> str:
