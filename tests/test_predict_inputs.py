@@ -11,7 +11,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -147,10 +146,8 @@ def loop_tree(root: Path) -> Path:
 @pytest.mark.timeout(60)
 def test_recursive_glob_over_a_symlink_loop_lists_each_file_once(tmp_path, caplog, monkeypatch):
     root = loop_tree(tmp_path / "in")
-    t0 = time.perf_counter()
     caplog.set_level("INFO", logger="clustercam_pl.predict")
-    items = list_inputs(str(root / "**" / "*.png"))
-    assert time.perf_counter() - t0 < 5
+    items = list_inputs(str(root / "**" / "*.png"))  # no hang: the timeout above bounds it, load or not
     assert [(i.path, i.key) for i in items] == [(root / "a" / "b" / "z.png", "a/b/z"), (root / "a" / "y.png", "a/y"),
                                                 (root / "x.png", "x")]
     assert f"not entering {root / 'a' / 'b' / 'top'}: it leads to {root}, already listed" in caplog.text
