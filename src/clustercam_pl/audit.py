@@ -13,15 +13,13 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from clustercam_pl.entry import check_multirun_strategy, launch_settings, resolved_copy
+from clustercam_pl.entry import launch_command
 from clustercam_pl.tasks.audit import audit, recorded_split
-from clustercam_pl.utils.distributed import Ranks, launch
+from clustercam_pl.utils.distributed import Ranks
 
 
 def run_audit(cfg: DictConfig) -> dict[str, Any]:
-    check_multirun_strategy(cfg)
-    settings = launch_settings(cfg)
-    return launch(settings, _audit, cfg if settings.single else resolved_copy(cfg))
+    return launch_command(cfg, _audit)
 
 
 def _audit(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -24,10 +25,11 @@ from clustercam_pl.inference.protocol import Protocol
 from clustercam_pl.tasks.sweep import parse_override
 from clustercam_pl.utils import run_info
 from clustercam_pl.utils.checks import check_range
-from clustercam_pl.utils.distributed import Launch
+from clustercam_pl.utils.distributed import Launch, launch
 from clustercam_pl.utils.results import write_metrics
 
 log = logging.getLogger("clustercam_pl")
+T = TypeVar("T")
 
 
 def round_mul(a: float, b: float) -> int:
@@ -163,6 +165,14 @@ def resolved_copy(cfg: DictConfig) -> DictConfig:
                 log.debug("%s stays unresolved: %s", key, e)
     return copy
 
+
+
+def launch_command(cfg: DictConfig, fn: Callable[..., T]) -> T:
+    """Run a batch command's `fn(ranks, cfg)` on the processes `cfg.trainer` asks for (one: here), after
+    refusing a launch the sweep cannot host; spawned processes get the config resolved here."""
+    check_multirun_strategy(cfg)
+    settings = launch_settings(cfg)
+    return launch(settings, fn, cfg if settings.single else resolved_copy(cfg))
 
 def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)

@@ -21,18 +21,16 @@ from omegaconf import DictConfig
 
 from clustercam_pl.entry import (
     as_list,
-    check_multirun_strategy,
-    launch_settings,
+    launch_command,
     loader_workers,
     net_overrides,
     protocol_from_config,
     record_env,
-    resolved_copy,
     run_dir,
 )
 from clustercam_pl.tasks.evaluate import evaluate_checkpoints, report
 from clustercam_pl.tasks.voc_archive import check_archive_of_split
-from clustercam_pl.utils.distributed import Ranks, launch
+from clustercam_pl.utils.distributed import Ranks
 
 log = logging.getLogger("clustercam_pl.eval")
 
@@ -46,9 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print(f"{result['archive']}: {result['images']} images, layout, sizes, palette and values as the VOC "
               "server expects: ready to upload", flush=True)
         return {"archive_check": result, "miou": None}
-    check_multirun_strategy(cfg)
-    settings = launch_settings(cfg)
-    return launch(settings, _evaluate, cfg if settings.single else resolved_copy(cfg))
+    return launch_command(cfg, _evaluate)
 
 
 def _evaluate(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:

@@ -21,17 +21,15 @@ from omegaconf import DictConfig, OmegaConf
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load_checkpoint
 from clustercam_pl.entry import (
-    check_multirun_strategy,
-    launch_settings,
+    launch_command,
     loader_workers,
     net_overrides,
     record_env,
-    resolved_copy,
     run_dir,
     write_metrics,
 )
 from clustercam_pl.tasks.export_labels import export_split
-from clustercam_pl.utils.distributed import Ranks, launch
+from clustercam_pl.utils.distributed import Ranks
 
 log = logging.getLogger("clustercam_pl.export_labels")
 
@@ -51,9 +49,7 @@ def cam_settings(cfg: DictConfig, ckpt: LoadedCheckpoint) -> CAMConfig:
 def export_pseudo_labels(cfg: DictConfig) -> dict[str, Any]:
     """Write (or complete) the pseudo labels and CAMs of a split on the processes of `cfg.trainer`
     (one by default); return and write the metrics (the main process)."""
-    check_multirun_strategy(cfg)
-    settings = launch_settings(cfg)
-    return launch(settings, _export, cfg if settings.single else resolved_copy(cfg))
+    return launch_command(cfg, _export)
 
 
 def _export(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:

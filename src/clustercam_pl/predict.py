@@ -21,15 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from clustercam_pl.entry import (
     as_list,
-    check_multirun_strategy,
-    launch_settings,
+    launch_command,
     net_overrides,
     protocol_from_config,
     record_env,
-    resolved_copy,
 )
 from clustercam_pl.tasks.predict import FAILED, predict_images
-from clustercam_pl.utils.distributed import Ranks, launch
+from clustercam_pl.utils.distributed import Ranks
 
 log = logging.getLogger("clustercam_pl.predict")
 
@@ -40,9 +38,7 @@ EXIT_SOME_FAILED = 3
 def run_predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every input of `cfg.input` into `cfg.out_dir` on the processes of `cfg.trainer` (one by
     default); record env.json there; return the summary (the same on every process)."""
-    check_multirun_strategy(cfg)
-    settings = launch_settings(cfg)
-    return launch(settings, _predict, cfg if settings.single else resolved_copy(cfg))
+    return launch_command(cfg, _predict)
 
 
 def _predict(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:

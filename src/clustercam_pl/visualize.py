@@ -173,7 +173,7 @@ def cluster_assignments(
 
 
 # ---------------------------------------------------------------------------------------- drawing
-def _figure(width: float, height: float, dpi: int = 100) -> Figure:
+def figure(width: float, height: float, dpi: int = 100) -> Figure:
     """A figure on the Agg canvas, without pyplot (no global backend change, nothing left open)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -183,11 +183,11 @@ def _figure(width: float, height: float, dpi: int = 100) -> Figure:
     return fig
 
 
-def _label_image(x: np.ndarray) -> np.ndarray:
+def label_image(x: np.ndarray) -> np.ndarray:
     return label_colours()[x.astype(np.int64).clip(0, 255)]
 
 
-def _class_legend(fig: Figure, class_names: Sequence[str]) -> None:
+def class_legend(fig: Figure, class_names: Sequence[str]) -> None:
     from matplotlib.patches import Patch
 
     pal = label_colours() / 255.0
@@ -204,14 +204,14 @@ def panel_figure(
     names = [k for k in PANEL_ORDER if k in panels]
     B = panels["image"].shape[0]
     legend = 0.5 if class_names else 0.0
-    fig = _figure(2.2 * len(names), 2.2 * B + legend, dpi=dpi)
+    fig = figure(2.2 * len(names), 2.2 * B + legend, dpi=dpi)
     axes = fig.subplots(B, len(names), squeeze=False)
     for i in range(B):
         for j, name in enumerate(names):
             ax = axes[i, j]
             x = panels[name][i]
             if name in ("mask", "pseudo_label"):
-                ax.imshow(_label_image(x), interpolation="nearest")
+                ax.imshow(label_image(x), interpolation="nearest")
             elif name == "assignment":
                 ax.imshow(cluster_colours(20)[x.astype(np.int64) % 20][..., :3], interpolation="nearest")
             elif name == "image":
@@ -224,7 +224,7 @@ def panel_figure(
             if i == 0:
                 ax.set_title(PANEL_TITLES.get(name, name), fontsize=9)
     if class_names:
-        _class_legend(fig, class_names)
+        class_legend(fig, class_names)
     fig.tight_layout(rect=(0, legend / (2.2 * B + legend), 1, 1))
     return fig
 
@@ -251,7 +251,7 @@ def class_map_figure(
     kinds = [k for k in ("patch_to_class", "cluster_to_class", "clustercam") if k in maps]
     present = [int(c) for c in np.flatnonzero(np.asarray(cls_label) > 0)]
     cols = len(kinds) + (mask is not None)
-    fig = _figure(2.2 * cols, 2.2 * max(len(present), 1))
+    fig = figure(2.2 * cols, 2.2 * max(len(present), 1))
     axes = fig.subplots(max(len(present), 1), cols, squeeze=False)
     for r, c in enumerate(present):
         name = class_names[c] if class_names else f"class {c}"
@@ -336,7 +336,7 @@ def assignment_figure(
     `max_clusters` clusters). `image` (H, W, 3) in [0, 1] is image `index` of the assignments."""
     M = min(assignments[0]["soft"].shape[1], max_clusters)
     colours = cluster_colours(M)
-    fig = _figure(1.5 * (M + 2) + 0.5, 3.2 * len(assignments))
+    fig = figure(1.5 * (M + 2) + 0.5, 3.2 * len(assignments))
     axes = fig.subplots(len(assignments), 1 + M, squeeze=False, gridspec_kw={"width_ratios": [2] + [1] * M})
     for r, a in enumerate(assignments):
         draw_assignment(axes[r, 0], image, a, index)
@@ -359,7 +359,7 @@ def assignment_figure(
 
 def metrics_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Figure:
     """Validation curves: `rows` of per-epoch metrics (e.g. the CSV logger's), one line per key."""
-    fig = _figure(5.5, 3.2)
+    fig = figure(5.5, 3.2)
     ax = fig.subplots()
     for key in keys:
         pts = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]

@@ -40,7 +40,7 @@ from clustercam_pl.metrics import confusion_matrix, scores_from_confmat
 from clustercam_pl.utils.distributed import Ranks
 from clustercam_pl.utils.files import OutputFolder, atomic_write, natural_key, write_json, write_text
 from clustercam_pl.utils.progress import CostMeter
-from clustercam_pl.visualize import _class_legend, _figure, _label_image
+from clustercam_pl.visualize import class_legend, figure, label_image
 
 log = logging.getLogger("clustercam_pl.audit")
 
@@ -261,11 +261,11 @@ def contact_sheet(
 ) -> Path:
     """One row per (image id, caption): image | ground truth | each label set | CAM of the worst class."""
     cols = 2 + len(sets) + (cams is not None)
-    fig = _figure(1.9 * cols, 1.9 * len(rows) + 0.8, dpi=80)
+    fig = figure(1.9 * cols, 1.9 * len(rows) + 0.8, dpi=80)
     for r, (image_id, caption) in enumerate(rows):
         image, mask = item_arrays(dataset[index[image_id]])
-        panels = [("image", image), ("ground truth", _label_image(mask))]
-        panels += [(n, _label_image(read_mask(s / f"{image_id}.png"))) for n, s in zip(set_names, sets, strict=True)]
+        panels = [("image", image), ("ground truth", label_image(mask))]
+        panels += [(n, label_image(read_mask(s / f"{image_id}.png"))) for n, s in zip(set_names, sets, strict=True)]
         if cams is not None:
             maps, classes = read_cams(cams / f"{image_id}.npz", mask.shape)
             c = worst.get(image_id, -1) - 1
@@ -277,14 +277,14 @@ def contact_sheet(
             ax.imshow(arr, cmap="jet" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title if k else f"{caption}\n{image_id}", fontsize=7)
             ax.axis("off")
-    _class_legend(fig, list(names[1:]))
+    class_legend(fig, list(names[1:]))
     height = 1.9 * len(rows) + 0.8
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / height, bottom=0.8 / height, hspace=0.3, wspace=0.05)
     return _save_figure(fig, path)
 
 
 def curve_figure(curve: dict[str, Any], path: Path) -> Path:
-    fig = _figure(4.5, 3.2)
+    fig = figure(4.5, 3.2)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(curve["thresholds"], [100 * m for m in curve["miou"]])
     ax.axvline(curve["best_threshold"], ls="--", c="gray")
