@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from clustercam_pl.train import train
-from clustercam_pl.utils.files import partial_path, remove_partials
+from clustercam_pl.utils.files import FolderLock, partial_path, remove_partials
 from clustercam_pl.utils.run_folder import (
     LOCK_NAME,
     RunFolderError,
@@ -245,3 +245,26 @@ def test_second_training_on_a_folder_is_refused_and_a_killed_ones_lock_taken_ove
     said = next(m for m in caplog.messages if "partial file(s) of interrupted writers" in m)
     assert str(leftover) in said
     assert not (run / LOCK_NAME).exists()
+
+
+ORPHAN = """
+import os, sys, time
+from clustercam_pl.utils.files import FolderLock
+FolderLock(sys.argv[1], "x.lock", user="test", hint="-").acquire()
+if os.fork() == 0:  # a worker: inherits the lock's open file and keeps it until it exits
+    time.sleep(1.5)
+    os._exit(0)
+print("locked", flush=True)
+os._exit(0)  # the owner dies first, as under SIGKILL
+"""
+
+
+def test_a_dead_owners_lock_still_held_by_its_workers_is_waited_for(tmp_path, caplog):
+    """A killed command's forked workers hold its output folder's lock a few seconds more: a rerun waits
+    for them instead of refusing the folder as in use."""
+    done = subprocess.run([sys.executable, "-c", ORPHAN, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "locked", done.stderr
+    with caplog.at_level(logging.WARNING, logger="clustercam_pl.utils.files"):
+        with FolderLock(tmp_path, "x.lock", user="test", hint="-"):
+            assert json.loads((tmp_path / "x.lock").read_text())["pid"] == os.getpid()
+    assert "took over the lock of pid" in caplog.text

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 META_NAME = "meta.json"
+# How long a lock whose recorded owner is dead may stay held by that owner's forked workers (PyTorch's
+# data-loader workers look for their parent every 5 s) before the folder counts as in use.
+ORPHAN_WAIT_S = 30.0
 # ``.<name>.<pid>.part`` (this version); ``<name>.part`` and ``.<name>.tmp-<pid>`` (earlier versions).
 _PARTIAL_RE = re.compile(r"^(?:\.(?P<name>.+)\.(?P<pid>\d+)\.part|.+\.part|\.(?P<ckpt>.+)\.tmp-(?P<ckpt_pid>\d+))$")
 
@@ -199,11 +202,18 @@ class FolderLock:
         if self._fd is not None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + ORPHAN_WAIT_S
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 state = _try_flock(fd)
                 previous = _read_owner(fd)
+                if state == "held" and previous and not _owner_running(previous) and time.monotonic() < deadline:
+                    # The owner is dead, but processes it forked (data-loader or CRF workers) still hold
+                    # the inherited lock for a few seconds, until they notice: wait for them, not refuse.
+                    os.close(fd)
+                    time.sleep(0.1)
+                    continue
                 if state == "held" or (state == "unsupported" and _owner_running(previous)):
                     raise self.error(self._busy_message(previous, by_pid=state == "unsupported"))
                 if not _same_file(fd, self.path):  # released (unlinked) between our open and lock: retry
