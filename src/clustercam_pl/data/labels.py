@@ -55,6 +55,15 @@ COCO_CLASSES: tuple[str, ...] = (
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 
+# LUAD-HistoSeg (Han et al., MedIA 2022), the order of the digits in its file-name tags `[a b c d]`: tumour
+# epithelium, necrosis, lymphocyte, tumour-associated stroma. No background class: mask value c is channel c.
+LUAD_CLASSES: tuple[str, ...] = ("TE", "NEC", "LYM", "TAS")
+# BCSS-WSSS (the same release), the order of its tags `[abcd]`: tumour, stroma, lymphocyte, necrosis.
+BCSS_CLASSES: tuple[str, ...] = ("TUM", "STR", "LYM", "NEC")
+RELEASE_VOID = 4
+"""The index of white background / excluded tissue in the LUAD-HistoSeg and BCSS-WSSS masks (their palette's
+fifth entry); prepared roots store it as IGNORE_INDEX."""
+
 IGNORE_INDEX = 255
 """Mask value for pixels that are not evaluated (VOC object boundaries, COCO crowd/ambiguous regions)."""
 
