@@ -278,7 +278,7 @@ class HistoRelease:
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # prepared id -> raw mask (values 0..4)
 
     def argv(self, out: Path, *extra: str) -> list[str]:
-        return [self.dataset, "--root", str(self.root), "--out", str(out), "--workers", "0", "--no-progress", *extra]
+        return [self.dataset, f"--{self.dataset}-root", str(self.root), "--out", str(out), "--workers", "0", "--no-progress", *extra]
 
 
 def make_histo_release(root: Path, dataset: str, size: int = 32, train_dir: str = "train") -> HistoRelease:

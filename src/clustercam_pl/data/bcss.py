@@ -30,5 +30,5 @@ class BCSSSegmentation(PreparedSegmentation):
     default_splits: ClassVar[tuple[str, str]] = ("train", "val")
     default_negatives: ClassVar[str] = "drop"  # a patch tagged with no class: nothing to learn without background
     prepare_example: ClassVar[str | None] = (
-        "python -m clustercam_pl.prepare bcss --root BCSS-WSSS --out DATA_ROOT"
+        "python -m clustercam_pl.prepare bcss --bcss-root BCSS-WSSS --out DATA_ROOT"
     )

@@ -29,5 +29,5 @@ class LUADSegmentation(PreparedSegmentation):
     default_splits: ClassVar[tuple[str, str]] = ("train", "val")
     default_negatives: ClassVar[str] = "drop"  # a patch tagged with no class: nothing to learn without background
     prepare_example: ClassVar[str | None] = (
-        "python -m clustercam_pl.prepare luad --root LUAD-HistoSeg --out DATA_ROOT"
+        "python -m clustercam_pl.prepare luad --luad-root LUAD-HistoSeg --out DATA_ROOT"
     )

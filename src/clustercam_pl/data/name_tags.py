@@ -33,7 +33,7 @@ class NameTags:
     pattern: re.Pattern[str]
     spec: str
     classes: tuple[str, ...] | None = None
-    example: str = "image_001-[1 0 1].png"
+    example: str | None = None  # a tagged file name (named forms)
 
 
 NAMED_FORMS: dict[str, NameTags] = {
@@ -72,9 +72,11 @@ def parse_name_tag(tags: NameTags, stem: str, classes: tuple[str, ...], fix: str
     """
     found = tags.pattern.search(stem)
     if found is None:
+        given = "" if tags.spec == tags.pattern.pattern else f" ({tags.spec})"
+        example = f". A tagged name looks like {tags.example!r}" if tags.example else ""
         raise NameTagError(
-            f"file name {stem!r} has no label tag: the pattern {tags.pattern.pattern!r} ({tags.spec}) does not find "
-            f"one. A tagged name looks like {tags.example!r}" + (f"; {fix}" if fix else "")
+            f"file name {stem!r} has no label tag: the pattern {tags.pattern.pattern!r}{given} does not find "
+            f"one{example}" + (f"; {fix}" if fix else "")
         )
     tag = found.group(1) or ""
     digits = _SEPARATORS.sub("", tag)

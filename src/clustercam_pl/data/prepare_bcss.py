@@ -1,4 +1,4 @@
-"""Prepare BCSS-WSSS as released: ``python -m clustercam_pl.prepare bcss --root BCSS-WSSS --out DIR``.
+"""Prepare BCSS-WSSS as released: ``python -m clustercam_pl.prepare bcss --bcss-root BCSS-WSSS --out DIR``.
 
 Input (the release, unpacked; its Readme, and ChuHan89/WSSS-Tissue ``tool/GenDataset.py``)::
 
@@ -27,7 +27,7 @@ HELP = "BCSS-WSSS as released (labels in the file names, palette masks with void
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``python -m clustercam_pl.prepare bcss`` (the shared ones are added by the command)."""
-    add_release_arguments(p)
+    add_release_arguments(p, RELEASE)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

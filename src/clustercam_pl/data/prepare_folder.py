@@ -479,8 +479,7 @@ def _process(task: _Task) -> dict[str, Any]:
             Problem(
                 task.image_id,
                 task.mask_src,
-                f"mask size {raw.shape[1]}x{raw.shape[0]} != image {w}x{h} ({task.image}): a mask has the size "
-                "of its image; replace the mask (or the image) with the matching file",
+                f"mask size {raw.shape[1]}x{raw.shape[0]} != image {w}x{h} ({task.image})",
             )
         )
         return res
@@ -490,8 +489,7 @@ def _process(task: _Task) -> dict[str, Any]:
     bad = np.flatnonzero((counts > 0) & (lut < 0))
     if bad.size:
         res["problems"].append(
-            Problem(task.image_id, task.mask_src, f"mask values {bad[:10].tolist()} outside {values.expected()}: "
-                    "fix the file, or leave the image out with --skip-bad")
+            Problem(task.image_id, task.mask_src, f"mask values {bad[:10].tolist()} outside {values.expected()}")
         )
         return res
     if values.has_background:
@@ -651,7 +649,7 @@ def _make_splits(
         split_ids = {"train": train, "val": val}
         split_desc = f"--val-fraction {val_fraction} --seed {seed}"
     used = {i for ids in split_ids.values() for i in ids}
-    if check_rows:  # (with --labels-from-folders an image outside a class folder is reported already)
+    if check_rows:  # (from folders or name tags, an image without a label is reported already)
         for i in sorted(used - set(inp.row_at) - inp.from_mask):
             rel = inp.by_id[i][0]
             inp.problems.append(Problem(
@@ -876,7 +874,7 @@ def prepare_folder(
     inp = _scan(images, out, masks_dir)
     fix = "rename the file, or give the labels in a CSV with --labels instead"
     _read_labels(inp, None if labels_from_folders else labels, classes, label_sep, binary_masks, tags, fix)
-    split_ids, split_desc = _make_splits(inp, splits, val_fraction, seed, check_rows=not labels_from_folders)
+    split_ids, split_desc = _make_splits(inp, splits, val_fraction, seed, check_rows=labels is not None)
     return _finish(inp, split_ids, out, settings={"binary_masks": binary_masks, "splits_from": split_desc},
                    binary_masks=binary_masks, skip_bad=skip_bad, full_decode=full_decode, workers=workers,
                    progress=progress)
@@ -936,11 +934,9 @@ class Release:
             folder = next((root / n / sub for n in names if (root / n / sub).is_dir()), None)
             if folder is None and split != "test":
                 tried = " or ".join(str(root / n / sub) for n in names)
-                raise PrepareError(
-                    f"{tried} not found: --root must be the unpacked {self.dataset} release, the folder holding "
-                    f"{names[0]}/" + (" with the tagged training patches" if split == "train" else
-                                      " with img/ and mask/") + f" (e.g. --root {root / self.dataset.upper()})"
-                )
+                holds = "the tagged training patches" if split == "train" else "img/ and mask/"
+                raise PrepareError(f"{tried} not found: --{self.dataset}-root must be the unpacked {self.dataset} "
+                                   f"release, the folder holding {names[0]}/ with {holds}")
             if folder is not None:
                 found[split] = folder
         return found
@@ -966,7 +962,7 @@ def prepare_release(
         PrepareError: the layout is not the release's, or bad items (a training name without a tag or with
             the wrong number of digits, a mask with another value or size) and not ``skip_bad``.
     """
-    root = require_path(Path(root), f"{release.dataset} release folder (--root)")
+    root = require_path(Path(root), f"{release.dataset} release folder (--{release.dataset}-root)")
     out = Path(out)
     dirs = release.split_dirs(root)
     _unprepare(out)
@@ -998,9 +994,10 @@ def prepare_release(
                    progress=progress)
 
 
-def add_release_arguments(p: argparse.ArgumentParser) -> None:
+def add_release_arguments(p: argparse.ArgumentParser, release: Release) -> None:
     """The options of ``prepare luad`` / ``prepare bcss`` (the shared ones are added by the command)."""
-    p.add_argument("--root", required=True, help="the unpacked release: train/ (or training/), val/, test/")
+    p.add_argument(f"--{release.dataset}-root", dest="root", required=True,
+                   help="the unpacked release: train/ (or training/), val/, test/")
     p.add_argument("--quick", action="store_true", help="check images by header only (misses truncated files)")
 
 

@@ -1,4 +1,4 @@
-"""Prepare LUAD-HistoSeg as released: ``python -m clustercam_pl.prepare luad --root LUAD-HistoSeg --out DIR``.
+"""Prepare LUAD-HistoSeg as released: ``python -m clustercam_pl.prepare luad --luad-root LUAD-HistoSeg --out DIR``.
 
 Input (the release, unpacked; its Readme, and ChuHan89/WSSS-Tissue ``tool/GenDataset.py``)::
 
@@ -26,7 +26,7 @@ HELP = "LUAD-HistoSeg as released (labels in the file names, palette masks with 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``python -m clustercam_pl.prepare luad`` (the shared ones are added by the command)."""
-    add_release_arguments(p)
+    add_release_arguments(p, RELEASE)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
