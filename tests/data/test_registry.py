@@ -31,8 +31,12 @@ def test_the_four_kinds_and_their_facts() -> None:
     assert FolderSegmentation.fixed_classes is None and SyntheticWSSS.fixed_classes is None
     assert {n: k.default_negatives for n, k in kinds.items()} == {
         "coco": "error", "folder": "keep", "synthetic": "error", "voc": "error"}
-    # Facts the next kinds (histopathology, remote sensing) will set otherwise; today one value for all.
-    assert {(k.has_background, k.void_values, k.in_channels) for k in kinds.values()} == {(True, (IGNORE_INDEX,), 3)}
+    # Facts the next kinds (histopathology, remote sensing) will set otherwise; today one value for all
+    # (a folder root's manifest says whether it has a background class: has_background None).
+    assert {(k.has_background, k.void_values, k.in_channels) for n, k in kinds.items() if n != "folder"} == {
+        (True, (IGNORE_INDEX,), 3)}
+    assert (FolderSegmentation.has_background, FolderSegmentation.void_values, FolderSegmentation.in_channels) == (
+        None, (IGNORE_INDEX,), 3)
     assert SyntheticWSSS.prepare_example is None  # nothing to prepare: no data root needed
     for name in ("voc", "coco", "folder"):
         assert f"`python -m clustercam_pl.prepare {name} " in prepare_hint(name)
