@@ -4,6 +4,7 @@ names, palette masks with index 4), the refusals, and `prepare folder --labels-f
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_a_release_is_prepared_as_published(dataset, tmp_path: Path) -> None:
     out = tmp_path / "out"
     main(raw.argv(out))
     manifest = read_manifest(out, dataset)
-    assert manifest.classes == CLASSES[dataset]
+    assert manifest.classes == CLASSES[dataset] and manifest.has_background is False
     assert {s: i.num_images for s, i in manifest.splits.items()} == {"train": 8, "val": 2, "test": 2}
     assert {s: i.mask_dir is not None for s, i in manifest.splits.items()} == {"train": False, "val": True, "test": True}
 
@@ -174,15 +175,32 @@ def test_a_folder_that_is_not_the_release_is_refused_with_the_layout(tmp_path: P
 
 # ------------------------------------------------------------------------ prepare folder --labels-from-name
 def test_folder_labels_from_name_agree_with_the_release(tmp_path: Path) -> None:
-    """The user's own copy of the training patches through `prepare folder` gets the labels `prepare luad` gives."""
+    """A user's own copy of a release in a folder of their layout (tagged training patches, untagged val
+    patches with masks of void 4) through `prepare folder` gets the labels and masks `prepare luad` gives."""
     raw = make_histo_release(tmp_path / "raw", "luad")
-    main([*raw.argv(tmp_path / "luad")])
-    main(["folder", "--images", str(raw.root / "train"), "--labels-from-name", "luad", "--val-fraction", "0.25",
-          "--out", str(tmp_path / "own"), "--workers", "0", "--no-progress"])
-    assert read_manifest(tmp_path / "own", "folder").classes == LUAD_CLASSES  # the named form's classes
-    own = read_label_file(tmp_path / "own" / "cls_labels.json", 4, LUAD_CLASSES)
+    main(raw.argv(tmp_path / "luad"))
+    own = tmp_path / "own"
+    (own / "splits").mkdir(parents=True)
+    for split, src in (("train", raw.root / "train"), ("val", raw.root / "val" / "img")):
+        shutil.copytree(src, own / "images" / split)
+        (own / "splits" / f"{split}.txt").write_text("".join(f"{split}/{f.name}\n" for f in sorted(src.iterdir())))
+    shutil.copytree(raw.root / "val" / "mask", own / "masks" / "val")
+    argv = ["folder", "--images", str(own / "images"), "--masks", str(own / "masks"), "--labels-from-name", "luad",
+            "--splits", str(own / "splits"), "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"]
+    main([*argv, "--no-background", "--void", "4"])
+
+    manifest = read_manifest(tmp_path / "out", "folder")
+    assert manifest.classes == LUAD_CLASSES and manifest.has_background is False  # the named form's classes
+    labels = read_label_file(tmp_path / "out" / "cls_labels.json", 4, LUAD_CLASSES)
     release = read_label_file(tmp_path / "luad" / "cls_labels.json", 4, LUAD_CLASSES)
-    assert own == {i.removeprefix("train/"): v for i, v in release.items() if i.startswith("train/")}
+    assert labels == {i: v for i, v in release.items() if not i.startswith("test/")}  # ids: <split>/<stem> in both
+    for i in raw.masks:
+        if i.startswith("val/"):
+            assert np.array_equal(read_mask(tmp_path / "out" / "SegmentationClass" / f"{i}.png"),
+                                  read_mask(tmp_path / "luad" / "SegmentationClass" / f"{i}.png"))
+    dm = WSSSDataModule(dataset="folder", data_root=str(tmp_path / "out"), global_batch_size=2, crop_size=32,
+                        num_workers=0, pin_memory=False)
+    assert dm.has_background is False and dm.class_names == LUAD_CLASSES
 
 
 def test_folder_labels_from_a_regex_with_a_class_list(tmp_path: Path) -> None:

@@ -34,10 +34,12 @@ def test_the_kinds_and_their_facts() -> None:
     assert (LUADSegmentation.fixed_classes, BCSSSegmentation.fixed_classes) == (LUAD_CLASSES, BCSS_CLASSES)
     assert FolderSegmentation.fixed_classes is None and SyntheticWSSS.fixed_classes is None
     assert {n: k.default_negatives for n, k in kinds.items()} == {
-        "bcss": "drop", "coco": "error", "folder": "keep", "luad": "drop", "synthetic": "error", "voc": "error"}
-    # The histopathology releases: no background class, void index 4 in their raw masks.
+        "bcss": "error", "coco": "error", "folder": "keep", "luad": "error", "synthetic": "error", "voc": "error"}
+    # The histopathology releases: no background class, void index 4 in their raw masks (255 once prepared);
+    # a folder root's manifest says whether it has a background class (has_background None).
     facts = {n: (k.has_background, k.void_values, k.in_channels) for n, k in kinds.items()}
-    assert facts == {**{n: (True, (IGNORE_INDEX,), 3) for n in kinds}, "luad": (False, (4,), 3), "bcss": (False, (4,), 3)}
+    assert facts == {**{n: (True, (IGNORE_INDEX,), 3) for n in kinds}, "folder": (None, (IGNORE_INDEX,), 3),
+                     "luad": (False, (4,), 3), "bcss": (False, (4,), 3)}
     assert SyntheticWSSS.prepare_example is None  # nothing to prepare: no data root needed
     for name in ("voc", "coco", "folder", "luad", "bcss"):
         assert f"`python -m clustercam_pl.prepare {name} " in prepare_hint(name)

@@ -28,7 +28,6 @@ class BCSSSegmentation(PreparedSegmentation):
     has_background: ClassVar[bool] = False
     void_values: ClassVar[tuple[int, ...]] = (RELEASE_VOID,)  # of the raw release; 255 in the prepared root
     default_splits: ClassVar[tuple[str, str]] = ("train", "val")
-    default_negatives: ClassVar[str] = "drop"  # a patch tagged with no class: nothing to learn without background
     prepare_example: ClassVar[str | None] = (
         "python -m clustercam_pl.prepare bcss --bcss-root BCSS-WSSS --out DATA_ROOT"
     )

@@ -13,7 +13,9 @@ Input::
     --classes FILE      optional: one class name per line, line i = class i (mask value i); without
                         it the names found in the labels, sorted
     --masks DIR         optional: ``<id>.png`` single-channel or palette, 0 background, i = class i,
-                        255 ignore (``--binary-masks``: 255 is class 1 of a one-class dataset)
+                        255 ignore (``--binary-masks``: 255 is class 1 of a one-class dataset);
+                        ``--no-background``: no background class, value i = the class on line i + 1;
+                        ``--void V``: the values of excluded pixels (stored as 255; default 255)
     splits              ``--val-fraction F --seed S`` (per class, so rare classes reach val) or
                         ``--splits DIR`` with train.txt, val.txt [, test.txt] (one image path a line)
 
@@ -56,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, image_size, read_mask, write_index_png
-from clustercam_pl.data.labels import IGNORE_INDEX, write_label_file
+from clustercam_pl.data.labels import IGNORE_INDEX, class_offset, num_labels, write_label_file
 from clustercam_pl.data.layout import (
     MANIFEST_NAME,
     Manifest,
@@ -414,21 +416,11 @@ class MaskValues:
     void: tuple[int, ...] = (IGNORE_INDEX,)
     binary: bool = False  # --binary-masks: 255 is class 1 of a one-class dataset (with background only)
 
-    @property
-    def offset(self) -> int:
-        """Stored mask value of class 0."""
-        return 1 if self.has_background else 0
-
-    @property
-    def stored(self) -> int:
-        """Stored values that are not ignore: 0..K with a background, 0..K-1 without."""
-        return self.num_classes + self.offset
-
     def table(self) -> np.ndarray:
         """int16 (256,): source value -> stored value, -1 for a value that is not allowed."""
         lut = np.full(256, -1, dtype=np.int16)  # (256,)
-        top = 1 if self.binary else self.num_classes
-        lut[: top + self.offset] = np.arange(top + self.offset)
+        n = num_labels(1 if self.binary else self.num_classes, self.has_background)
+        lut[:n] = np.arange(n)
         for v in self.void:
             lut[v] = IGNORE_INDEX
         if self.binary:
@@ -497,8 +489,9 @@ def _process(task: _Task) -> dict[str, Any]:
         res["raw_ignore"] = int(counts[IGNORE_INDEX])
     mask = lut[raw].astype(np.uint8)  # (H, W) stored values
     stored = np.bincount(mask.ravel(), minlength=256)  # (256,)
-    res["hist"] = [int(stored[v]) for v in range(values.stored)] + [int(stored[IGNORE_INDEX])]
-    write_index_png(task.out_mask, mask)
+    n = num_labels(k, values.has_background)
+    res["hist"] = [int(stored[v]) for v in range(n)] + [int(stored[IGNORE_INDEX])]
+    write_index_png(task.out_mask, mask, background=values.has_background)
     return res
 
 
@@ -711,7 +704,7 @@ def _check_images(
             raw_ignore += r["raw_ignore"]
     remove_partials([out / MASK_DIR])  # of a killed earlier run
     for i in inp.from_mask & set(hist):  # an untagged image with a mask: the classes of its mask
-        inp.label_of[i] = [c for c in range(len(inp.names)) if hist[i][c + values_offset(inp)] > 0]
+        inp.label_of[i] = [c for c in range(len(inp.names)) if hist[i][c + class_offset(inp.has_background)] > 0]
     if hist and raw_fg == 0 and raw_ignore > 0 and not binary_masks:
         names, k = inp.names, len(inp.names)
         values = "0 background, i = class i of the class list, 255 ignore"
@@ -732,7 +725,7 @@ def _mask_stats(
 ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Per split with masks: the pixel fraction of each class (and of ignore), and how many images'
     labels differ from the classes in their masks."""
-    names, k, o = inp.names, len(inp.names), values_offset(inp)
+    names, k, o = inp.names, len(inp.names), class_offset(inp.has_background)
     pixel_fraction: dict[str, dict[str, float]] = {}
     mismatch: dict[str, int] = {}
     for name, ids in kept.items():
@@ -772,12 +765,8 @@ def _write_prepared(
         )
         for name, ids in kept.items()
     }
-    write_manifest(out, Manifest(out, inp.dataset, inp.names, infos, {"labels": LABEL_FILE}, "labels"))
-
-
-def values_offset(inp: _Input) -> int:
-    """Stored mask value of class 0 (1 after the background value, 0 without a background class)."""
-    return 1 if inp.has_background else 0
+    write_manifest(out, Manifest(out, inp.dataset, inp.names, infos, {"labels": LABEL_FILE}, "labels",
+                                 has_background=inp.has_background))
 
 
 def _make_report(
@@ -792,6 +781,7 @@ def _make_report(
     return {
         "dataset": inp.dataset,
         "classes": list(names),
+        "has_background": inp.has_background,
         "images": str(inp.images),
         "labels": inp.labels_desc,
         "masks": None if inp.masks_dir is None else str(inp.masks_dir),
@@ -840,6 +830,8 @@ def prepare_folder(
     classes: str | Path | None = None,
     masks: str | Path | None = None,
     binary_masks: bool = False,
+    no_background: bool = False,
+    void_values: Sequence[int] = (IGNORE_INDEX,),
     label_sep: str = ";",
     val_fraction: float | None = None,
     seed: int = 0,
@@ -853,7 +845,9 @@ def prepare_folder(
 
     ``labels_from_name``: the labels are tags in the file names, ``luad``, ``bcss`` or a regex with one
     group (:mod:`clustercam_pl.data.name_tags`); an image without a tag takes the classes of its mask,
-    and without a mask it is refused.
+    and without a mask it is refused. ``no_background``: the data has no background class, mask value c
+    is class c (line c + 1 of the class list; the manifest says ``has_background: false``).
+    ``void_values``: the mask values of excluded pixels, stored as 255 (e.g. 4 in a histopathology release).
 
     Returns the report (also written to ``out/prepare_report.json``); the summary is logged.
 
@@ -867,11 +861,17 @@ def prepare_folder(
         raise PrepareError("give exactly one of --labels FILE, --labels-from-folders and --labels-from-name PATTERN")
     if (val_fraction is None) == (splits is None):
         raise PrepareError("give exactly one of --val-fraction F (with --seed S) and --splits DIR")
+    if binary_masks and no_background:
+        raise PrepareError("--binary-masks reads 0 as background: it cannot go with --no-background")
+    bad_void = [v for v in void_values if not 0 <= v <= 255]
+    if bad_void:
+        raise PrepareError(f"--void {bad_void[0]} is not a mask value (0..255)")
     tags = None if labels_from_name is None else name_tags(labels_from_name)
     masks_dir = require_path(Path(masks), "mask folder (--masks)") if masks is not None else None
     _unprepare(out)
 
     inp = _scan(images, out, masks_dir)
+    inp.has_background, inp.void = not no_background, tuple(void_values)
     fix = "rename the file, or give the labels in a CSV with --labels instead"
     _read_labels(inp, None if labels_from_folders else labels, classes, label_sep, binary_masks, tags, fix)
     split_ids, split_desc = _make_splits(inp, splits, val_fraction, seed, check_rows=labels is not None)
@@ -1048,6 +1048,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--binary-masks", action="store_true", help="one-class masks stored as 0/255: read 255 as class 1"
     )
+    p.add_argument(
+        "--no-background",
+        action="store_true",
+        help="no background class (e.g. tissue classes): mask value i is the class on line i + 1 of --classes",
+    )
+    p.add_argument(
+        "--void", type=int, nargs="+", default=[IGNORE_INDEX], metavar="V",
+        help="mask value(s) of excluded pixels, stored as 255 (default 255; a histopathology release: 4)",
+    )
     p.add_argument("--label-sep", default=";", help="separator of class names in the CSV (default ;)")
     spl = p.add_mutually_exclusive_group(required=True)
     spl.add_argument(
@@ -1071,6 +1080,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         classes=args.classes,
         masks=args.masks,
         binary_masks=args.binary_masks,
+        no_background=args.no_background,
+        void_values=args.void,
         label_sep=args.label_sep,
         val_fraction=args.val_fraction,
         seed=args.seed,
