@@ -111,7 +111,7 @@ class WSSSDataModule(L.LightningDataModule):
         val_batch_size: evaluation batch per device (1: no padding).
         num_workers: DataLoader workers per device.
         crop_size: training crop side. None: the kind's ``default_crop`` (448; synthetic: the image size).
-        train_transform: "reference" (the reference recipe), "plain" or "none" (see data.transforms).
+        train_transform: "reference" (the reference recipe), "plain", "flip" or "none" (see data.transforms).
         label_source: VOC "xml" | "mask", COCO "annotations" | "mask", or a path to a label file;
             None: the source chosen at preparation. Ignored for synthetic (labels come from the masks).
         skip_unlabeled: drop training images without any class (logged) instead of raising.
