@@ -802,9 +802,7 @@ def _log_summary(report: dict[str, Any], out: Path) -> None:
     names = report["classes"]
     sizes = report["images_per_split"]
     counts = {s: list(per.values()) for s, per in report["images_per_class"].items()}
-    log.info(class_table(names, counts, sizes))
-    log.info("negatives".ljust(max(len(c) for c in names) + 2)
-             + "".join(str(n).rjust(12) for n in report["negatives_per_split"].values()))
+    log.info(class_table(names, counts, sizes, {"negatives": list(report["negatives_per_split"].values())}))
     for name, frac in report["mask_pixel_fraction"].items():
         shown = ", ".join(f"{n} {100 * v:.1f}%" for n, v in frac.items() if n != "ignored_of_all_pixels")
         log.info(f"{name} mask pixels: {shown} (ignored: {100 * frac['ignored_of_all_pixels']:.1f}% of all)")
