@@ -162,6 +162,19 @@ def test_bad_items_are_refused_together_naming_file_and_fix_then_skipped(tmp_pat
     assert [p["path"] for p in skipped] == [str(small), str(three), str(untagged), str(unknown)]
 
 
+def test_missing_masks_are_refused_naming_where_they_belong(tmp_path: Path) -> None:
+    raw = make_histo_release(tmp_path / "raw", "bcss")
+    masks = sorted((raw.root / "test" / "mask").iterdir())
+    for m in masks:  # a test split without any mask is not a split without masks: the release has them
+        m.unlink()
+    with pytest.raises(PrepareError) as e:
+        main(raw.argv(tmp_path / "out"))
+    assert problem_lines(e) == [
+        f"test/{m.stem}: missing mask (other images of split 'test' have one: every image of a split needs a mask, "
+        f"or none does) [{m}]" for m in masks
+    ]
+
+
 def test_a_folder_that_is_not_the_release_is_refused_with_the_layout(tmp_path: Path, capsys) -> None:
     raw = make_histo_release(tmp_path / "raw", "bcss")
     for f in (raw.root / "val" / "img").iterdir():

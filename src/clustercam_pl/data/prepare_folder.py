@@ -283,6 +283,8 @@ def name_labels(inp: _Input, tags: NameTags, fix: str) -> None:
     images); without a mask, and for a malformed tag, it is a problem naming the file, the pattern and ``fix``."""
     for rel in inp.files:
         i = inp.id_of_path[rel]
+        if i in inp.from_mask:  # labelled by its mask already (a release's val/test image)
+            continue
         stem = PurePosixPath(rel).stem
         try:
             present = parse_name_tag(tags, stem, inp.names, fix)
@@ -661,10 +663,11 @@ def _mask_tasks(
     """3a. One task per image of a split, with its mask where the split has masks (a split has masks when
     any of its images has one; then each needs one)."""
     masks_dir = inp.masks_dir
-    has_masks = {
-        name: any(src is not None and src.is_file() for src in map(inp.mask_source, ids))
-        for name, ids in split_ids.items()
-    }
+    def has_mask(i: str) -> bool:  # a release lists the masks it must have; a folder has those on disk
+        src = inp.mask_source(i)
+        return src is not None and (inp.mask_files is not None or src.is_file())
+
+    has_masks = {name: any(map(has_mask, ids)) for name, ids in split_ids.items()}
     if masks_dir is not None and inp.mask_files is None and not any(has_masks.values()):
         first = next((ids[0] for ids in split_ids.values() if ids), "scans/001")
         raise PrepareError(
@@ -784,7 +787,8 @@ def _make_report(
         "has_background": inp.has_background,
         "images": str(inp.images),
         "labels": inp.labels_desc,
-        "masks": None if inp.masks_dir is None else str(inp.masks_dir),
+        "masks": str(inp.masks_dir) if inp.masks_dir is not None else (
+            None if not inp.mask_files else sorted({str(p.parent) for p in inp.mask_files.values()})),
         **settings,
         "images_per_split": {name: len(ids) for name, ids in kept.items()},
         "images_per_class": {name: dict(zip(names, c, strict=True)) for name, c in counts.items()},
@@ -979,10 +983,11 @@ def prepare_release(
 
     inp = _input_of(root, files, None, id_of)
     inp.dataset, inp.has_background, inp.void = release.dataset, False, release.void
-    inp.mask_files = {
+    inp.mask_files = {  # val/img/<name>.png -> val/mask/<name>.png; their labels are the classes of the mask
         id_of(rel): root / rel.replace("/img/", "/mask/", 1)
         for rel in files if split_of[rel] != "train"
     }
+    inp.from_mask = set(inp.mask_files)
     fix = (f"a training patch of the {release.dataset} release is named like {release.tags.example!r}; move "
            f"other files out of {dirs['train']}")
     _read_labels(inp, None, None, ";", False, release.tags, fix)
