@@ -25,7 +25,14 @@ import torch
 from torch.utils.data import Dataset
 
 from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, read_rgb
-from clustercam_pl.data.labels import IGNORE_INDEX, label_range, mask_values_outside, multi_hot, read_label_file
+from clustercam_pl.data.labels import (
+    IGNORE_INDEX,
+    label_convention,
+    label_range,
+    mask_values_outside,
+    multi_hot,
+    read_label_file,
+)
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.registry import DatasetKind
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
@@ -205,7 +212,8 @@ class PreparedSegmentation(Dataset, DatasetKind):
         if bad:
             raise ImageReadError(
                 f"mask {path} has values {bad} outside {label_range(self.num_classes, self.background)} and "
-                f"{IGNORE_INDEX} (ignore); fix or replace the file, or re-create "
+                f"{IGNORE_INDEX} ({label_convention(self.background)}, {IGNORE_INDEX} ignore); fix or replace the "
+                f"file, or re-create "
                 f"the root {self.manifest.root}: {prepare_hint(self.name)}"
             )
 
