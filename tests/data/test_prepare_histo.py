@@ -200,6 +200,9 @@ def test_folder_labels_from_name_agree_with_the_release(tmp_path: Path) -> None:
     shutil.copytree(raw.root / "val" / "mask", own / "masks" / "val")
     argv = ["folder", "--images", str(own / "images"), "--masks", str(own / "masks"), "--labels-from-name", "luad",
             "--splits", str(own / "splits"), "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"]
+    with pytest.raises(PrepareError, match=r"^--void 4 is also the mask value of class 'TAS': give the value that "
+                       r"marks only excluded pixels, or add --no-background if the masks have no background class$"):
+        main([*argv, "--void", "4"])  # with a background class, value 4 is the fourth class
     main([*argv, "--no-background", "--void", "4"])
 
     manifest = read_manifest(tmp_path / "out", "folder")

@@ -675,6 +675,13 @@ def _mask_tasks(
             f"suffix>.png under the mask folder, e.g. {masks_dir / f'{first}.png'}"
         )
     values = MaskValues(len(inp.names), inp.has_background, inp.void, binary_masks)
+    clash = [v for v in inp.void if v < num_labels(len(inp.names), inp.has_background)]
+    if clash and masks_dir is not None:
+        cls = clash[0] - class_offset(inp.has_background)
+        what = "background" if cls < 0 else f"class {inp.names[cls]!r}"
+        hint = ", or add --no-background if the masks have no background class" if inp.has_background else ""
+        raise PrepareError(f"--void {clash[0]} is also the mask value of {what}: give the value that marks only "
+                           f"excluded pixels{hint}")
     tasks = []
     for name, ids in split_ids.items():
         for i in ids:
