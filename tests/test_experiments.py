@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from wsss_fakes import make_coco_tree, make_voc_tree
+from wsss_fakes import make_coco_tree, make_histo_release, make_voc_tree
 
 from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.data.synthetic import write_folder_dataset
@@ -22,7 +22,8 @@ from helpers import CONF_DIR, TINY_NET_OVERRIDES, compose_train, one_training_st
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # The experiment trained for each data path (data.dataset): the others on that path take one step.
-TRAINED = {"coco": "coco_vits", "folder": "folder_vits", "synthetic": "synthetic", "voc": "voc_vits"}
+TRAINED = {"bcss": "bcss_vits", "coco": "coco_vits", "folder": "folder_vits", "luad": "luad_vits",
+           "synthetic": "synthetic", "voc": "voc_vits"}
 # Shrink the network and the run, keep everything else the experiment sets.
 SMALL = [
     *TINY_NET_OVERRIDES,
@@ -43,7 +44,10 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
                                negatives=1)
     prepare(["folder", "--images", str(own["images"]), "--labels", str(own["labels"]), "--masks", str(own["masks"]),
              "--splits", str(own["splits"]), "--out", str(root / "folder"), "--workers", "0", "--no-progress"])
-    return {"voc": root / "voc", "coco": root / "coco", "folder": root / "folder"}
+    for histo in ("luad", "bcss"):  # stand-ins of the releases: 8 tagged patches, 2 + 2 with masks (64 px)
+        prepare(make_histo_release(root / f"{histo}_raw", histo, size=64).argv(root / histo))
+    return {"voc": root / "voc", "coco": root / "coco", "folder": root / "folder", "luad": root / "luad",
+            "bcss": root / "bcss"}
 
 
 def small_config(name: str, prepared: dict[str, Path], out: Path):
@@ -57,10 +61,13 @@ def small_config(name: str, prepared: dict[str, Path], out: Path):
     elif name.startswith("folder"):
         extra = [f"data.data_root={prepared['folder']}", "data.crop_size=64", "data.global_batch_size=4",
                  "data.pin_memory=false"]  # 7 images + 1 negative: one epoch of 2 steps, then validation
+    elif name.startswith(("luad", "bcss")):  # 8 patches: one epoch of 2 steps, then validation on 2 patches
+        extra = [f"data.data_root={prepared[name.split('_')[0]]}", "data.crop_size=64", "data.global_batch_size=4",
+                 "data.pin_memory=false"]
     elif name.startswith("coco"):
         extra = [f"data.data_root={prepared['coco']}", "data.crop_size=64", "data.global_batch_size=2",
                  "data.pin_memory=false"]
-    if not name.startswith(("synthetic", "folder")):
+    if not name.startswith(("synthetic", "folder", "luad", "bcss")):
         extra.append("trainer.limit_val_batches=0")  # the fake trees' images are smaller than a cluster cell
     if name.endswith("_stage2"):  # fixed labels of the training split; the network from ImageNet / random
         base = compose_train([f"+experiment={name}", *SMALL, *extra, "data.label_dir=null"])
@@ -89,7 +96,7 @@ def test_experiment_trains_a_few_steps(dataset, name, prepared, tmp_path):
     assert cfg.data.dataset == dataset
     summary = train(cfg)
     assert summary["global_step"] == 2
-    if name.startswith(("synthetic", "folder")):
+    if name.startswith(("synthetic", "folder", "luad", "bcss")):
         assert 0.0 <= summary["val/seg_miou"] <= 1.0
 
 

@@ -1,10 +1,12 @@
-"""Dataset preparation entry point: ``python -m clustercam_pl.prepare voc|coco|folder|import-labels ...``.
+"""Dataset preparation entry point: ``python -m clustercam_pl.prepare voc|coco|luad|bcss|folder|import-labels ...``.
 
 Examples::
 
     python -m clustercam_pl.prepare voc --voc-root VOCdevkit/VOC2012 \\
         --sbd-root benchmark_RELEASE/dataset --test-root VOC2012test/VOC2012 --out data/voc
     python -m clustercam_pl.prepare coco --coco-root COCO2014 --out data/coco
+    python -m clustercam_pl.prepare luad --luad-root LUAD-HistoSeg --out data/luad
+    python -m clustercam_pl.prepare bcss --bcss-root BCSS-WSSS --out data/bcss
     python -m clustercam_pl.prepare folder --images my/images --labels my/labels.csv \\
         --classes my/classes.txt --masks my/masks --val-fraction 0.1 --seed 0 --out data/mine
     python -m clustercam_pl.prepare import-labels --npy cls_labels.npy --dataset voc \\

@@ -149,7 +149,7 @@ def _image_and_mask(h: int = 60, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8), mask
 
 
-@pytest.mark.parametrize("name", ["reference", "plain", "none"])
+@pytest.mark.parametrize("name", ["reference", "plain", "flip", "none"])
 def test_train_transforms(name: str) -> None:
     img, mask = _image_and_mask(48, 48) if name == "none" else _image_and_mask()
     t = build_train_transform(name, crop_size=48, seed=0)
@@ -161,6 +161,20 @@ def test_train_transforms(name: str) -> None:
     x1, _ = apply_transform(build_train_transform(name, 48, seed=5), img, mask)
     x2, _ = apply_transform(build_train_transform(name, 48, seed=5), img, mask)
     assert torch.equal(x1, x2)
+
+
+def test_flip_keeps_the_whole_patch() -> None:
+    img, mask = _image_and_mask(48, 48)
+    t = build_train_transform("flip", crop_size=48, seed=0)
+    flips = {(fy, fx): apply_transform(build_eval_transform(), img[::fy, ::fx].copy(), mask[::fy, ::fx].copy())
+             for fy in (1, -1) for fx in (1, -1)}  # the four flips of the whole image
+    seen = set()
+    for _ in range(16):
+        x, m = apply_transform(t, img, mask)
+        which = [k for k, (fx_, fm) in flips.items() if torch.equal(m, fm) and torch.allclose(x, fx_)]
+        assert len(which) == 1  # a flip of the whole patch: nothing cropped, scaled or erased
+        seen.add(which[0])
+    assert len(seen) == 4  # the flips are drawn independently (not one seed for both)
 
 
 def test_plain_pads_image_with_zero_and_mask_with_ignore() -> None:

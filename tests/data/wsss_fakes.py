@@ -235,3 +235,72 @@ def make_coco_tree(root: Path) -> COCOTree:
         [f"COCO_val2014_{i:012d}" for i in (11, 12)],
         ["COCO_train2014_000000000004"],
     )
+
+
+# ---------------------------------------------------------------- histopathology releases (LUAD-HistoSeg, BCSS-WSSS)
+# The releases' palettes (their Readmes): index 0..3 = the classes, 4 = white background / excluded.
+HISTO_PALETTES = {
+    "luad": [205, 51, 51, 0, 255, 0, 65, 105, 225, 255, 165, 0, 255, 255, 255],
+    "bcss": [255, 0, 0, 0, 255, 0, 0, 0, 255, 153, 0, 255, 255, 255, 255],
+}
+HISTO_TAGS = [(1, 0, 0, 1), (0, 1, 0, 0), (0, 0, 1, 1), (1, 1, 0, 0), (0, 0, 0, 1), (1, 0, 1, 0), (0, 1, 1, 1),
+              (1, 0, 0, 0)]  # every class in >= 3 training patches
+
+
+def histo_name(dataset: str, n: int, tag: tuple[int, ...] | None) -> str:
+    """A file name of the release's form, with the tag ``[a b c d]`` (luad) / ``[abcd]`` (bcss) if given."""
+    if dataset == "luad":
+        return f"{1031280 + n}-{2300 + 224 * n}-27920" + ("" if tag is None else f"-[{' '.join(map(str, tag))}]")
+    return f"TCGA-A1-A0SK-DX1_xmin{45749 + n}_ymin25055_MPP-0.2500+{n}" + (
+        "" if tag is None else f"[{''.join(map(str, tag))}]")
+
+
+def histo_patch(mask: np.ndarray, dataset: str, seed: int) -> np.ndarray:
+    """uint8 (H, W, 3): the palette colour of each pixel's class (void white) with noise, so classes are visible."""
+    colours = np.array(HISTO_PALETTES[dataset], np.int16).reshape(5, 3)  # (5, 3)
+    noise = np.random.default_rng(seed).integers(-20, 21, (*mask.shape, 3))  # (H, W, 3)
+    return np.clip(colours[mask] + noise, 0, 255).astype(np.uint8)
+
+
+def write_histo_mask(path: Path, mask: np.ndarray, dataset: str) -> None:
+    """A palette ("P") PNG with the release's 5-entry palette."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im.putpalette(HISTO_PALETTES[dataset])
+    im.save(path)
+
+
+@dataclass
+class HistoRelease:
+    root: Path
+    dataset: str
+    train_labels: dict[str, list[int]] = field(default_factory=dict)  # prepared id -> classes of its tag
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # prepared id -> raw mask (values 0..4)
+
+    def argv(self, out: Path, *extra: str) -> list[str]:
+        return [self.dataset, f"--{self.dataset}-root", str(self.root), "--out", str(out), "--workers", "0", "--no-progress", *extra]
+
+
+def make_histo_release(root: Path, dataset: str, size: int = 32, train_dir: str = "train") -> HistoRelease:
+    """A stand-in of the release in its exact layout: 8 tagged training patches, 2 val + 2 test patches
+    with palette masks (every val/test mask holds index 4); PNG like the release."""
+    rel = HistoRelease(root, dataset)
+    for n, tag in enumerate(HISTO_TAGS):
+        present = [c for c, d in enumerate(tag) if d]
+        mask = np.array(present, np.uint8)[np.arange(size) * len(present) // size][None, :].repeat(size, 0)  # (S, S)
+        name = histo_name(dataset, n, tag)
+        (root / train_dir).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(histo_patch(mask, dataset, n)).save(root / train_dir / f"{name}.png")
+        rel.train_labels[f"train/{name}"] = present
+    for s, split in enumerate(("val", "test")):
+        for n in range(2):
+            first = (0, 2, 1, 3)[2 * s + n]  # val shows every class, and so does test
+            mask = np.full((size, size), first, np.uint8)  # (S, S)
+            mask[: size // 2, : size // 2] = (first + 1) % 4
+            mask[-4:, :] = 4  # white background / excluded
+            name = histo_name(dataset, 100 + 10 * s + n, None)
+            (root / split / "img").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(histo_patch(mask, dataset, 100 + n)).save(root / split / "img" / f"{name}.png")
+            write_histo_mask(root / split / "mask" / f"{name}.png", mask, dataset)
+            rel.masks[f"{split}/{name}"] = mask
+    return rel

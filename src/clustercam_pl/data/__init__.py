@@ -1,9 +1,11 @@
-"""Data: PASCAL VOC 2012 (+SBD), MS COCO 2014, your own folder and a synthetic set behind one LightningDataModule.
+"""Data: PASCAL VOC 2012 (+SBD), MS COCO 2014, LUAD-HistoSeg, BCSS-WSSS, your own folder and a synthetic set
+behind one LightningDataModule.
 
 Submodules: ``registry`` (the dataset kinds: each kind's facts on its dataset class, see
-``DatasetKind``), ``labels`` (class names, label files), ``layout`` (prepared-root manifest), ``imageio``,
-``transforms`` (albumentations recipes), ``prepared``/``voc``/``coco``/``folder``/``synthetic`` (datasets),
-``datamodule`` (``WSSSDataModule``), ``prepare_voc``/``prepare_coco``/``prepare_folder``
+``DatasetKind``), ``labels`` (class names, label files), ``name_tags`` (labels written in file names),
+``layout`` (prepared-root manifest), ``imageio``, ``transforms`` (albumentations recipes),
+``prepared``/``voc``/``coco``/``luad``/``bcss``/``folder``/``synthetic`` (datasets), ``datamodule``
+(``WSSSDataModule``), ``prepare_voc``/``prepare_coco``/``prepare_luad``/``prepare_bcss``/``prepare_folder``
 (``python -m clustercam_pl.prepare``).
 
 Names are imported lazily so ``import clustercam_pl.data`` stays cheap (no torch/lightning/cv2).
@@ -23,6 +25,8 @@ _EXPORTS = {
     "VOCSegmentation": "voc",
     "COCOSegmentation": "coco",
     "FolderSegmentation": "folder",
+    "LUADSegmentation": "luad",
+    "BCSSSegmentation": "bcss",
     "write_folder_dataset": "synthetic",
     "SyntheticWSSS": "synthetic",
     "SyntheticConfig": "synthetic",
@@ -34,6 +38,8 @@ _EXPORTS = {
     "build_eval_transform": "transforms",
     "VOC_CLASSES": "labels",
     "COCO_CLASSES": "labels",
+    "LUAD_CLASSES": "labels",
+    "BCSS_CLASSES": "labels",
     "IGNORE_INDEX": "labels",
     "read_label_file": "labels",
     "write_label_file": "labels",

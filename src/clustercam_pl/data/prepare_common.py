@@ -103,14 +103,18 @@ def default_workers() -> int:
     return max(1, min(8, n))
 
 
-def class_table(classes: Sequence[str], counts: dict[str, list[int]], sizes: dict[str, int]) -> str:
-    """A text table: one row per class, one column per split, images containing the class."""
+def class_table(classes: Sequence[str], counts: dict[str, list[int]], sizes: dict[str, int],
+                extra: dict[str, list[int]] | None = None) -> str:
+    """A text table: one row per class, one column per split, images containing the class; ``extra``
+    rows (name -> one count per split, e.g. negatives) at the end."""
     names = list(counts)
-    w = max(len(c) for c in classes) + 2
+    extra = extra or {}
+    w = max(len(c) for c in [*classes, "images", *extra]) + 2
     head = "class".ljust(w) + "".join(n.rjust(12) for n in names)
     rows = [head, "-" * len(head), "images".ljust(w) + "".join(str(sizes[n]).rjust(12) for n in names)]
     for c, name in enumerate(classes):
         rows.append(name.ljust(w) + "".join(str(counts[n][c]).rjust(12) for n in names))
+    rows += [name.ljust(w) + "".join(str(v).rjust(12) for v in values) for name, values in extra.items()]
     return "\n".join(rows)
 
 

@@ -7,10 +7,15 @@ Input::
     --labels FILE       CSV with the header ``image,labels`` (class names separated by ``;``, empty =
                         a negative image) or JSON ``{"<path>": ["class", ...]}``; paths relative to DIR
     --labels-from-folders  instead: the first folder under DIR names the image's single class
+    --labels-from-name P   instead: tags in the file names, ``luad``, ``bcss`` or a regex with one group
+                        (see :mod:`clustercam_pl.data.name_tags`); an untagged image with a mask takes the
+                        classes of its mask
     --classes FILE      optional: one class name per line, line i = class i (mask value i); without
                         it the names found in the labels, sorted
     --masks DIR         optional: ``<id>.png`` single-channel or palette, 0 background, i = class i,
-                        255 ignore (``--binary-masks``: 255 is class 1 of a one-class dataset)
+                        255 ignore (``--binary-masks``: 255 is class 1 of a one-class dataset);
+                        ``--no-background``: no background class, value i = the class on line i + 1;
+                        ``--void V``: the values of excluded pixels (stored as 255; default 255)
     splits              ``--val-fraction F --seed S`` (per class, so rare classes reach val) or
                         ``--splits DIR`` with train.txt, val.txt [, test.txt] (one image path a line)
 
@@ -18,6 +23,9 @@ Output (see :mod:`clustercam_pl.data.layout`): split lists, ``cls_labels.json``,
 (id -> file: suffixes differ), ``SegmentationClass/<id>.png`` for splits with masks, the report and,
 last, the manifest (dataset ``folder`` with the class names), so ``data=folder data.data_root=OUT``
 trains with K and the names read from it. Images are not copied.
+
+The same steps and checks prepare the histopathology releases (``prepare luad``, ``prepare bcss``,
+:func:`prepare_release`): a fixed layout instead of the options, no background class, void index 4.
 
 Every problem found is named with its file (and ``file:line`` for label, class and split files): an
 unreadable image, a label naming an unknown class, a labels row without an image or an image without
@@ -42,7 +50,7 @@ import logging
 import os
 import random
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -50,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from clustercam_pl.data.imageio import IMAGE_EXTENSIONS, ImageReadError, image_size, read_mask, write_index_png
-from clustercam_pl.data.labels import IGNORE_INDEX, write_label_file
+from clustercam_pl.data.labels import IGNORE_INDEX, class_offset, num_labels, write_label_file
 from clustercam_pl.data.layout import (
     MANIFEST_NAME,
     Manifest,
@@ -60,6 +68,7 @@ from clustercam_pl.data.layout import (
     write_manifest,
     write_split_list,
 )
+from clustercam_pl.data.name_tags import NameTagError, NameTags, name_tags, parse_name_tag
 from clustercam_pl.data.prepare_common import (
     PrepareError,
     Problem,
@@ -268,6 +277,27 @@ def folder_labels(files: Sequence[str], images: Path) -> tuple[list[_Row], list[
     return rows, problems
 
 
+def name_labels(inp: _Input, tags: NameTags, fix: str) -> None:
+    """Labels from the tags in the file names (:mod:`clustercam_pl.data.name_tags`): one row per tagged
+    image. An image without a tag takes the classes of its mask when it has one (a release's val/test
+    images); without a mask, and for a malformed tag, it is a problem naming the file, the pattern and ``fix``."""
+    for rel in inp.files:
+        i = inp.id_of_path[rel]
+        if i in inp.from_mask:  # labelled by its mask already (a release's val/test image)
+            continue
+        stem = PurePosixPath(rel).stem
+        try:
+            present = parse_name_tag(tags, stem, inp.names, fix)
+        except NameTagError as e:
+            mask = inp.mask_source(i)
+            if tags.pattern.search(stem) is None and mask is not None and mask.is_file():
+                inp.from_mask.add(i)
+            else:
+                inp.problems.append(Problem(i, str(inp.images / rel), str(e)))
+            continue
+        inp.rows.append(_Row(rel, tuple(inp.names[c] for c in present), str(inp.images / rel)))
+
+
 def _close(name: str, classes: Sequence[str]) -> str:
     match = difflib.get_close_matches(name, classes, n=1)
     return f"did you mean {match[0]!r}? " if match else ""
@@ -378,13 +408,44 @@ def read_split_files(
 
 # --------------------------------------------------------------------------------------- per image
 @dataclass(frozen=True)
+class MaskValues:
+    """What the values of a source mask mean: with a background class, 0 background and i = class i (1..K);
+    without one (a histopathology release), c = class c (0..K-1). ``void`` values are stored as 255
+    (ignore) in the prepared root; any other value is refused naming the file."""
+
+    num_classes: int
+    has_background: bool = True
+    void: tuple[int, ...] = (IGNORE_INDEX,)
+    binary: bool = False  # --binary-masks: 255 is class 1 of a one-class dataset (with background only)
+
+    def table(self) -> np.ndarray:
+        """int16 (256,): source value -> stored value, -1 for a value that is not allowed."""
+        lut = np.full(256, -1, dtype=np.int16)  # (256,)
+        n = num_labels(1 if self.binary else self.num_classes, self.has_background)
+        lut[:n] = np.arange(n)
+        for v in self.void:
+            lut[v] = IGNORE_INDEX
+        if self.binary:
+            lut[IGNORE_INDEX] = 1
+        return lut
+
+    def expected(self) -> str:
+        """The allowed source values, for messages."""
+        void = ", ".join(map(str, self.void))
+        if self.binary:
+            return "0, 1 and 255 (--binary-masks)"
+        if self.has_background:
+            return f"0..{self.num_classes} and {void}"
+        return f"0..{self.num_classes - 1} (the classes) and {void} (void)"
+
+
+@dataclass(frozen=True)
 class _Task:
     image_id: str
     image: str
     mask_src: str | None
     out_mask: str | None
-    num_classes: int
-    binary: bool
+    values: MaskValues
     full_decode: bool
 
 
@@ -392,7 +453,7 @@ def _process(task: _Task) -> dict[str, Any]:
     """Check one image and its mask; write the mask as an index PNG. Runs in a worker process.
 
     Returns the problems, the mask's raw pixel counts of values 1..K and 255 (for the 0/255 check)
-    and its histogram over 0..K and 255 after ``--binary-masks`` (K + 2 values).
+    and its histogram over the stored values (0..K with a background, 0..K-1 without) and 255.
     """
     res: dict[str, Any] = {"id": task.image_id, "problems": [], "hist": None, "raw_fg": 0, "raw_ignore": 0}
     try:
@@ -416,29 +477,23 @@ def _process(task: _Task) -> dict[str, Any]:
             )
         )
         return res
-    k = task.num_classes
-    counts = np.bincount(raw.ravel(), minlength=256)  # (256,) pixels per value
-    allowed = np.zeros(256, dtype=bool)
-    allowed[: (1 if task.binary else k) + 1] = True
-    allowed[IGNORE_INDEX] = True
-    bad = np.flatnonzero((counts > 0) & ~allowed)
+    values, k = task.values, task.values.num_classes
+    counts = np.bincount(raw.ravel(), minlength=256)  # (256,) pixels per source value
+    lut = values.table()  # (256,)
+    bad = np.flatnonzero((counts > 0) & (lut < 0))
     if bad.size:
-        expected = "0, 1 and 255 (--binary-masks)" if task.binary else f"0..{k} and 255"
-        shown = bad[:10].tolist()
         res["problems"].append(
-            Problem(task.image_id, task.mask_src, f"mask values {shown} outside {expected}")
+            Problem(task.image_id, task.mask_src, f"mask values {bad[:10].tolist()} outside {values.expected()}")
         )
         return res
-    res["raw_fg"] = int(counts[1 : k + 1].sum())
-    res["raw_ignore"] = int(counts[IGNORE_INDEX])
-    mask = raw
-    if task.binary:
-        mask = np.where(raw == IGNORE_INDEX, 1, raw).astype(np.uint8)  # (H, W): 255 is the class
-        counts = counts.copy()
-        counts[1] += counts[IGNORE_INDEX]
-        counts[IGNORE_INDEX] = 0
-    res["hist"] = [int(counts[v]) for v in range(k + 1)] + [int(counts[IGNORE_INDEX])]
-    write_index_png(task.out_mask, mask)
+    if values.has_background:
+        res["raw_fg"] = int(counts[1 : k + 1].sum())
+        res["raw_ignore"] = int(counts[IGNORE_INDEX])
+    mask = lut[raw].astype(np.uint8)  # (H, W) stored values
+    stored = np.bincount(mask.ravel(), minlength=256)  # (256,)
+    n = num_labels(k, values.has_background)
+    res["hist"] = [int(stored[v]) for v in range(n)] + [int(stored[IGNORE_INDEX])]
+    write_index_png(task.out_mask, mask, background=values.has_background)
     return res
 
 
@@ -459,17 +514,26 @@ class _Input:
     label_of: dict[str, list[int]] = field(default_factory=dict)  # id -> class indices
     row_at: dict[str, str] = field(default_factory=dict)  # id -> file:line of its row
     problems: list[Problem] = field(default_factory=list)
+    mask_files: dict[str, Path] | None = None  # id -> its mask where not <masks_dir>/<id>.png (a release)
+    from_mask: set[str] = field(default_factory=set)  # ids whose labels are the classes of their mask
+    dataset: str = DATASET  # the kind written to the manifest
+    has_background: bool = True  # mask value 0 is background (else c = class c)
+    void: tuple[int, ...] = (IGNORE_INDEX,)  # source mask values stored as 255
+
+    def mask_source(self, i: str) -> Path | None:
+        """Where the mask of image ``i`` would be (it may not exist); None without any masks."""
+        if self.mask_files is not None:
+            return self.mask_files.get(i)
+        return None if self.masks_dir is None else self.masks_dir / f"{i}.png"
 
 
-def _scan(images: Path, out: Path, masks_dir: Path | None) -> _Input:
-    """1a. The images on disk; two files with one id are a problem of that id."""
-    files = scan_images(images, exclude=[out] + ([masks_dir] if masks_dir is not None else []))
-    if not files:
-        raise PrepareError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found under {images}")
+def _input_of(images: Path, files: list[str], masks_dir: Path | None, id_of: Callable[[str], str] = image_id
+              ) -> _Input:
+    """The images found (paths relative to ``images``) by id; two files with one id are a problem of that id."""
     by_id: dict[str, list[str]] = {}
     for rel in files:
-        by_id.setdefault(image_id(rel), []).append(rel)
-    inp = _Input(images, masks_dir, files, by_id, {rel: image_id(rel) for rel in files})
+        by_id.setdefault(id_of(rel), []).append(rel)
+    inp = _Input(images, masks_dir, files, by_id, {rel: id_of(rel) for rel in files})
     for i, rels in by_id.items():
         if len(rels) > 1:
             inp.problems.append(Problem(
@@ -478,6 +542,14 @@ def _scan(images: Path, out: Path, masks_dir: Path | None) -> _Input:
                 "without its suffix): rename or remove all but one",
             ))
     return inp
+
+
+def _scan(images: Path, out: Path, masks_dir: Path | None) -> _Input:
+    """1a. The images on disk."""
+    files = scan_images(images, exclude=[out] + ([masks_dir] if masks_dir is not None else []))
+    if not files:
+        raise PrepareError(f"no image ({', '.join(IMAGE_EXTENSIONS)}) found under {images}")
+    return _input_of(images, files, masks_dir)
 
 
 def _class_names(inp: _Input, classes: str | Path | None, csv_labels: bool, label_sep: str) -> tuple[str, ...]:
@@ -498,11 +570,22 @@ def _class_names(inp: _Input, classes: str | Path | None, csv_labels: bool, labe
 
 
 def _read_labels(
-    inp: _Input, labels: str | Path | None, classes: str | Path | None, label_sep: str, binary_masks: bool
+    inp: _Input, labels: str | Path | None, classes: str | Path | None, label_sep: str, binary_masks: bool,
+    tags: NameTags | None = None, fix: str = "",
 ) -> None:
-    """1. The labels rows (a file, or the folder names when ``labels`` is None), the classes, and each
-    image's class indices; a row naming no image, a second row or an unknown class is a problem."""
-    if labels is None:
+    """1. The labels rows (a file, the name tags with ``tags``, or the folder names when ``labels`` is None),
+    the classes, and each image's class indices; a row naming no image, a second row or an unknown class
+    is a problem."""
+    if tags is not None:
+        if classes is None and tags.classes is None:
+            raise PrepareError(
+                f"--labels-from-name {tags.spec!r} needs --classes FILE: the digits of a tag are positional, "
+                "line i of the file names the class of digit i"
+            )
+        inp.names = read_classes_file(classes) if classes is not None else tags.classes or ()
+        inp.labels_desc = f"tags in the file names ({tags.spec})"
+        name_labels(inp, tags, fix)
+    elif labels is None:
         inp.rows, row_problems = folder_labels(inp.files, inp.images)
         inp.problems += row_problems
         inp.labels_desc = f"folders under {inp.images}"
@@ -512,8 +595,8 @@ def _read_labels(
         inp.rows = read_json_labels(labels_path) if is_json else read_csv_labels(labels_path, label_sep)
         inp.negative_hint = '"{}": []' if is_json else "{},"
         inp.labels_desc = str(labels_path)
-    csv_labels = labels is not None and Path(labels).suffix.lower() != ".json"
-    names = inp.names = _class_names(inp, classes, csv_labels, label_sep)
+    csv_labels = tags is None and labels is not None and Path(labels).suffix.lower() != ".json"
+    names = inp.names = inp.names or _class_names(inp, classes, csv_labels, label_sep)
     if binary_masks and len(names) != 1:
         raise PrepareError(
             f"--binary-masks reads mask value 255 as class 1 and needs exactly one class, but there are "
@@ -561,8 +644,8 @@ def _make_splits(
         split_ids = {"train": train, "val": val}
         split_desc = f"--val-fraction {val_fraction} --seed {seed}"
     used = {i for ids in split_ids.values() for i in ids}
-    if check_rows:  # (with --labels-from-folders an image outside a class folder is reported already)
-        for i in sorted(used - set(inp.row_at)):
+    if check_rows:  # (from folders or name tags, an image without a label is reported already)
+        for i in sorted(used - set(inp.row_at) - inp.from_mask):
             rel = inp.by_id[i][0]
             inp.problems.append(Problem(
                 i, str(inp.images / rel),
@@ -580,27 +663,37 @@ def _mask_tasks(
     """3a. One task per image of a split, with its mask where the split has masks (a split has masks when
     any of its images has one; then each needs one)."""
     masks_dir = inp.masks_dir
-    has_masks = {
-        name: masks_dir is not None and any((masks_dir / f"{i}.png").is_file() for i in ids)
-        for name, ids in split_ids.items()
-    }
-    if masks_dir is not None and not any(has_masks.values()):
+    def has_mask(i: str) -> bool:  # a release lists the masks it must have; a folder has those on disk
+        src = inp.mask_source(i)
+        return src is not None and (inp.mask_files is not None or src.is_file())
+
+    has_masks = {name: any(map(has_mask, ids)) for name, ids in split_ids.items()}
+    if masks_dir is not None and inp.mask_files is None and not any(has_masks.values()):
         first = next((ids[0] for ids in split_ids.values() if ids), "scans/001")
         raise PrepareError(
             f"--masks {masks_dir}: no image of any split has a mask; a mask is <image path without its "
             f"suffix>.png under the mask folder, e.g. {masks_dir / f'{first}.png'}"
         )
+    values = MaskValues(len(inp.names), inp.has_background, inp.void, binary_masks)
+    clash = [v for v in inp.void if v < num_labels(len(inp.names), inp.has_background)]
+    if clash and masks_dir is not None:
+        cls = clash[0] - class_offset(inp.has_background)
+        what = "background" if cls < 0 else f"class {inp.names[cls]!r}"
+        hint = ", or add --no-background if the masks have no background class" if inp.has_background else ""
+        raise PrepareError(f"--void {clash[0]} is also the mask value of {what}: give the value that marks only "
+                           f"excluded pixels{hint}")
     tasks = []
     for name, ids in split_ids.items():
         for i in ids:
-            src = masks_dir / f"{i}.png" if masks_dir is not None and has_masks[name] else None
-            if src is not None and not src.is_file():
-                inp.problems.append(Problem(i, str(src), f"missing mask (other images of split {name!r} have one: "
+            src = inp.mask_source(i) if has_masks[name] else None
+            if has_masks[name] and (src is None or not src.is_file()):
+                inp.problems.append(Problem(i, str(src or inp.images / inp.by_id[i][0]),
+                                            f"missing mask (other images of split {name!r} have one: "
                                             "every image of a split needs a mask, or none does)"))
                 src = None
             out_mask = str(out / MASK_DIR / f"{i}.png") if has_masks[name] else None
             tasks.append(_Task(i, str(inp.images / inp.by_id[i][0]), None if src is None else str(src), out_mask,
-                               len(inp.names), binary_masks, full_decode))
+                               values, full_decode))
     return tasks, has_masks
 
 
@@ -620,6 +713,8 @@ def _check_images(
             raw_fg += r["raw_fg"]
             raw_ignore += r["raw_ignore"]
     remove_partials([out / MASK_DIR])  # of a killed earlier run
+    for i in inp.from_mask & set(hist):  # an untagged image with a mask: the classes of its mask
+        inp.label_of[i] = [c for c in range(len(inp.names)) if hist[i][c + class_offset(inp.has_background)] > 0]
     if hist and raw_fg == 0 and raw_ignore > 0 and not binary_masks:
         names, k = inp.names, len(inp.names)
         values = "0 background, i = class i of the class list, 255 ignore"
@@ -640,20 +735,20 @@ def _mask_stats(
 ) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
     """Per split with masks: the pixel fraction of each class (and of ignore), and how many images'
     labels differ from the classes in their masks."""
-    names, k = inp.names, len(inp.names)
+    names, k, o = inp.names, len(inp.names), class_offset(inp.has_background)
     pixel_fraction: dict[str, dict[str, float]] = {}
     mismatch: dict[str, int] = {}
     for name, ids in kept.items():
         if not has_masks[name]:
             continue
-        total = np.sum([hist[i] for i in ids], axis=0)  # (K + 2,): values 0..K, then ignore
-        valid = max(int(total[: k + 1].sum()), 1)
+        total = np.sum([hist[i] for i in ids], axis=0)  # (K + o + 1,): stored values (0..K or 0..K-1), ignore
+        valid = max(int(total[:-1].sum()), 1)
         pixel_fraction[name] = {
-            "background": float(total[0]) / valid,
-            **{n: float(total[c + 1]) / valid for c, n in enumerate(names)},
-            "ignored_of_all_pixels": float(total[k + 1]) / max(int(total.sum()), 1),
+            **({"background": float(total[0]) / valid} if inp.has_background else {}),
+            **{n: float(total[c + o]) / valid for c, n in enumerate(names)},
+            "ignored_of_all_pixels": float(total[-1]) / max(int(total.sum()), 1),
         }
-        mismatch[name] = sum([c for c in range(k) if hist[i][c + 1] > 0] != inp.label_of[i] for i in ids)
+        mismatch[name] = sum([c for c in range(k) if hist[i][c + o] > 0] != inp.label_of[i] for i in ids)
     return pixel_fraction, mismatch
 
 
@@ -680,7 +775,8 @@ def _write_prepared(
         )
         for name, ids in kept.items()
     }
-    write_manifest(out, Manifest(out, DATASET, inp.names, infos, {"labels": LABEL_FILE}, "labels"))
+    write_manifest(out, Manifest(out, inp.dataset, inp.names, infos, {"labels": LABEL_FILE}, "labels",
+                                 has_background=inp.has_background))
 
 
 def _make_report(
@@ -693,11 +789,13 @@ def _make_report(
     pixel_fraction, mismatch = _mask_stats(inp, kept, has_masks, hist)
     missing = {name: [n for n, c in zip(names, counts[name], strict=True) if c == 0] for name in kept}
     return {
-        "dataset": DATASET,
+        "dataset": inp.dataset,
         "classes": list(names),
+        "has_background": inp.has_background,
         "images": str(inp.images),
         "labels": inp.labels_desc,
-        "masks": None if inp.masks_dir is None else str(inp.masks_dir),
+        "masks": str(inp.masks_dir) if inp.masks_dir is not None else (
+            None if not inp.mask_files else sorted({str(p.parent) for p in inp.mask_files.values()})),
         **settings,
         "images_per_split": {name: len(ids) for name, ids in kept.items()},
         "images_per_class": {name: dict(zip(names, c, strict=True)) for name, c in counts.items()},
@@ -715,9 +813,7 @@ def _log_summary(report: dict[str, Any], out: Path) -> None:
     names = report["classes"]
     sizes = report["images_per_split"]
     counts = {s: list(per.values()) for s, per in report["images_per_class"].items()}
-    log.info(class_table(names, counts, sizes))
-    log.info("negatives".ljust(max(len(c) for c in names) + 2)
-             + "".join(str(n).rjust(12) for n in report["negatives_per_split"].values()))
+    log.info(class_table(names, counts, sizes, {"negatives": list(report["negatives_per_split"].values())}))
     for name, frac in report["mask_pixel_fraction"].items():
         shown = ", ".join(f"{n} {100 * v:.1f}%" for n, v in frac.items() if n != "ignored_of_all_pixels")
         log.info(f"{name} mask pixels: {shown} (ignored: {100 * frac['ignored_of_all_pixels']:.1f}% of all)")
@@ -730,7 +826,7 @@ def _log_summary(report: dict[str, Any], out: Path) -> None:
         log.info(f"note: {report['images_in_no_split']} image(s) under {report['images']} are in no split file "
                  "(not prepared)")
     log.info(f"prepared {sum(sizes.values())} images, {len(names)} class(es), under {out}; train with "
-             f"`python -m clustercam_pl.train +experiment=folder_vits data.data_root={out}`")
+             f"`python -m clustercam_pl.train +experiment={report['dataset']}_vits data.data_root={out}`")
 
 
 def prepare_folder(
@@ -739,9 +835,12 @@ def prepare_folder(
     *,
     labels: str | Path | None = None,
     labels_from_folders: bool = False,
+    labels_from_name: str | None = None,
     classes: str | Path | None = None,
     masks: str | Path | None = None,
     binary_masks: bool = False,
+    no_background: bool = False,
+    void_values: Sequence[int] = (IGNORE_INDEX,),
     label_sep: str = ";",
     val_fraction: float | None = None,
     seed: int = 0,
@@ -753,6 +852,12 @@ def prepare_folder(
 ) -> dict[str, Any]:
     """Check an image folder with labels (and masks), write the prepared layout under ``out``.
 
+    ``labels_from_name``: the labels are tags in the file names, ``luad``, ``bcss`` or a regex with one
+    group (:mod:`clustercam_pl.data.name_tags`); an image without a tag takes the classes of its mask,
+    and without a mask it is refused. ``no_background``: the data has no background class, mask value c
+    is class c (line c + 1 of the class list; the manifest says ``has_background: false``).
+    ``void_values``: the mask values of excluded pixels, stored as 255 (e.g. 4 in a histopathology release).
+
     Returns the report (also written to ``out/prepare_report.json``); the summary is logged.
 
     Raises:
@@ -761,17 +866,40 @@ def prepare_folder(
     """
     images = require_path(Path(images), "image folder (--images)")
     out = Path(out)
-    if (labels is None) == (not labels_from_folders):
-        raise PrepareError("give exactly one of --labels FILE and --labels-from-folders")
+    if (labels is not None) + labels_from_folders + (labels_from_name is not None) != 1:
+        raise PrepareError("give exactly one of --labels FILE, --labels-from-folders and --labels-from-name PATTERN")
     if (val_fraction is None) == (splits is None):
         raise PrepareError("give exactly one of --val-fraction F (with --seed S) and --splits DIR")
+    if binary_masks and no_background:
+        raise PrepareError("--binary-masks reads 0 as background: it cannot go with --no-background")
+    bad_void = [v for v in void_values if not 0 <= v <= 255]
+    if bad_void:
+        raise PrepareError(f"--void {bad_void[0]} is not a mask value (0..255)")
+    tags = None if labels_from_name is None else name_tags(labels_from_name)
     masks_dir = require_path(Path(masks), "mask folder (--masks)") if masks is not None else None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # "not prepared" until this run has finished
+    _unprepare(out)
 
     inp = _scan(images, out, masks_dir)
-    _read_labels(inp, None if labels_from_folders else labels, classes, label_sep, binary_masks)
-    split_ids, split_desc = _make_splits(inp, splits, val_fraction, seed, check_rows=not labels_from_folders)
+    inp.has_background, inp.void = not no_background, tuple(void_values)
+    fix = "rename the file, or give the labels in a CSV with --labels instead"
+    _read_labels(inp, None if labels_from_folders else labels, classes, label_sep, binary_masks, tags, fix)
+    split_ids, split_desc = _make_splits(inp, splits, val_fraction, seed, check_rows=labels is not None)
+    return _finish(inp, split_ids, out, settings={"binary_masks": binary_masks, "splits_from": split_desc},
+                   binary_masks=binary_masks, skip_bad=skip_bad, full_decode=full_decode, workers=workers,
+                   progress=progress)
+
+
+def _unprepare(out: Path) -> None:
+    """``out`` reads as "not prepared" until this run has finished (its manifest is written last)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def _finish(
+    inp: _Input, split_ids: dict[str, list[str]], out: Path, *, settings: dict[str, Any], binary_masks: bool,
+    skip_bad: bool, full_decode: bool, workers: int, progress: bool,
+) -> dict[str, Any]:
+    """3-4. Check every image and mask (writing the masks), refuse or leave out the bad ones, write the rest."""
     has_masks, hist = _check_images(inp, split_ids, out, binary_masks=binary_masks, full_decode=full_decode,
                                     workers=workers, progress=progress)
     problems = sorted(inp.problems, key=lambda p: (p.image_id, p.path))
@@ -781,7 +909,6 @@ def prepare_folder(
     for name, ids in kept.items():
         if not ids and name in ("train", "val"):
             raise PrepareError(f"split {name!r} has no image left after leaving out the bad ones")
-    settings = {"binary_masks": binary_masks, "splits_from": split_desc}
     report = _make_report(inp, split_ids, kept, has_masks, hist, settings)
     report["skipped"] = problems if skip_bad else []
     _write_prepared(inp, out, kept, has_masks, report)
@@ -789,10 +916,112 @@ def prepare_folder(
     return report
 
 
+# ------------------------------------------------- a release with a fixed layout: `prepare luad`, `prepare bcss`
+@dataclass(frozen=True)
+class Release:
+    """The layout of a histopathology release as published (LUAD-HistoSeg, BCSS-WSSS)::
+
+        <root>/train/<name>[tag].png       training patches, the image-level label in the name
+        <root>/val/img/<name>.png          (and test/) patches with pixel labels:
+        <root>/val/mask/<name>.png         palette PNGs, index c = class c, the void index = excluded
+
+    ``train_dirs``/``val_dirs``: the names the training/validation folder has in the copies in use
+    (``training/``, ``valid/``); the first that exists is read.
+    """
+
+    dataset: str
+    tags: NameTags
+    void: tuple[int, ...]
+    train_dirs: tuple[str, ...] = ("train", "training")
+    val_dirs: tuple[str, ...] = ("val", "valid")
+
+    def split_dirs(self, root: Path) -> dict[str, Path]:
+        """{split: its image folder} of the release at ``root``; a missing train or val folder is refused."""
+        found: dict[str, Path] = {}
+        for split, names, sub in (("train", self.train_dirs, ""), ("val", self.val_dirs, "img"),
+                                  ("test", ("test",), "img")):
+            folder = next((root / n / sub for n in names if (root / n / sub).is_dir()), None)
+            if folder is None and split != "test":
+                tried = " or ".join(str(root / n / sub) for n in names)
+                holds = "the tagged training patches" if split == "train" else "img/ and mask/"
+                raise PrepareError(f"{tried} not found: --{self.dataset}-root must be the unpacked {self.dataset} "
+                                   f"release, the folder holding {names[0]}/ with {holds}")
+            if folder is not None:
+                found[split] = folder
+        return found
+
+
+def prepare_release(
+    release: Release,
+    root: str | Path,
+    out: str | Path,
+    *,
+    skip_bad: bool = False,
+    full_decode: bool = True,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare a release laid out as :class:`Release` under ``out``, with the folder steps and checks.
+
+    Ids are ``<split>/<file name without suffix>``; training labels are the name tags, val/test labels
+    the classes of their masks; masks are stored with class c as value c and the void value(s) as 255.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing.
+        PrepareError: the layout is not the release's, or bad items (a training name without a tag or with
+            the wrong number of digits, a mask with another value or size) and not ``skip_bad``.
+    """
+    root = require_path(Path(root), f"{release.dataset} release folder (--{release.dataset}-root)")
+    out = Path(out)
+    dirs = release.split_dirs(root)
+    _unprepare(out)
+    files: list[str] = []
+    split_of: dict[str, str] = {}
+    for split, folder in dirs.items():
+        for rel in scan_images(folder, exclude=[out]):
+            path = (folder / rel).relative_to(root).as_posix()
+            files.append(path)
+            split_of[path] = split
+    if not any(split_of[f] == "train" for f in files):
+        raise PrepareError(f"no training image ({', '.join(IMAGE_EXTENSIONS)}) found under {dirs['train']}")
+
+    def id_of(rel: str) -> str:
+        return f"{split_of[rel]}/{PurePosixPath(rel).stem}"
+
+    inp = _input_of(root, files, None, id_of)
+    inp.dataset, inp.has_background, inp.void = release.dataset, False, release.void
+    inp.mask_files = {  # val/img/<name>.png -> val/mask/<name>.png; their labels are the classes of the mask
+        id_of(rel): root / rel.replace("/img/", "/mask/", 1)
+        for rel in files if split_of[rel] != "train"
+    }
+    inp.from_mask = set(inp.mask_files)
+    fix = (f"a training patch of the {release.dataset} release is named like {release.tags.example!r}; move "
+           f"other files out of {dirs['train']}")
+    _read_labels(inp, None, None, ";", False, release.tags, fix)
+    split_ids = {split: sorted(i for i in inp.by_id if i.startswith(f"{split}/")) for split in dirs}
+    return _finish(inp, split_ids, out, settings={"splits_from": f"the release's folders under {root}"},
+                   binary_masks=False, skip_bad=skip_bad, full_decode=full_decode, workers=workers,
+                   progress=progress)
+
+
+def add_release_arguments(p: argparse.ArgumentParser, release: Release) -> None:
+    """The options of ``prepare luad`` / ``prepare bcss`` (the shared ones are added by the command)."""
+    p.add_argument(f"--{release.dataset}-root", dest="root", required=True,
+                   help="the unpacked release: train/ (or training/), val/, test/")
+    p.add_argument("--quick", action="store_true", help="check images by header only (misses truncated files)")
+
+
+def run_release(release: Release, args: argparse.Namespace) -> dict[str, Any]:
+    """``prepare luad`` / ``prepare bcss`` with parsed arguments."""
+    return prepare_release(release, args.root, args.out, skip_bad=args.skip_bad, full_decode=not args.quick,
+                           workers=args.workers, progress=not args.no_progress)
+
+
 # --------------------------------------------------------------------- the step of `prepare folder`
 HELP = "your own images with image-level labels (and optional masks)"
 DESCRIPTION = (
-    "Check and prepare your own images: image-level labels from a CSV, a JSON or the folder names, optional "
+    "Check and prepare your own images: image-level labels from a CSV, a JSON, the folder names or tags in the "
+    "file names, optional "
     "masks, train/val(/test) splits. Every problem is named with its file."
 )
 
@@ -811,6 +1040,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the first folder under --images is the image's (single) class",
     )
+    lab.add_argument(
+        "--labels-from-name",
+        metavar="PATTERN",
+        help="labels are tags in the file names: `luad` (name-[1 0 0 1].png), `bcss` (name+0[1101].png) or a "
+        "regex with one group around the 0/1 digits, searched in the name without suffix (e.g. '_([01]+)$'); "
+        "digit i is class i of --classes (a named form brings its classes). An image without a tag takes the "
+        "classes of its mask, without a mask it is refused",
+    )
     p.add_argument(
         "--classes", help="one class name per line; line i = class i in masks (default: the names found, sorted)"
     )
@@ -820,6 +1057,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--binary-masks", action="store_true", help="one-class masks stored as 0/255: read 255 as class 1"
+    )
+    p.add_argument(
+        "--no-background",
+        action="store_true",
+        help="no background class (e.g. tissue classes): mask value i is the class on line i + 1 of --classes",
+    )
+    p.add_argument(
+        "--void", type=int, nargs="+", default=[IGNORE_INDEX], metavar="V",
+        help="mask value(s) of excluded pixels, stored as 255 (default 255; a histopathology release: 4)",
     )
     p.add_argument("--label-sep", default=";", help="separator of class names in the CSV (default ;)")
     spl = p.add_mutually_exclusive_group(required=True)
@@ -840,9 +1086,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.out,
         labels=args.labels,
         labels_from_folders=args.labels_from_folders,
+        labels_from_name=args.labels_from_name,
         classes=args.classes,
         masks=args.masks,
         binary_masks=args.binary_masks,
+        no_background=args.no_background,
+        void_values=args.void,
         label_sep=args.label_sep,
         val_fraction=args.val_fraction,
         seed=args.seed,

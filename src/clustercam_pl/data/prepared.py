@@ -4,7 +4,8 @@ Item contract (every dataset of this package, synthetic included)::
 
     {"image": float32 (3, H, W) ImageNet-normalised,
      "cls_label": float32 (K,) multi-hot (all zeros on splits without labels, e.g. VOC test),
-     "mask": int64 (H, W), 0 background, c + 1 class c, 255 ignore   # only when with_mask
+     "mask": int64 (H, W), 0 background, c + 1 class c, 255 ignore   # only when with_mask; without
+                                                                     # a background class c = class c
      "image_id": str}
 
 Image-level labels come from the label file, never from the masks; training datasets are built with
@@ -24,7 +25,14 @@ import torch
 from torch.utils.data import Dataset
 
 from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, read_rgb
-from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside, multi_hot, read_label_file
+from clustercam_pl.data.labels import (
+    IGNORE_INDEX,
+    label_convention,
+    label_range,
+    mask_values_outside,
+    multi_hot,
+    read_label_file,
+)
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.registry import DatasetKind
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
@@ -67,6 +75,13 @@ class PreparedSegmentation(Dataset, DatasetKind):
             return cls.fixed_classes
         return read_manifest(root, cls.name).classes
 
+    @classmethod
+    def has_background_of(cls, root: str | None, config: Any) -> bool:
+        """``has_background`` when the kind fixes it, else the prepared root's manifest's ``has_background``."""
+        if cls.has_background is not None:
+            return cls.has_background
+        return read_manifest(root, cls.name).has_background
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -88,6 +103,13 @@ class PreparedSegmentation(Dataset, DatasetKind):
                 f"{self.manifest.root}: manifest classes differ from the {self.name} classes"
             )
         self.classes: tuple[str, ...] = self.manifest.classes
+        if self.has_background is not None and self.manifest.has_background != self.has_background:
+            raise ValueError(
+                f"{self.manifest.root}: the manifest says has_background={self.manifest.has_background}, but "
+                f"{self.name} data {'has' if self.has_background else 'has no'} background class; "
+                f"{prepare_hint(self.name)}"
+            )
+        self.background: bool = self.manifest.has_background
         self.negatives = negatives
         self.split = split
         self.info = self.manifest.split(split)
@@ -186,11 +208,12 @@ class PreparedSegmentation(Dataset, DatasetKind):
 
     def _check_mask_values(self, mask: np.ndarray, path: Path) -> None:
         """Refuse a mask with values outside the class range (e.g. a file edited after prepare)."""
-        bad = mask_values_outside(mask, self.num_classes)
+        bad = mask_values_outside(mask, self.num_classes, self.background)
         if bad:
             raise ImageReadError(
-                f"mask {path} has values {bad} outside 0..{self.num_classes} and {IGNORE_INDEX} "
-                f"(0 background, c + 1 class c, {IGNORE_INDEX} ignore); fix or replace the file, or re-create "
+                f"mask {path} has values {bad} outside {label_range(self.num_classes, self.background)} and "
+                f"{IGNORE_INDEX} ({label_convention(self.background)}, {IGNORE_INDEX} ignore); fix or replace the "
+                f"file, or re-create "
                 f"the root {self.manifest.root}: {prepare_hint(self.name)}"
             )
 

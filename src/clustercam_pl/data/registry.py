@@ -7,9 +7,12 @@ and, if its raw data needs preparing, one module ``clustercam_pl/data/prepare_<n
 ``HELP``, ``add_arguments(parser)`` and ``run(args, log)`` (found by ``python -m clustercam_pl.prepare``
 by its name). Nothing else (the datamodule, the prepare command, the config checks) names a dataset.
 
-Facts not used with other values yet (``has_background``, ``void_values``, ``in_channels``) are stated
-already, so that a kind without a background class, with another void value in its masks or with other
-than 3 input channels declares it here instead of being special-cased later.
+``has_background`` says whether label value 0 is a background class (see
+:mod:`clustercam_pl.data.labels` for the label-value convention); a kind whose roots differ (``folder``)
+leaves it None and its prepared root's manifest says (:meth:`DatasetKind.has_background_of`). Facts not
+used with other values yet (``void_values``, ``in_channels``) are stated already, so that a kind with
+another void value in its masks or with other than 3 input channels declares it here instead of being
+special-cased later.
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ class DatasetKind:
     """(train, val) split names used when ``data.train_split`` / ``data.val_split`` are null."""
     default_negatives: ClassVar[str] = "error"
     """What training does with an image without any class when ``data.use_negatives`` is null."""
-    has_background: ClassVar[bool] = True
-    """Mask value 0 is a background class (every kind today)."""
+    has_background: ClassVar[bool | None] = True
+    """Mask value 0 is a background class and class c is value c + 1 (VOC, COCO); False: class c is value
+    c, every pixel is a class (histopathology); None: the prepared root's manifest says (a folder dataset).
+    Ask :meth:`has_background_of`, which also knows the per-root and per-config answers."""
     void_values: ClassVar[tuple[int, ...]] = (IGNORE_INDEX,)
     """Mask values that are not scored."""
     in_channels: ClassVar[int] = 3
@@ -100,6 +105,14 @@ class DatasetKind:
         if cls.fixed_classes is None:
             raise NotImplementedError(f"dataset kind {cls.name!r} has no fixed classes and no class_names_of")
         return cls.fixed_classes
+
+    @classmethod
+    def has_background_of(cls, root: str | None, config: Any) -> bool:
+        """Whether a root of this kind has a background class: ``has_background`` here; a kind whose answer
+        depends on its data (a prepared root's manifest, a synthetic config) overrides this."""
+        if cls.has_background is None:
+            raise NotImplementedError(f"dataset kind {cls.name!r} has has_background=None and no has_background_of")
+        return cls.has_background
 
     @classmethod
     def build(cls, split: str, transform: Callable[..., dict[str, Any]], *, train: bool, opts: LoadOptions) -> Any:

@@ -18,6 +18,12 @@ Two training recipes, chosen by name (``train_transform`` in the data config):
 ``"plain"``: RandomScale(0.5-2.0) -> pad to the crop size (image fill 0, mask fill 255) -> RandomCrop
     -> HorizontalFlip -> Normalize -> tensor. The usual segmentation recipe (ToCo/AFA style).
 
+``"flip"``: the whole patch, flipped: (PadIfNeeded -> RandomCrop, the identity for a patch of the crop
+    size) -> one of the four flips (none, horizontal, vertical, both) -> Normalize -> tensor. For
+    histopathology patches, whose tag describes the whole patch (a crop could lose a tagged class) and
+    which have no up or left: the stage-one recipe of ChuHan89/WSSS-Tissue (``1_train_stage1.py``:
+    random horizontal and vertical flips).
+
 ``"none"``: Normalize -> tensor only (images must already share one size, e.g. the synthetic set).
 
 Evaluation uses :func:`build_eval_transform` (normalise only; images keep their own size).
@@ -41,7 +47,7 @@ from clustercam_pl.data.labels import IGNORE_INDEX
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-TRAIN_TRANSFORMS = ("reference", "plain", "none")
+TRAIN_TRANSFORMS = ("reference", "plain", "flip", "none")
 
 # timm's geometric ops fill with the ImageNet mean pixel (img_mean hparam); so do we.
 _MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)
@@ -73,7 +79,7 @@ def _rand_augment_m9(ignore_index: int = IGNORE_INDEX) -> A.BaseCompose:
 def build_train_transform(
     name: str = "reference", crop_size: int = 448, seed: int | None = None, ignore_index: int = IGNORE_INDEX
 ) -> A.Compose:
-    """The training augmentation ``name`` ("reference" | "plain" | "none") producing ``crop_size`` squares.
+    """The training augmentation ``name`` ("reference" | "plain" | "flip" | "none") producing ``crop_size`` squares.
 
     Output of ``t(image=uint8 (H, W, 3)[, mask=uint8 (H, W)])``: ``image`` float32 (3, S, S) normalised,
     ``mask`` uint8 (S, S) with ``ignore_index`` where padding or erasing removed the content.
@@ -103,6 +109,16 @@ def build_train_transform(
             ),
             A.RandomCrop(height=crop_size, width=crop_size),
             A.HorizontalFlip(p=0.5),
+        ]
+    elif name == "flip":
+        ops = [
+            A.PadIfNeeded(min_height=crop_size, min_width=crop_size, border_mode=cv2.BORDER_CONSTANT, fill=0,
+                          fill_mask=ignore_index),
+            A.RandomCrop(height=crop_size, width=crop_size),
+            # One draw of the four flips: albumentations 2.0.8 gives every op of a seeded Compose the same
+            # seed, so HorizontalFlip(p=0.5) then VerticalFlip(p=0.5) would always agree (2 of 4 flips).
+            A.OneOf([A.NoOp(), A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0),
+                     A.Sequential([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0)])], p=1.0),
         ]
     elif name == "none":
         ops = []
