@@ -2,7 +2,8 @@
 
 Item contract (every dataset of this package, synthetic included)::
 
-    {"image": float32 (3, H, W) ImageNet-normalised,
+    {"image": float32 (N, H, W) normalised (N = 3 and ImageNet's mean / std unless the manifest says
+              ``in_channels`` / ``mean`` / ``std``),
      "cls_label": float32 (K,) multi-hot (all zeros on splits without labels, e.g. VOC test),
      "mask": int64 (H, W), 0 background, c + 1 class c, 255 ignore   # only when with_mask
      "image_id": str}
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, read_rgb
+from clustercam_pl.data.imageio import ImageReadError, image_size, read_bands, read_mask, read_rgb, tiff_size
 from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside, multi_hot, read_label_file
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.registry import DatasetKind
@@ -67,6 +68,17 @@ class PreparedSegmentation(Dataset, DatasetKind):
             return cls.fixed_classes
         return read_manifest(root, cls.name).classes
 
+    @classmethod
+    def channels_of(cls, root: str | None, config: Any) -> int:
+        """The manifest's ``in_channels``, else the kind's."""
+        stored = read_manifest(root, cls.name).in_channels
+        return cls.in_channels if stored is None else stored
+
+    @classmethod
+    def normalization_of(cls, root: str | None, config: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The manifest's per-channel (mean, std); None: ImageNet's."""
+        return read_manifest(root, cls.name).normalization
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -88,6 +100,9 @@ class PreparedSegmentation(Dataset, DatasetKind):
                 f"{self.manifest.root}: manifest classes differ from the {self.name} classes"
             )
         self.classes: tuple[str, ...] = self.manifest.classes
+        # Bands read strictly (a file with another count is refused) where the manifest states them; else
+        # any photo is converted to RGB, as before.
+        self.in_channels: int | None = self.manifest.in_channels
         self.negatives = negatives
         self.split = split
         self.info = self.manifest.split(split)
@@ -203,16 +218,23 @@ class PreparedSegmentation(Dataset, DatasetKind):
 
     def image_hw(self, index: int) -> tuple[int, int]:
         """(H, W) of item ``index`` from its file's header (no decoding)."""
-        return image_size(self.image_path(self.ids[index]))
+        path = self.image_path(self.ids[index])
+        return tiff_size(path) if self.in_channels is not None and path.suffix.lower() in (".tif", ".tiff") \
+            else image_size(path)
+
+    def read_image(self, image_id: str) -> np.ndarray:
+        """uint8 (H, W, N) of ``image_id``: exactly the manifest's ``in_channels`` bands, else RGB."""
+        path = self.image_path(image_id)
+        return read_rgb(path) if self.in_channels is None else read_bands(path, self.in_channels)
 
     def raw_item(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
-        """(image id, uint8 (H, W, 3) image, float32 (K,) multi-hot label), untransformed."""
+        """(image id, uint8 (H, W, N) image, float32 (K,) multi-hot label), untransformed."""
         image_id = self.ids[index]
-        return image_id, read_rgb(self.image_path(image_id)), multi_hot(self.labels.get(image_id, ()), self.num_classes)
+        return image_id, self.read_image(image_id), multi_hot(self.labels.get(image_id, ()), self.num_classes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
-        image = read_rgb(self.image_path(image_id))  # (H, W, 3) uint8
+        image = self.read_image(image_id)  # (H, W, N) uint8
         mask = None
         if self.with_mask:
             assert self.mask_dir is not None

@@ -93,14 +93,14 @@ def predict(
     flip: bool = False,
     image_size: Tensor | None = None,
 ) -> Prediction:
-    """Segmentation probabilities and class scores of ImageNet-normalised images (B, 3, H, W), eval mode.
+    """Segmentation probabilities and class scores of normalised images (B, N, H, W), eval mode.
 
     The reference protocol (module docstring); ``flip`` adds the mirrored image at every scale to the
     max-fusion. Images of a padded batch are predicted at their own size; the padding of the result
     is 0 (argmax: background; masks are 255 there, so scores are unaffected).
     """
-    if image.dim() != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if image.dim() != 4:
+        raise ValueError(f"image must be (B, N, H, W), got {tuple(image.shape)}")
     if not scales or any(float(s) <= 0 for s in scales):
         raise ValueError(f"scales must be positive numbers, got {list(scales)}")
     B, _, H, W = image.shape

@@ -45,7 +45,7 @@ from clustercam_pl.checkpoint import LoadedCheckpoint, find_checkpoints, load_ch
 from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.inference.network import crop_predictions
 from clustercam_pl.inference.pool import StepPool, default_workers
-from clustercam_pl.inference.protocol import Protocol, network_crops, postprocess
+from clustercam_pl.inference.protocol import Protocol, input_normalization, network_crops, postprocess
 from clustercam_pl.inference.scores import expand_scores, reduce_scores
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.tasks.export_labels import dataset_ids, write_npz
@@ -217,7 +217,8 @@ def _label_maps(
                 yield image_id, img, probs  # (3, h, w), (C, h, w)
 
     chunk = getattr(loader, "batch_size", None) or 1
-    for image_id, labels in postprocess(predicted(), protocol, pool, chunk=chunk):
+    for image_id, labels in postprocess(predicted(), protocol, pool, chunk=chunk,
+                                        normalization=input_normalization(net)):
         yield masks.pop(image_id), image_id, labels
 
 
