@@ -20,9 +20,9 @@ from clustercam_pl.entry import _training_side
 from clustercam_pl.prepare import _parser
 
 
-def test_the_four_kinds_and_their_facts() -> None:
-    assert dataset_names() == ["coco", "folder", "synthetic", "voc"]
-    kinds = {n: dataset_kind(n) for n in dataset_names()}
+def test_the_kinds_and_their_facts() -> None:
+    assert dataset_names() == ["coco", "folder", "potsdam", "synthetic", "vaihingen", "voc"]
+    kinds = {n: dataset_kind(n) for n in dataset_names() if n not in ("potsdam", "vaihingen")}
     assert kinds == {"coco": COCOSegmentation, "folder": FolderSegmentation, "synthetic": SyntheticWSSS,
                      "voc": VOCSegmentation}
     assert {n: k.default_splits for n, k in kinds.items()} == {
@@ -31,8 +31,9 @@ def test_the_four_kinds_and_their_facts() -> None:
     assert FolderSegmentation.fixed_classes is None and SyntheticWSSS.fixed_classes is None
     assert {n: k.default_negatives for n, k in kinds.items()} == {
         "coco": "error", "folder": "keep", "synthetic": "error", "voc": "error"}
-    # Facts the next kinds (histopathology, remote sensing) will set otherwise; today one value for all.
+    # The photo kinds: RGB, background class, 255 void.
     assert {(k.has_background, k.void_values, k.in_channels) for k in kinds.values()} == {(True, (IGNORE_INDEX,), 3)}
+    assert (dataset_kind("potsdam").in_channels, dataset_kind("vaihingen").in_channels) == (4, 3)
     assert SyntheticWSSS.prepare_example is None  # nothing to prepare: no data root needed
     for name in ("voc", "coco", "folder"):
         assert f"`python -m clustercam_pl.prepare {name} " in prepare_hint(name)
@@ -41,7 +42,8 @@ def test_the_four_kinds_and_their_facts() -> None:
 def test_an_unknown_kind_lists_the_known_ones() -> None:
     with pytest.raises(ValueError) as e:
         dataset_kind("voc2007")
-    assert str(e.value) == "data.dataset must be one of ['coco', 'folder', 'synthetic', 'voc'], got 'voc2007'"
+    assert str(e.value) == ("data.dataset must be one of ['coco', 'folder', 'potsdam', 'synthetic', 'vaihingen', "
+                            "'voc'], got 'voc2007'")
     assert prepare_hint("voc2007") == (
         "prepare it with `python -m clustercam_pl.prepare --help` and pass `data.data_root=DATA_ROOT`")
 
@@ -88,9 +90,9 @@ def test_training_side_is_a_fact_of_the_kind(data, side) -> None:
 
 def test_the_prepare_command_has_one_sub_command_per_prepare_step() -> None:
     steps = prepare_steps()
-    assert sorted(steps) == ["coco", "folder", "voc"]
+    assert sorted(steps) == ["coco", "folder", "potsdam", "vaihingen", "voc"]
     sub = next(a for a in _parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["coco", "folder", "import-labels", "voc"]
+    assert sorted(sub.choices) == ["coco", "folder", "import-labels", "potsdam", "vaihingen", "voc"]
     for name, step in steps.items():  # each step's own options, and the shared ones, on its sub-command
         options = {o for a in sub.choices[name]._actions for o in a.option_strings}
         assert {"--out", "--skip-bad", "--workers", "--no-progress"} <= options

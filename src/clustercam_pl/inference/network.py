@@ -115,6 +115,56 @@ def predict(
     return Prediction(probs, cls_logits)
 
 
+def window_starts(length: int, window: int, overlap: float) -> list[int]:
+    """Offsets of the windows along one side: a step of ``window * (1 - overlap)`` (at least 1 pixel), the
+    last window moved back to end at the edge; one window at 0 when the side is not longer than ``window``."""
+    if length <= window:
+        return [0]
+    step = max(1, int(window * (1.0 - overlap)))
+    starts = list(range(0, length - window + 1, step))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+@torch.no_grad()
+def predict_windows(
+    net: ClusterCAMNet,
+    image: Tensor,
+    window: int,
+    overlap: float = 0.25,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Prediction:
+    """`predict` over a large image (B, N, H, W) by sliding windows: tiles larger than a window (an aerial
+    6000 x 6000 tile) are predicted at full resolution, window by window, never resized as a whole.
+
+    Windows of ``window`` pixels a side (the image's side where it is shorter) overlap by ``overlap`` of
+    a window; each window is predicted with the protocol (`predict`: its scales and flips within the
+    window) and the probabilities of the windows covering a pixel are averaged. The class scores are
+    the maximum over the windows (a class is present in the image if it is in any window). An image
+    that one window covers is predicted exactly as by `predict`.
+    """
+    if window < 1 or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"window must be >= 1 and overlap in [0, 1), got window={window}, overlap={overlap}")
+    B, _, H, W = image.shape
+    wh, ww = min(window, H), min(window, W)
+    ys, xs = window_starts(H, wh, overlap), window_starts(W, ww, overlap)
+    if len(ys) == 1 and len(xs) == 1:
+        return predict(net, image, scales, flip)
+    K = net.cfg.num_classes
+    total = image.new_zeros(B, K + 1, H, W, dtype=torch.float32)  # (B, K+1, H, W) summed probabilities
+    hits = image.new_zeros(1, 1, H, W, dtype=torch.float32)  # (1, 1, H, W) windows over each pixel
+    cls_logits = image.new_full((B, K), float("-inf"), dtype=torch.float32)  # (B, K)
+    for y in ys:
+        for x in xs:
+            p = predict(net, image[:, :, y : y + wh, x : x + ww], scales, flip)
+            total[:, :, y : y + wh, x : x + ww] += p.probs
+            hits[:, :, y : y + wh, x : x + ww] += 1
+            cls_logits = torch.maximum(cls_logits, p.cls_logits)
+    return Prediction(total / hits, cls_logits)
+
+
 # --------------------------------------------------------------------------- CAMs and labels
 @torch.no_grad()
 def pseudo_labels_per_image(
