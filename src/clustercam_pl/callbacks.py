@@ -76,7 +76,7 @@ class CAMImageLogger(L.Callback):
 
         n = min(self.num_images, batch["image"].shape[0])
         panels = cam_panels(pl_module, batch["image"][:n], batch["cls_label"][:n])
-        image = render_panels(panels)  # (H, W, 3) uint8
+        image = render_panels(panels, background=pl_module.net.cfg.background)  # (H, W, 3) uint8
         self._log(trainer, image, step)
 
     @staticmethod

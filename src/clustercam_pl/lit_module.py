@@ -3,7 +3,8 @@
 One training step reads like the method (reference: DCVL-WSSS/ClusterCAM engine.py `train_one_epoch`):
 
     cams   = multi_scale_cam(net, image)                       # no grad, train mode by default
-    pseudo = refine_with_background(PAR, image, cams * label)  # fg / bg / ignore=255
+    pseudo = refine_with_background(PAR, image, cams * label)  # fg / bg / ignore=255 (no background
+                                                               # class: refine_without_background)
     out    = net(image)
     loss   = L_cls + L_patch + 0.1 * L_seg                     # L_seg from the warm-up epoch on
 
@@ -91,14 +92,14 @@ class ClusterCAMLitModule(L.LightningModule):
         self.net, self.cam_cfg, self.optim_cfg = net, cam, optim
         self.criterion = ClusterCAMLoss(loss)
         self.par = PAR(dilations=cam.par_dilations, num_iter=cam.par_iters)
-        K = net.cfg.num_classes
+        C = net.cfg.num_labels  # K + 1 label values with a background class, K without
         # Scored against the masks: their void value is IGNORE_INDEX, whatever the CAM settings.
-        self.val_seg = SegmentationIoU(K + 1, ignore_index=IGNORE_INDEX)
-        self.val_pseudo = SegmentationIoU(K + 1, ignore_index=IGNORE_INDEX)
-        self.val_cam = SegmentationIoU(K + 1, ignore_index=IGNORE_INDEX)
+        self.val_seg = SegmentationIoU(C, ignore_index=IGNORE_INDEX)
+        self.val_pseudo = SegmentationIoU(C, ignore_index=IGNORE_INDEX)
+        self.val_cam = SegmentationIoU(C, ignore_index=IGNORE_INDEX)
         self.val_map = PerImageAveragePrecision()
         self.best_seg_miou: float = float("nan")
-        # The decoder's per-class IoU (K + 1,) of the last validation with masks; None before one.
+        # The decoder's per-class IoU (C,) of the last validation with masks; None before one.
         self.last_per_class_iou: Tensor | None = None
 
     # ----------------------------------------------------------------------------------- setup
@@ -127,7 +128,8 @@ class ClusterCAMLitModule(L.LightningModule):
         use_seg = self.seg_active()
         pseudo = self.segmentation_targets(image, cls_label)[1] if use_seg else None  # (B, H, W)
         out = self.net(image, with_seg=use_seg)
-        losses = self.criterion(out.cls_logits, out.patch_logits, out.seg_logits, cls_label, pseudo)
+        losses = self.criterion(out.cls_logits, out.patch_logits, out.seg_logits, cls_label, pseudo,
+                                background=self.net.cfg.background)
         if self.hparams.check_finite and not torch.isfinite(losses["total"]):
             self._stop_on_non_finite(losses)
         B = image.shape[0]
@@ -164,7 +166,8 @@ class ClusterCAMLitModule(L.LightningModule):
         if self.hparams.val_pseudo_labels:
             cams, pseudo = pseudo_labels_per_image(self.net, self.par, image, cls_label, self.cam_cfg, size)
             self.val_pseudo.update(scored_pseudo_label(pseudo, IGNORE_INDEX), mask)
-            self.val_cam.update(cam_prediction(cams, self.cam_cfg.cam_background), mask)
+            background = self.cam_cfg.cam_background if self.net.cfg.background else None
+            self.val_cam.update(cam_prediction(cams, background, cls_label), mask)
 
     def on_validation_epoch_end(self) -> None:
         metrics = {"val/map": self.val_map.compute()}
@@ -232,7 +235,8 @@ class StageTwoLitModule(ClusterCAMLitModule):
 
     The batches carry ``mask`` = the exported (refined) label of each crop (``data.label_dir``); there are
     no CAMs and no classification terms. The loss is the framework's balanced :func:`~clustercam_pl.losses.seg_loss`
-    (background and foreground averaged apart, as stage one's decoder learns). Validation, checkpoints
+    (background and foreground averaged apart, as stage one's decoder learns; the plain cross-entropy
+    without a background class). Validation, checkpoints
     (format 3, ``hyper_parameters.stage = 2``) and the optimiser are stage one's.
 
     Args:
@@ -276,7 +280,7 @@ class StageTwoLitModule(ClusterCAMLitModule):
         image, label = batch["image"], batch["mask"]  # (B, 3, S, S), (B, S, S) 255 = ignore
         out = self.net(image, with_seg=True)
         up = F.interpolate(out.seg_logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-        loss = seg_loss(up, label)  # up: (B, K + 1, S, S)
+        loss = seg_loss(up, label, background=self.net.cfg.background)  # up: (B, C, S, S)
         if self.hparams.check_finite and not torch.isfinite(loss):
             self._stop_on_non_finite({"seg": loss})
         self.log("train/loss", loss.detach(), batch_size=image.shape[0], prog_bar=True)

@@ -5,7 +5,8 @@
 * ``L_cls``: multilabel soft-margin loss of the class-token logits;
 * ``L_patch``: the same on the patch logits (global average pool of the CAM head);
 * ``L_seg``: the balanced background/foreground cross-entropy of the upsampled segmentation logits
-  against the PAR-refined pseudo label (``get_seg_loss`` in the reference ``utils.py``).
+  against the PAR-refined pseudo label (``get_seg_loss`` in the reference ``utils.py``); without a
+  background class there is nothing to balance: the plain cross-entropy over the labelled pixels.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from clustercam_pl.data.labels import IGNORE_INDEX
 from clustercam_pl.utils.checks import check_range
 
 
-def seg_loss(logits_up: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def seg_loss(
+    logits_up: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX, background: bool = True
+) -> torch.Tensor:
     """Balanced segmentation loss: ``0.5 * (CE over background pixels + CE over foreground pixels)``.
 
     Background and foreground are averaged separately so the (usually dominant) background does not
@@ -29,9 +32,13 @@ def seg_loss(logits_up: torch.Tensor, label: torch.Tensor, ignore_index: int = I
     reference this is decided from the pixel counts with ``torch.where`` (no host sync), so a NaN
     coming from the logits themselves is propagated rather than silently zeroed.
 
+    Without a background class (``background=False``) every label value is a class: the plain
+    cross-entropy averaged over the pixels that are not ``ignore_index`` (0 when there are none).
+
     Args:
-        logits_up: logits (B, K + 1, H, W) at the label resolution.
-        label: (B, H, W) integer label, 0 = background, ``ignore_index`` = ignored.
+        logits_up: logits (B, C, H, W) at the label resolution (C = K + 1 with background, K without).
+        label: (B, H, W) integer label, 0 = background (with one), ``ignore_index`` = ignored.
+        background: the label convention of ``label`` (:mod:`clustercam_pl.data.labels`).
     """
     if logits_up.dim() != 4 or label.shape != (logits_up.shape[0], *logits_up.shape[-2:]):
         raise ValueError(
@@ -41,6 +48,10 @@ def seg_loss(logits_up: torch.Tensor, label: torch.Tensor, ignore_index: int = I
     label = label.long()
     ce = F.cross_entropy(logits_up, label, ignore_index=ignore_index, reduction="none")  # (B, H, W)
     ce = ce.float()  # accumulate in float32 even under autocast
+    if not background:
+        labelled = label != ignore_index  # (B, H, W)
+        count = labelled.sum()
+        return torch.where(count > 0, torch.where(labelled, ce, 0.0).sum() / count.clamp_min(1), 0.0)
     is_bg = label == 0  # (B, H, W)
     is_fg = (label != 0) & (label != ignore_index)  # (B, H, W)
     terms = []
@@ -61,16 +72,19 @@ def clustercam_losses(
     w_patch: float = 1.0,
     w_seg: float = 0.1,
     ignore_index: int = IGNORE_INDEX,
+    background: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The ClusterCAM losses: a dict with ``cls``, ``patch``, ``seg`` (only with a pseudo label), ``total``.
 
     Args:
         cls_logits, patch_logits: (B, K) logits.
-        seg_logits: decoder logits (B, K + 1, h, w); bilinearly upsampled (align_corners=False) to
-            the pseudo label's size here. Unused (may be None) without a pseudo label.
+        seg_logits: decoder logits (B, C, h, w) (C = K + 1 with background, K without); bilinearly
+            upsampled (align_corners=False) to the pseudo label's size here. Unused (may be None)
+            without a pseudo label.
         cls_label: multi-hot labels (B, K).
-        pseudo_label: (B, H, W) label from :func:`clustercam_pl.cam.refine.refine_with_background`,
+        pseudo_label: (B, H, W) label from :func:`clustercam_pl.cam.generate.pseudo_label_step`,
             or None before the segmentation branch is switched on.
+        background: the data has a background class (the balanced :func:`seg_loss`), see `NetConfig`.
     """
     if cls_logits.shape != cls_label.shape or patch_logits.shape != cls_label.shape:
         raise ValueError(
@@ -87,7 +101,7 @@ def clustercam_losses(
         if seg_logits is None:
             raise ValueError("seg_logits is None but a pseudo_label was given")
         up = F.interpolate(seg_logits, size=pseudo_label.shape[-2:], mode="bilinear", align_corners=False)
-        losses["seg"] = seg_loss(up, pseudo_label, ignore_index=ignore_index)  # up: (B, K + 1, H, W)
+        losses["seg"] = seg_loss(up, pseudo_label, ignore_index=ignore_index, background=background)  # up: (B, C, H, W)
         total = total + w_seg * losses["seg"]
     losses["total"] = total
     return losses
@@ -126,10 +140,11 @@ class ClusterCAMLoss(nn.Module):
         seg_logits: torch.Tensor | None,
         cls_label: torch.Tensor,
         pseudo_label: torch.Tensor | None = None,
+        background: bool = True,
     ) -> dict[str, torch.Tensor]:
         c = self.cfg
         return clustercam_losses(cls_logits, patch_logits, seg_logits, cls_label, pseudo_label,
-                                 w_cls=c.w_cls, w_patch=c.w_patch, w_seg=c.w_seg)
+                                 w_cls=c.w_cls, w_patch=c.w_patch, w_seg=c.w_seg, background=background)
 
     def extra_repr(self) -> str:
         return f"w_cls={self.cfg.w_cls}, w_patch={self.cfg.w_patch}, w_seg={self.cfg.w_seg}"

@@ -111,8 +111,9 @@ class PerImageAveragePrecision(Metric):
         return (self.ap_sum / self.count).float()  # NaN if no image had a positive label
 
 
-def scores_from_confmat(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-class scores (float64, (C,)) of a (C, C) confusion matrix (rows: ground truth, class 0 = background).
+def scores_from_confmat(confmat: torch.Tensor, background: bool = True) -> dict[str, torch.Tensor]:
+    """Per-class scores (float64, (C,)) of a (C, C) confusion matrix (rows: ground truth, label value 0 =
+    background when ``background``; without a background class every error is "other class").
 
     With T = ground-truth pixels, P = predicted pixels, TP = their overlap, U = T + P - TP:
     ``iou`` TP/U, ``precision`` TP/P, ``recall`` TP/T, and the reference's false-positive and
@@ -129,8 +130,8 @@ def scores_from_confmat(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
     def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
         return torch.where(den > 0, num / den.clamp_min(1), float("nan"))
 
-    fp_bg = cm[0].clone()  # (C,) predicted c on true background
-    fn_bg = cm[:, 0].clone()  # (C,) true c predicted background
+    fp_bg = cm[0].clone() if background else torch.zeros_like(tp)  # (C,) predicted c on true background
+    fn_bg = cm[:, 0].clone() if background else torch.zeros_like(tp)  # (C,) true c predicted background
     fp_bg[0] = fn_bg[0] = 0  # background's own errors are all "other class"
     return {
         "iou": ratio(tp, union),

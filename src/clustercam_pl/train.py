@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from clustercam_pl.checkpoint import AtomicCheckpointIO
+from clustercam_pl.data.labels import label_names
 from clustercam_pl.entry import (
     attach_wandb_id,
     check_config,
@@ -43,6 +44,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ClusterCAMLitModule]:
     """Datamodule and LightningModule from a composed config (the network's K, input channels and
     normalisation come from the data)."""
     datamodule = instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only-loadable
+    # The data's facts, never set by hand: K and whether label value 0 is a background class (below: the
+    # input channels and their normalisation).
+    data_facts = {"num_classes": datamodule.num_classes, "background": datamodule.has_background}
     smp = cfg.model.get("smp")  # stage two with a standard segmentation network (conf/experiment/*_stage2_smp)
     channels, stats = datamodule.in_channels, datamodule.normalization
     if smp:
@@ -50,12 +54,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ClusterCAMLitModule]:
             raise ValueError(f"model.smp (stage two with an smp network) takes RGB images with ImageNet's "
                              f"normalisation; data.dataset={datamodule.dataset} has {channels} channels and its own "
                              "mean / std: train stage two with the ClusterCAM decoder (drop model.smp)")
-        net = SmpSegNet(SmpConfig(num_classes=datamodule.num_classes, **OmegaConf.to_container(smp, resolve=True)))
+        net = SmpSegNet(SmpConfig(**data_facts, **OmegaConf.to_container(smp, resolve=True)))
     else:
-        # K, the input channels and their normalisation come from the data, like the classes.
+        # The input channels and their normalisation come from the data too (the network keeps them).
         mean, std = stats or (None, None)
-        net = ClusterCAMNet(instantiate(cfg.net, num_classes=datamodule.num_classes, in_chans=channels,
-                                        mean=mean, std=std, _convert_="all"))
+        net = ClusterCAMNet(instantiate(cfg.net, **data_facts, in_chans=channels, mean=mean, std=std,
+                                        _convert_="all"))
     # Objects are passed to the partial, not as instantiate kwargs (Hydra would turn them into configs).
     model = instantiate(cfg.model, _partial_=True)(
         net=net,
@@ -129,7 +133,7 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
         "run_dir": str(out_dir),
     }
     if per_class is not None:
-        names = ["background", *getattr(datamodule, "class_names", [str(i) for i in range(len(per_class) - 1)])]
+        names = label_names(datamodule.class_names, model.net.cfg.background)
         summary["per_class_iou"] = dict(zip(names, per_class.tolist(), strict=False))
         if trainer.is_global_zero:
             log.info("per-class IoU of the segmentation decoder on val:\n%s", iou_table(per_class.tolist(), names))

@@ -20,8 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from clustercam_pl.cam.refine import denormalize, valid_cams
+from clustercam_pl.data.imageio import label_palette
+from clustercam_pl.data.labels import IGNORE_INDEX, class_offset, label_names
 from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from clustercam_pl.data.imageio import voc_colours
 from clustercam_pl.models.utils import training_mode
 
 if TYPE_CHECKING:
@@ -46,9 +47,10 @@ PANEL_TITLES = {
 IGNORE_COLOUR = (255, 255, 255)  # how figures draw label 255 (ignore): white, unlike the PNG palette
 
 
-def label_colours() -> np.ndarray:
-    """(256, 3) uint8 colours of label values in figures: the VOC colours, ignore (255) white."""
-    pal = voc_colours(256)
+def label_colours(background: bool = True) -> np.ndarray:
+    """(256, 3) uint8 colours of label values in figures: the PNG palette's (VOC colours; without a
+    background class shifted so that a class keeps its colour, `label_palette`), ignore (255) white."""
+    pal = np.array(label_palette(background), dtype=np.uint8).reshape(256, 3)
     pal[255] = IGNORE_COLOUR
     return pal
 
@@ -79,7 +81,8 @@ def class_maps(module: Any, image: Tensor, cls_label: Tensor) -> dict[str, np.nd
       through the soft assignment (`S @ A_class->cluster`), same blocks (zero without cluster blocks);
     * clustercam: the multi-scale, flipped, patch-to-patch refined CAM the pseudo labels are made of.
 
-    Also `pseudo_label` (B, H, W) int (0 background, c + 1 class c, 255 ignore) and `assignment`
+    Also `pseudo_label` (B, H, W) int (0 background, c + 1 class c, 255 ignore; a network without a
+    background class: c = class c) and `assignment`
     (B, h, w) hard cluster index of each patch in the last block.
     """
     net = module.net
@@ -187,24 +190,26 @@ def figure(width: float, height: float, dpi: int = 100) -> Figure:
     return fig
 
 
-def label_image(x: np.ndarray) -> np.ndarray:
-    return label_colours()[x.astype(np.int64).clip(0, 255)]
+def label_image(x: np.ndarray, background: bool = True) -> np.ndarray:
+    """(..., 3) uint8 colours of a label map (``background``: its label convention)."""
+    return label_colours(background)[x.astype(np.int64).clip(0, 255)]
 
 
-def class_legend(fig: Figure, class_names: Sequence[str]) -> None:
+def class_legend(fig: Figure, class_names: Sequence[str], background: bool = True) -> None:
     from matplotlib.patches import Patch
 
-    pal = label_colours() / 255.0
-    names = ["background", *class_names]
+    pal = label_colours(background) / 255.0
+    names = label_names(class_names, background)
     handles = [Patch(facecolor=pal[i], edgecolor="k", label=n) for i, n in enumerate(names)]
     handles.append(Patch(facecolor="white", edgecolor="k", label="ignore"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
 
 
 def panel_figure(
-    panels: dict[str, np.ndarray], class_names: Sequence[str] | None = None, dpi: int = 80
+    panels: dict[str, np.ndarray], class_names: Sequence[str] | None = None, dpi: int = 80, background: bool = True
 ) -> Figure:
-    """One row per image, one column per panel of `cam_panels` (and a class legend if names are given)."""
+    """One row per image, one column per panel of `cam_panels` (and a class legend if names are given);
+    ``background``: the label convention of the masks and pseudo labels (the network's ``cfg.background``)."""
     names = [k for k in PANEL_ORDER if k in panels]
     B = panels["image"].shape[0]
     legend = 0.5 if class_names else 0.0
@@ -215,7 +220,7 @@ def panel_figure(
             ax = axes[i, j]
             x = panels[name][i]
             if name in ("mask", "pseudo_label"):
-                ax.imshow(label_image(x), interpolation="nearest")
+                ax.imshow(label_image(x, background), interpolation="nearest")
             elif name == "assignment":
                 ax.imshow(cluster_colours(20)[x.astype(np.int64) % 20][..., :3], interpolation="nearest")
             elif name == "image":
@@ -228,14 +233,14 @@ def panel_figure(
             if i == 0:
                 ax.set_title(PANEL_TITLES.get(name, name), fontsize=9)
     if class_names:
-        class_legend(fig, class_names)
+        class_legend(fig, class_names, background)
     fig.tight_layout(rect=(0, legend / (2.2 * B + legend), 1, 1))
     return fig
 
 
-def render_panels(panels: dict[str, np.ndarray], dpi: int = 80) -> np.ndarray:
+def render_panels(panels: dict[str, np.ndarray], dpi: int = 80, background: bool = True) -> np.ndarray:
     """One row per image, one column per panel; returns an (H, W, 3) uint8 picture."""
-    fig = panel_figure(panels, dpi=dpi)
+    fig = panel_figure(panels, dpi=dpi, background=background)
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
@@ -246,11 +251,13 @@ def class_map_figure(
     cls_label: np.ndarray | Tensor,
     class_names: Sequence[str] | None = None,
     mask: np.ndarray | Tensor | None = None,
+    background: bool = True,
 ) -> Figure:
     """Per-class maps of one image side by side: one row per class present, one column per map.
 
     `image` (H, W, 3) in [0, 1]; `maps` from `class_maps` indexed at that image, i.e. (K, H, W) each;
-    `cls_label` (K,); `mask` (H, W) adds a column with the class's ground-truth region.
+    `cls_label` (K,); `mask` (H, W) adds a column with the class's ground-truth region (``background``:
+    the mask's label convention).
     """
     kinds = [k for k in ("patch_to_class", "cluster_to_class", "clustercam") if k in maps]
     present = [int(c) for c in np.flatnonzero(np.asarray(cls_label) > 0)]
@@ -268,7 +275,7 @@ def class_map_figure(
         if mask is not None:
             ax = axes[r, -1]
             ax.imshow(image.clip(0, 1))
-            ax.imshow(np.asarray(mask) == c + 1, cmap="gray", alpha=0.6, vmin=0, vmax=1)
+            ax.imshow(np.asarray(mask) == c + class_offset(background), cmap="gray", alpha=0.6, vmin=0, vmax=1)
             if r == 0:
                 ax.set_title("ground truth", fontsize=9)
         axes[r, 0].set_ylabel(name, fontsize=9)
@@ -378,7 +385,7 @@ def metrics_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Figur
 
 
 # ---------------------------------------------------------------------------- pictures of predictions
-OVERLAY_ALPHA = 0.5  # weight of the class colour over a non-background pixel
+OVERLAY_ALPHA = 0.5  # weight of the class colour over a pixel of a class (not background, not void)
 CAM_ALPHA = 0.5  # weight of the heat map over the image
 
 
@@ -396,23 +403,28 @@ def row_strips(height: int, width: int, pixels: int = 1 << 20) -> Iterator[slice
     return (slice(y, y + rows) for y in range(0, height, rows))
 
 
-def overlay_image(rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
-    """uint8 (H, W, 3): the image with its non-background pixels blended with the VOC colour of their
-    class, and a legend (colour, name) of the classes present in the top-left corner."""
-    pal = label_colours().astype(np.float32)  # (256, 3)
+def overlay_image(
+    rgb: np.ndarray, label: np.ndarray, class_names: Sequence[str], background: bool = True
+) -> np.ndarray:
+    """uint8 (H, W, 3): the image with the pixels of a class blended with the colour of their class, and
+    a legend (colour, name) of the classes present in the top-left corner. ``background``: the label
+    convention (with one, value 0 is background and stays unblended; without, value 0 is class 0)."""
+    pal = label_colours(background).astype(np.float32)  # (256, 3)
+    first = class_offset(background)  # the label value of class 0
     blended = np.empty_like(rgb)  # (H, W, 3) uint8
     for rows in row_strips(*label.shape):
         out = rgb[rows].astype(np.float32)  # (r, W, 3)
-        fg = label[rows] > 0  # (r, W)
+        fg = label[rows] > 0 if background else label[rows] != IGNORE_INDEX  # (r, W)
         out[fg] = (1 - OVERLAY_ALPHA) * out[fg] + OVERLAY_ALPHA * pal[label[rows][fg]]
         blended[rows] = np.rint(out).clip(0, 255).astype(np.uint8)
     counts = sum(np.bincount(label[rows].ravel(), minlength=256) for rows in row_strips(*label.shape))  # (256,)
-    present = [int(v) for v in np.flatnonzero(counts) if v > 0]
+    present = [int(v) for v in np.flatnonzero(counts) if v >= first and (background or v != IGNORE_INDEX)]
     if present:
         H, W = label.shape
         size = int(np.clip(min(H, W) / 16, 10, 28))
         pad, row = max(size // 4, 2), size + max(size // 4, 2)
-        names = [class_names[v - 1] if v - 1 < len(class_names) else f"class_{v}" for v in present]
+        names = [class_names[v - first] if v - first < len(class_names) else f"class_{v + 1 - first}"
+                 for v in present]
         font = _font(size)
         width = max(font.getlength(n) for n in names) + size + 3 * pad
         bottom = row * len(names) + pad

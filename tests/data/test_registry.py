@@ -31,8 +31,11 @@ def test_the_kinds_and_their_facts() -> None:
     assert FolderSegmentation.fixed_classes is None and SyntheticWSSS.fixed_classes is None
     assert {n: k.default_negatives for n, k in kinds.items()} == {
         "coco": "error", "folder": "keep", "synthetic": "error", "voc": "error"}
-    # The photo kinds: RGB, background class, 255 void.
-    assert {(k.has_background, k.void_values, k.in_channels) for k in kinds.values()} == {(True, (IGNORE_INDEX,), 3)}
+    # The photo kinds: RGB, 255 void; background class (a folder root's manifest says: has_background None).
+    assert {(k.has_background, k.void_values, k.in_channels) for n, k in kinds.items() if n != "folder"} == {
+        (True, (IGNORE_INDEX,), 3)}
+    assert (FolderSegmentation.has_background, FolderSegmentation.void_values, FolderSegmentation.in_channels) == (
+        None, (IGNORE_INDEX,), 3)
     assert (dataset_kind("potsdam").in_channels, dataset_kind("vaihingen").in_channels) == (4, 3)
     assert SyntheticWSSS.prepare_example is None  # nothing to prepare: no data root needed
     for name in ("voc", "coco", "folder"):

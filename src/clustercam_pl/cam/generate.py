@@ -15,7 +15,7 @@ from torch.profiler import record_function
 
 from clustercam_pl.cam.config import CAMConfig, check_cam_layers
 from clustercam_pl.cam.par import PAR
-from clustercam_pl.cam.refine import denormalize, refine_with_background, valid_cams
+from clustercam_pl.cam.refine import denormalize, refine_with_background, refine_without_background, valid_cams
 from clustercam_pl.models.clustercam import ClusterCAMNet
 from clustercam_pl.models.utils import training_mode
 
@@ -133,9 +133,11 @@ def pseudo_label_step(
 ) -> tuple[Tensor, Tensor]:
     """Label-masked multi-scale CAMs (B, K, H, W) and their PAR-refined pseudo labels (B, H, W).
 
-    The one implementation of the pseudo-label step (training, validation, export, benchmark). A
-    network in train mode makes its CAMs in train mode (drop-path on, as the reference) only if
-    `cfg.train_mode`, else in eval mode; a network in eval mode stays in it. The mode is restored.
+    The one implementation of the pseudo-label step (training, validation, export, benchmark): against
+    the background scores when the network's data has a background class (`net.cfg.background`), else
+    over the present classes alone (`refine_without_background`). A network in train mode makes its
+    CAMs in train mode (drop-path on, as the reference) only if `cfg.train_mode`, else in eval mode; a
+    network in eval mode stays in it. The mode is restored.
     Profilers see the two phases as `record_function` regions "cam" and "par".
     """
     with record_function("cam"), training_mode(net, cfg.train_mode and net.training):
@@ -143,5 +145,8 @@ def pseudo_label_step(
     with record_function("par"):
         cams = valid_cams(cams, cls_label)  # absent classes zeroed
         image01 = par_image(net, images, cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
-        pseudo = refine_with_background(par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale)
+        if net.cfg.background:
+            pseudo = refine_with_background(par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale)
+        else:
+            pseudo = refine_without_background(par, image01, cams, cls_label, cfg.down_scale)
     return cams, pseudo

@@ -1,7 +1,9 @@
 """Pseudo labels for the segmentation branch: CAMs + background score, refined by PAR.
 
 Follows ``refine_cams_with_bkg_v2`` and ``denormalize_img2`` of DCVL-WSSS/ClusterCAM ``utils.py``
-(method reference, section 2.4), vectorised over the batch.
+(method reference, section 2.4), vectorised over the batch. Data without a background class
+(histopathology, remote sensing) uses :func:`refine_without_background`: the same softmax over the
+present classes and the same PAR, without a background score, so without thresholds or an ignore band.
 """
 
 from __future__ import annotations
@@ -144,3 +146,54 @@ def refine_with_background(
     label_h, label_l = labels.unbind(dim=1)
     unsure = torch.full_like(label_h, ignore_index)
     return torch.where(label_h > 0, label_h, torch.where(label_l > 0, unsure, 0))  # (B, H, W)
+
+
+def refine_without_background(
+    par: PAR,
+    image01: torch.Tensor,
+    cams: torch.Tensor,
+    cls_label: torch.Tensor,
+    down_scale: int = 2,
+) -> torch.Tensor:
+    """Refined pseudo label (B, H, W) int64 of data without a background class: c = class c, every pixel.
+
+    :func:`refine_with_background` without the background channel: the image and the CAMs are
+    bilinearly downsampled by ``down_scale``, soft-maxed over the image's present classes (absent ones
+    masked with -inf, so their probability is exactly 0 and they are never chosen), refined by PAR,
+    upsampled back to (H, W) and arg-maxed. No thresholds, no ignore band: every pixel gets a class.
+    An image without any present class cannot be labelled (there is no background to give it): refused.
+
+    Args:
+        par: the refinement module.
+        image01: images (B, 3, H, W) in [0, 1] (see :func:`denormalize`).
+        cams: label-masked CAMs (B, K, H, W) in [0, 1] (see :func:`valid_cams`).
+        cls_label: multi-hot image labels (B, K); every image needs at least one present class.
+        down_scale: PAR runs at (H // down_scale, W // down_scale).
+    """
+    if down_scale < 1:
+        raise ValueError(f"down_scale must be >= 1, got {down_scale}")
+    if cams.dim() != 4 or cls_label.dim() != 2 or cams.shape[:2] != cls_label.shape:
+        raise ValueError(
+            f"cams must be (B, K, H, W) and cls_label (B, K), "
+            f"got {tuple(cams.shape)} and {tuple(cls_label.shape)}"
+        )
+    if image01.dim() != 4 or image01.shape[0] != cams.shape[0] or image01.shape[-2:] != cams.shape[-2:]:
+        raise ValueError(
+            f"image01 {tuple(image01.shape)} must be (B, 3, H, W) with the batch and size of cams "
+            f"{tuple(cams.shape)}"
+        )
+    present = cls_label != 0  # (B, K)
+    if empty := torch.nonzero(~present.any(dim=1)).flatten().tolist():  # host sync, as the compact path above
+        raise ValueError(
+            f"image(s) {empty} of the batch have no class: without a background class such an image "
+            "cannot be labelled; leave images without any class out of training (data.use_negatives=false)"
+        )
+    b, k, h, w = cams.shape
+    small = (h // down_scale, w // down_scale)
+    dtype = torch.promote_types(cams.dtype, torch.float32)  # argmax ties: refine in at least float32
+    images = F.interpolate(image01.to(dtype), size=small, mode="bilinear", align_corners=False)
+    maps = F.interpolate(cams.to(dtype), size=small, mode="bilinear", align_corners=False)  # (B, K, h, w)
+    probs = maps.masked_fill(~present[:, :, None, None], float("-inf")).softmax(dim=1)  # (B, K, h, w)
+    refined = par(images, probs)  # (B, K, h, w)
+    refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)  # (B, K, H, W)
+    return refined.argmax(dim=1)  # (B, H, W) class c = value c

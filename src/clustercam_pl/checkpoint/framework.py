@@ -10,7 +10,9 @@ Besides Lightning's keys (`state_dict`, `hyper_parameters`, `epoch`, ...) a fram
   (`hyper_parameters.cam`); `class_names` names the classes; `hyper_parameters.net` still a copy.
 * 3: the network config is stored once, in `clustercam.net_config` (no `hyper_parameters.net`).
   Optional `network`: "smp" when `net_config` is an `SmpConfig` (a stage-two segmentation network);
-  absent (every older file): "clustercam".
+  absent (every older file): "clustercam". `net_config.background` (whether the data has a background
+  class, so K + 1 decoder outputs) is absent in files written before it existed: such a file loads as
+  `background=True` (the field's default), which is what every one of them was; no format change.
 
 Older formats are migrated on every read (commands, `load_checkpoint`, and Lightning's resume through
 `ClusterCAMLitModule.on_load_checkpoint`); newer ones are refused.

@@ -37,6 +37,15 @@ class LoadedCheckpoint:
     class_names: list[str] | None = None  # K names; None when the file does not say
     hparams: dict[str, Any] = field(default_factory=dict)  # the run's hyper-parameters ({} for reference)
 
+    def check_background(self, has_background: bool, dataset: str) -> None:
+        """Refuse data whose label convention differs from the network's (``background``: with a background
+        class the network predicts K + 1 label values, without K; see :mod:`clustercam_pl.data.labels`)."""
+        if self.net.cfg.background != has_background:
+            says = "has a background class" if self.net.cfg.background else "has no background class"
+            data = "has one" if has_background else "has none"
+            raise ValueError(f"{self.path} was trained on data that {says}, but data={dataset} {data}: "
+                             "pass the data config the network was trained with")
+
 
 def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool):

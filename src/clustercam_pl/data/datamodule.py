@@ -120,14 +120,16 @@ class WSSSDataModule(L.LightningDataModule):
         use_negatives: train on negative images (no class present: all-zero target, all-background
             pseudo label). False: leave them out of training (logged); evaluation always scores every
             image. None: the kind's ``default_negatives``: kept for "folder"; for VOC/COCO an empty
-            training label is an error (see ``skip_unlabeled``).
+            training label is an error (see ``skip_unlabeled``). Data without a background class
+            (``has_background``) cannot keep them: None means an error there, True is refused.
         seed: seed of the synthetic images and of the augmentation when ``num_workers=0``.
         synthetic: options of :class:`~clustercam_pl.data.synthetic.SyntheticConfig` (num_classes,
             image_size, num_train, num_val, num_test and the difficulty knobs).
         pin_memory: passed to the DataLoaders.
         check_files: check in ``setup`` that every listed image/mask exists (main process, clear error).
         label_dir: stage two: a folder of ``<image_id>.png`` label maps of the training split (0 background,
-            c + 1 class c, 255 ignore; what ``export_labels`` / ``refine`` write). Training items then carry
+            c + 1 class c, 255 ignore; without a background class c = class c; what ``export_labels`` /
+            ``refine`` write). Training items then carry
             ``mask`` = that label, cropped and augmented with the image; checked in ``setup`` (see
             :mod:`clustercam_pl.data.fixed_labels`). None: stage one (image-level labels only).
     """
@@ -175,13 +177,10 @@ class WSSSDataModule(L.LightningDataModule):
         self.train_transform = train_transform
         self.label_source = label_source
         self.skip_unlabeled = skip_unlabeled
-        # What the training split does with negative images (see PreparedSegmentation).
-        if use_negatives is None:
-            self.negatives = self.kind.default_negatives
-        else:
-            self.negatives = "keep" if use_negatives else "drop"
+        self.use_negatives = use_negatives
         self._class_names: tuple[str, ...] | None = None
         self._channels: int | None = None
+        self._has_background: bool | None = None
         self.seed = seed
         self.pin_memory = pin_memory
         self.check_files = check_files
@@ -227,6 +226,29 @@ class WSSSDataModule(L.LightningDataModule):
                 raise ValueError(f"the {self.dataset} root {self.root} has {self.in_channels} channels but no stored "
                                  f"mean / std; {prepare_hint(self.dataset)}")
         return self.__dict__["_normalization"]
+
+    @property
+    def has_background(self) -> bool:
+        """Whether label value 0 is a background class: the kind's fact, or its prepared root's / options'
+        (read once). The network's ``background`` is set from it (see :mod:`clustercam_pl.data.labels`)."""
+        if self._has_background is None:
+            self._has_background = self.kind.has_background_of(self.root, self.kind_config)
+        return self._has_background
+
+    @property
+    def negatives(self) -> str:
+        """What the training split does with negative images (see PreparedSegmentation): the kind's
+        ``default_negatives`` unless ``use_negatives`` says; without a background class always "error"
+        (an image without any class cannot be labelled) unless they are dropped."""
+        if self.use_negatives is None:
+            return self.kind.default_negatives if self.has_background else "error"
+        if self.use_negatives and not self.has_background:
+            raise ValueError(
+                f"data.use_negatives=true, but data.dataset={self.dataset} has no background class, so an "
+                "image without any class cannot be labelled: set data.use_negatives=false (leave them out) "
+                "or data.use_negatives=null (an error naming them)"
+            )
+        return "keep" if self.use_negatives else "drop"
 
     @property
     def world_size(self) -> int:
@@ -288,7 +310,7 @@ class WSSSDataModule(L.LightningDataModule):
                            self.check_files, self.seed, self.kind_config)
         if train and self.label_dir is not None:  # stage two: the fixed labels ride along with the crops
             source = self.kind.build(split, build_eval_transform(mean, std), train=True, opts=opts)
-            return FixedLabelDataset(source, self.label_dir, transform, split=split)
+            return FixedLabelDataset(source, self.label_dir, transform, split=split, background=self.has_background)
         return self.kind.build(split, transform, train=train, opts=opts)
 
     # ------------------------------------------------------------------ loaders

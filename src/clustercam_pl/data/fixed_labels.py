@@ -1,11 +1,12 @@
 """Stage two: training items whose mask is a fixed label map from a folder (exported, refined labels).
 
 ``data.label_dir`` holds one class-index PNG per training image, ``<image_id>.png`` (0 background,
-c + 1 class c, 255 ignore), as ``export_labels`` / ``refine`` write them. The training crop and
+c + 1 class c, 255 ignore; without a background class c = class c: values 0..K-1 and 255), as
+``export_labels`` / ``refine`` write them. The training crop and
 augmentation are applied to the image and its label together (the train transform already carries a
 mask). The folder is checked against the split once, before training, as ``prepare`` checks a root:
-every id must have a label of its image's size with values in 0..K and 255; otherwise the files are
-named and nothing trains.
+every id must have a label of its image's size with label values (:func:`~clustercam_pl.data.labels.num_labels`)
+and 255; otherwise the files are named and nothing trains.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from clustercam_pl.data.imageio import ImageReadError, read_mask
-from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside
+from clustercam_pl.data.labels import IGNORE_INDEX, label_range, mask_values_outside
 from clustercam_pl.data.prepare_common import Problem
 from clustercam_pl.data.transforms import apply_transform
 
@@ -47,8 +48,9 @@ def label_path(label_dir: str | os.PathLike[str], image_id: str) -> Path:
     return Path(label_dir) / f"{image_id}.png"
 
 
-def check_label_dir(source: RawSource, label_dir: str | os.PathLike[str], split: str) -> None:
-    """Refuse a label folder that does not match ``split``: missing ids, other sizes, values outside 0..K, 255.
+def check_label_dir(source: RawSource, label_dir: str | os.PathLike[str], split: str, background: bool = True) -> None:
+    """Refuse a label folder that does not match ``split``: missing ids, other sizes, values that are
+    neither a label value (``background``: the convention, :mod:`clustercam_pl.data.labels`) nor 255.
 
     Every label is decoded once (values must be checked). Raises :class:`LabelDirError` naming the files.
     """
@@ -72,8 +74,9 @@ def check_label_dir(source: RawSource, label_dir: str | os.PathLike[str], split:
         hw = source.image_hw(i)
         if label.shape != hw:
             problems.append(Problem(image_id, str(path), f"label is {label.shape}, its image is {hw}"))
-        elif bad := mask_values_outside(label, K):
-            problems.append(Problem(image_id, str(path), f"values {bad} outside 0..{K} and {IGNORE_INDEX}"))
+        elif bad := mask_values_outside(label, K, background):
+            problems.append(Problem(image_id, str(path),
+                                    f"values {bad} outside {label_range(K, background)} and {IGNORE_INDEX}"))
     if problems:
         lines = "\n  ".join(str(p) for p in problems[:_SHOWN])
         more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
@@ -89,13 +92,15 @@ class FixedLabelDataset(Dataset):
     """Training items of ``source`` with ``mask`` = the fixed label from ``label_dir``, augmented together.
 
     Items: ``image`` float32 (3, S, S), ``mask`` int64 (S, S) (255 ignore), ``cls_label`` float32 (K,),
-    ``image_id`` str. ``check`` runs :func:`check_label_dir` here (the main process, before training).
+    ``image_id`` str. ``check`` runs :func:`check_label_dir` here (the main process, before training);
+    ``background``: the labels' convention (the data's ``has_background``).
     """
 
     def __init__(self, source: RawSource, label_dir: str | os.PathLike[str],
-                 transform: Callable[..., dict[str, Any]], *, split: str = "train", check: bool = True) -> None:
+                 transform: Callable[..., dict[str, Any]], *, split: str = "train", check: bool = True,
+                 background: bool = True) -> None:
         if check:
-            check_label_dir(source, label_dir, split)
+            check_label_dir(source, label_dir, split, background)
         self.source, self.label_dir, self.transform = source, Path(label_dir), transform
 
     def __len__(self) -> int:

@@ -58,6 +58,16 @@ def voc_colours(n: int = 256) -> np.ndarray:
     return np.array(voc_palette(n), dtype=np.uint8).reshape(n, 3)
 
 
+def label_palette(background: bool = True) -> list[int]:
+    """The PNG palette of label maps: VOC colours by label value; without a background class value c
+    (class c) gets the VOC colour of value c + 1, so a class keeps its colour in both conventions and
+    none is black. Entry 255 (void) is VOC's either way."""
+    palette = voc_palette()
+    if background:
+        return palette
+    return palette[3:-3] + palette[-6:-3] + palette[-3:]  # value v <- colour v + 1 (v < 254); 255 unchanged
+
+
 _PALETTE = voc_palette()
 
 
@@ -301,20 +311,21 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def write_index_png(
-    path: str | os.PathLike[str], mask: np.ndarray, text: Mapping[str, str] | None = None
+    path: str | os.PathLike[str], mask: np.ndarray, text: Mapping[str, str] | None = None, background: bool = True
 ) -> None:
     """Write uint8 (H, W) class indices as a palette PNG, atomically (:func:`~clustercam_pl.utils.files.atomic_write`).
 
     A reader never sees a half-written mask: an interrupted run leaves only a partial file. Missing
     parent folders are created (image ids of folder datasets are paths such as ``scans/a/001``).
-    ``text`` is stored as PNG text chunks (``Image.open(path).text`` reads them back).
+    ``text`` is stored as PNG text chunks (``Image.open(path).text`` reads them back). ``background``:
+    which label convention the colours follow (:func:`label_palette`; the values are written as given).
     """
     path = Path(path)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask for {path} must be uint8 (H, W), got {mask.dtype} {mask.shape}")
     h, w = mask.shape
     im = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
-    im.putpalette(_PALETTE)
+    im.putpalette(_PALETTE if background else label_palette(False))
     path.parent.mkdir(parents=True, exist_ok=True)
     info = None
     if text:

@@ -127,21 +127,53 @@ def read_label_file(
     return out
 
 
-def mask_classes(mask: np.ndarray, num_classes: int) -> list[int]:
-    """Classes present in a class-index mask (values 1..K -> 0..K-1; 0 and 255 are not classes)."""
+# ------------------------------------------------------------------------------ label values
+# The one home of the label-value convention of masks, pseudo labels, exported labels and predictions:
+# with a background class (VOC, COCO, most folder datasets) value 0 is background and class c is c + 1
+# (K + 1 values); without one (histopathology, remote sensing with clutter ignored) class c is value c
+# (K values). Void is IGNORE_INDEX in both. Everything that counts or names label values asks here.
+
+
+def class_offset(background: bool = True) -> int:
+    """The label value of class 0: 1 with a background class (value 0), 0 without."""
+    return 1 if background else 0
+
+
+def num_labels(num_classes: int, background: bool = True) -> int:
+    """The number of label values (decoder outputs, confusion-matrix size): K + 1 with background, K without."""
+    return num_classes + class_offset(background)
+
+
+def label_names(classes: Sequence[str], background: bool = True) -> list[str]:
+    """The name of each label value: ``["background", *classes]`` with background, ``classes`` without."""
+    return ["background", *classes] if background else list(classes)
+
+
+def label_range(num_classes: int, background: bool = True) -> str:
+    """The valid label values in words, for messages: ``"0 background, c + 1 class c (0..K)"`` or ``"c = class c"``."""
+    if background:
+        return f"0 background, c + 1 class c (0..{num_classes})"
+    return f"c = class c (0..{num_classes - 1}), no background"
+
+
+def mask_classes(mask: np.ndarray, num_classes: int, background: bool = True) -> list[int]:
+    """Classes present in a class-index mask (values c + 1 -> c, or c -> c without background; 255 is no class)."""
     present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,)
-    return np.flatnonzero(present[1 : num_classes + 1]).tolist()
+    first = class_offset(background)
+    return np.flatnonzero(present[first : num_classes + first]).tolist()
 
 
-def mask_values_outside(mask: np.ndarray, num_classes: int) -> list[int]:
-    """Values of a uint8 class-index mask that are neither 0..K nor IGNORE_INDEX (sorted; [] if none).
+def mask_values_outside(mask: np.ndarray, num_classes: int, background: bool = True) -> list[int]:
+    """Values of a uint8 class-index mask that are neither a label value (:func:`num_labels`) nor
+    IGNORE_INDEX (sorted; [] if none).
 
     Such a mask must never be scored: the confusion matrix would break or silently drop those pixels.
     """
-    if int(mask.max()) <= num_classes:  # a mask without ignore pixels: one max
+    n = num_labels(num_classes, background)
+    if int(mask.max()) < n:  # a mask without ignore pixels: one max
         return []
     present = np.bincount(mask.ravel(), minlength=256) > 0  # (256,) values present
-    present[: num_classes + 1] = False
+    present[:n] = False
     present[IGNORE_INDEX] = False
     return np.flatnonzero(present).tolist()
 

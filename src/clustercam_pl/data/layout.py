@@ -5,7 +5,8 @@
     clustercam_dataset.json       # this manifest; written LAST, so its absence means "not (fully) prepared"
     splits/<split>.txt            # one image id per line
     cls_labels_<source>.json      # image-level labels (see clustercam_pl.data.labels)
-    <mask dir>/<id>.png           # class-index PNGs (0 background, c + 1 class c, 255 ignore)
+    <mask dir>/<id>.png           # class-index PNGs (0 background, c + 1 class c, 255 ignore; without a
+                                  # background class, "has_background": false, c = class c)
     image_files.json              # folder datasets only: image id -> file (the suffixes differ)
     <image dir>/<id>.tif          # written by steps that cut patches (potsdam, vaihingen): N-band TIFF
     prepare_report.json           # counts per split and class, skipped items
@@ -66,6 +67,7 @@ class Manifest:
     label_files: dict[str, str]  # label source name -> file relative to root
     default_label_source: str
     extra: dict[str, Any] = field(default_factory=dict)
+    has_background: bool = True  # False: mask value c is class c (no background class); absent in a file: True
 
     @property
     def num_classes(self) -> int:
@@ -131,6 +133,7 @@ def write_manifest(root: str | os.PathLike[str], manifest: Manifest) -> Path:
         "splits": {name: vars(s) for name, s in manifest.splits.items()},
         "label_files": manifest.label_files,
         "default_label_source": manifest.default_label_source,
+        "has_background": manifest.has_background,
         "extra": manifest.extra,
     }
     return write_text(root / MANIFEST_NAME, json.dumps(doc, indent=2) + "\n")
@@ -166,6 +169,9 @@ def read_manifest(root: str | os.PathLike[str] | None, dataset: str) -> Manifest
             f"{path} describes dataset {doc.get('dataset')!r}, but data.dataset={dataset} was asked"
         )
     splits = {name: SplitInfo(**s) for name, s in doc["splits"].items()}
+    has_background = doc.get("has_background", True)  # manifests written before the key: background
+    if not isinstance(has_background, bool):
+        raise ValueError(f"{path}: has_background={has_background!r} must be true or false; {prepare_hint(dataset)}")
     return Manifest(
         root=root,
         dataset=doc["dataset"],
@@ -174,6 +180,7 @@ def read_manifest(root: str | os.PathLike[str] | None, dataset: str) -> Manifest
         label_files=dict(doc["label_files"]),
         default_label_source=doc["default_label_source"],
         extra=dict(doc.get("extra", {})),
+        has_background=has_background,
     )
 
 

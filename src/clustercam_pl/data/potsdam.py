@@ -19,6 +19,7 @@ class PotsdamSegmentation(PreparedSegmentation):
 
     name: ClassVar[str] = "potsdam"
     fixed_classes: ClassVar[tuple[str, ...] | None] = ISPRS_CLASSES
+    has_background: ClassVar[bool | None] = False  # every pixel is one of the 5 classes or clutter (void)
     in_channels: ClassVar[int] = 4
     prepare_example: ClassVar[str | None] = (
         "python -m clustercam_pl.prepare potsdam --root ISPRS_Potsdam --out DATA_ROOT"

@@ -345,7 +345,8 @@ def prepare_isprs(
     extra = {"in_channels": release.bands, "bands": list(release.band_names),
              "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
              "patch_size": patch_size, "stride": stride, "tiles": kept}
-    write_manifest(out, Manifest(out, release.dataset, ISPRS_CLASSES, infos, {"gt": LABEL_FILE}, "gt", extra))
+    write_manifest(out, Manifest(out, release.dataset, ISPRS_CLASSES, infos, {"gt": LABEL_FILE}, "gt", extra,
+                                 has_background=False))
     _log_summary(report, out)
     return report
 

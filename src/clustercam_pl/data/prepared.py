@@ -5,7 +5,8 @@ Item contract (every dataset of this package, synthetic included)::
     {"image": float32 (N, H, W) normalised (N = 3 and ImageNet's mean / std unless the manifest says
               ``in_channels`` / ``mean`` / ``std``),
      "cls_label": float32 (K,) multi-hot (all zeros on splits without labels, e.g. VOC test),
-     "mask": int64 (H, W), 0 background, c + 1 class c, 255 ignore   # only when with_mask
+     "mask": int64 (H, W), 0 background, c + 1 class c, 255 ignore   # only when with_mask; without
+                                                                     # a background class c = class c
      "image_id": str}
 
 Image-level labels come from the label file, never from the masks; training datasets are built with
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from clustercam_pl.data.imageio import ImageReadError, image_size, read_bands, read_mask, read_rgb, tiff_size
-from clustercam_pl.data.labels import IGNORE_INDEX, mask_values_outside, multi_hot, read_label_file
+from clustercam_pl.data.labels import IGNORE_INDEX, label_range, mask_values_outside, multi_hot, read_label_file
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.registry import DatasetKind
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
@@ -79,6 +80,13 @@ class PreparedSegmentation(Dataset, DatasetKind):
         """The manifest's per-channel (mean, std); None: ImageNet's."""
         return read_manifest(root, cls.name).normalization
 
+    @classmethod
+    def has_background_of(cls, root: str | None, config: Any) -> bool:
+        """``has_background`` when the kind fixes it, else the prepared root's manifest's ``has_background``."""
+        if cls.has_background is not None:
+            return cls.has_background
+        return read_manifest(root, cls.name).has_background
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -100,6 +108,13 @@ class PreparedSegmentation(Dataset, DatasetKind):
                 f"{self.manifest.root}: manifest classes differ from the {self.name} classes"
             )
         self.classes: tuple[str, ...] = self.manifest.classes
+        if self.has_background is not None and self.manifest.has_background != self.has_background:
+            raise ValueError(
+                f"{self.manifest.root}: the manifest says has_background={self.manifest.has_background}, but "
+                f"{self.name} data {'has' if self.has_background else 'has no'} background class; "
+                f"{prepare_hint(self.name)}"
+            )
+        self.background: bool = self.manifest.has_background
         # Bands read strictly (a file with another count is refused) where the manifest states them; else
         # any photo is converted to RGB, as before.
         self.in_channels: int | None = self.manifest.in_channels
@@ -201,11 +216,11 @@ class PreparedSegmentation(Dataset, DatasetKind):
 
     def _check_mask_values(self, mask: np.ndarray, path: Path) -> None:
         """Refuse a mask with values outside the class range (e.g. a file edited after prepare)."""
-        bad = mask_values_outside(mask, self.num_classes)
+        bad = mask_values_outside(mask, self.num_classes, self.background)
         if bad:
             raise ImageReadError(
-                f"mask {path} has values {bad} outside 0..{self.num_classes} and {IGNORE_INDEX} "
-                f"(0 background, c + 1 class c, {IGNORE_INDEX} ignore); fix or replace the file, or re-create "
+                f"mask {path} has values {bad} outside {label_range(self.num_classes, self.background)} and "
+                f"{IGNORE_INDEX} (ignore); fix or replace the file, or re-create "
                 f"the root {self.manifest.root}: {prepare_hint(self.name)}"
             )
 

@@ -7,11 +7,13 @@ and, if its raw data needs preparing, one module ``clustercam_pl/data/prepare_<n
 ``HELP``, ``add_arguments(parser)`` and ``run(args, log)`` (found by ``python -m clustercam_pl.prepare``
 by its name). Nothing else (the datamodule, the prepare command, the config checks) names a dataset.
 
-Facts not used with other values yet (``has_background``, ``void_values``) are stated already, so that
-a kind without a background class or with another void value in its masks declares it here instead of
-being special-cased later. ``in_channels`` (and the per-channel mean / std) may also come from a
-prepared root's manifest (``channels_of`` / ``normalization_of``): training sets the network's
-``in_chans`` from it, as it sets K from the classes.
+``has_background`` says whether label value 0 is a background class (see
+:mod:`clustercam_pl.data.labels` for the label-value convention); a kind whose roots differ (``folder``)
+leaves it None and its prepared root's manifest says (:meth:`DatasetKind.has_background_of`). Facts not
+used with other values yet (``void_values``) are stated already, so that a kind with another void value
+in its masks declares it here instead of being special-cased later. ``in_channels`` (and the per-channel
+mean / std) may also come from a prepared root's manifest (``channels_of`` / ``normalization_of``):
+training sets the network's ``in_chans`` from it, as it sets K from the classes.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class DatasetKind:
     """(train, val) split names used when ``data.train_split`` / ``data.val_split`` are null."""
     default_negatives: ClassVar[str] = "error"
     """What training does with an image without any class when ``data.use_negatives`` is null."""
-    has_background: ClassVar[bool] = True
-    """Mask value 0 is a background class (every kind today)."""
+    has_background: ClassVar[bool | None] = True
+    """Mask value 0 is a background class and class c is value c + 1 (VOC, COCO); False: class c is value
+    c, every pixel is a class (histopathology); None: the prepared root's manifest says (a folder dataset).
+    Ask :meth:`has_background_of`, which also knows the per-root and per-config answers."""
     void_values: ClassVar[tuple[int, ...]] = (IGNORE_INDEX,)
     """Mask values that are not scored."""
     in_channels: ClassVar[int] = 3
@@ -112,6 +116,14 @@ class DatasetKind:
     def normalization_of(cls, root: str | None, config: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         """(mean, std) per channel stored with the data; None: ImageNet's (every RGB kind without stats)."""
         return None
+
+    @classmethod
+    def has_background_of(cls, root: str | None, config: Any) -> bool:
+        """Whether a root of this kind has a background class: ``has_background`` here; a kind whose answer
+        depends on its data (a prepared root's manifest, a synthetic config) overrides this."""
+        if cls.has_background is None:
+            raise NotImplementedError(f"dataset kind {cls.name!r} has has_background=None and no has_background_of")
+        return cls.has_background
 
     @classmethod
     def build(cls, split: str, transform: Callable[..., dict[str, Any]], *, train: bool, opts: LoadOptions) -> Any:

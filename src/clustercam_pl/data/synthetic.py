@@ -25,6 +25,10 @@ earlier ones (the mask follows the occlusion), and a placement that would hide m
 ``1 - min_visible`` of an earlier object is retried. The mask is exact: 0 background, c + 1 class c.
 The image-level label is the set of classes visible in the mask.
 
+With ``background=False`` (a stand-in for data without a background class, such as histopathology
+tissue types) every pixel belongs to a class: what would be background is a random class's texture
+(its "tissue"), and the mask holds class c as value c (:mod:`clustercam_pl.data.labels`).
+
 Difficulty knobs (:func:`difficulty_knobs` returns them with defaults and meaning, for the README):
 ``scale_range``, ``max_objects``, ``clutter``, ``color_jitter``, ``noise``, ``min_visible``,
 ``rotate_textures``, ``class_colours``; plus ``num_classes`` (1..8) and ``image_size`` (default 64).
@@ -85,6 +89,7 @@ class SyntheticConfig:
     min_visible: float = 0.4
     rotate_textures: bool = True
     class_colours: bool = False
+    background: bool = True
     num_train: int = 2000
     num_val: int = 200
     num_test: int = 200
@@ -137,6 +142,7 @@ def difficulty_knobs() -> dict[str, dict[str, Any]]:
         "min_visible": "minimum visible fraction of an occluded object (lower = harder occlusion)",
         "rotate_textures": "textures at a random angle (harder: orientation must be learned away)",
         "class_colours": "each class keeps its own two colours (easiest: colour names the class)",
+        "background": "false: no background class, every pixel is a class (the background is one class's texture)",
     }
     return {k: {"default": getattr(d, k), "help": h} for k, h in helps.items()}
 
@@ -244,11 +250,14 @@ class _Canvas:
 def render(
     config: SyntheticConfig, rng: np.random.Generator, with_objects: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its mask: uint8 (S, S, 3) RGB and uint8 (S, S) with 0 bg, c + 1 class c.
+    """One image and its mask: uint8 (S, S, 3) RGB and uint8 (S, S) with 0 bg, c + 1 class c
+    (``config.background=False``: c = class c, every pixel a class).
 
     ``with_objects=False`` renders a negative image: background and distractors only, mask all 0.
     """
     cfg, s = config, config.image_size
+    if not (with_objects or cfg.background):
+        raise ValueError("data.synthetic.background=false: every pixel is a class, so there is no negative image")
     cv = _Canvas(s, cfg.rotate_textures)
     # Background: gradient between two colours plus a faint random texture.
     a, b = _two_colours(rng)
@@ -298,6 +307,13 @@ def render(
         inst[m] = len(areas) + 1
         areas.append(int(m.sum()))
         placed.append((cx, cy, r))
+    if not cfg.background:  # the rest of the image is one more class's region (drawn last: the
+        # background case's random stream is unchanged)
+        c = int(rng.integers(cfg.num_classes))
+        rest = mask == 0  # (S, S)
+        img[rest] = cv.textured(TEXTURES[c], s / 2, s / 2, rng, CLASS_COLOURS[c] if cfg.class_colours else None)[rest]
+        mask[rest] = c + 1
+        mask -= 1  # class c = value c
     # Photometric jitter and noise.
     cj = cfg.color_jitter
     if cj > 0:
@@ -356,6 +372,10 @@ class SyntheticWSSS(Dataset, DatasetKind):
         return class_names(config.num_classes)
 
     @classmethod
+    def has_background_of(cls, root: str | None, config: SyntheticConfig) -> bool:
+        return config.background
+
+    @classmethod
     def build(cls, split: str, transform: Callable[..., dict[str, Any]], *, train: bool,
               opts: LoadOptions) -> SyntheticWSSS:
         return cls(split, opts.config, opts.seed, transform, with_mask=not train)
@@ -397,7 +417,7 @@ class SyntheticWSSS(Dataset, DatasetKind):
             raise IndexError(f"index {index} out of range for synthetic {self.split} (length {len(self)})")
         image, mask = make_sample(self.config, self.seed, self.split, index)
         label = np.zeros(self.num_classes, dtype=np.float32)  # (K,)
-        label[mask_classes(mask, self.num_classes)] = 1.0
+        label[mask_classes(mask, self.num_classes, self.config.background)] = 1.0
         return image, mask, label
 
     def raw_item(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
@@ -442,7 +462,8 @@ def save_preview(
     for i in range(n):
         image, mask = make_sample(cfg, seed, split, i)
         axes[0, i].imshow(image, interpolation="nearest")
-        axes[0, i].set_title("\n".join(names[c] for c in mask_classes(mask, cfg.num_classes)), fontsize=7)
+        axes[0, i].set_title("\n".join(names[c] for c in mask_classes(mask, cfg.num_classes, cfg.background)),
+                             fontsize=7)
         axes[1, i].imshow(image, interpolation="nearest")
         overlay = np.ma.masked_where(mask == 0, mask)
         axes[1, i].imshow(
@@ -482,6 +503,10 @@ def write_folder_dataset(
     if labels_format not in ("csv", "json"):
         raise ValueError(f"labels_format must be 'csv' or 'json', got {labels_format!r}")
     cfg = config if isinstance(config, SyntheticConfig) else SyntheticConfig.from_dict(config)
+    if not cfg.background:
+        raise ValueError("write_folder_dataset writes masks with 0 = background (what `prepare folder` reads); "
+                         "it has no background=false variant: use data.dataset=synthetic with "
+                         "data.synthetic.background=false instead")
     root = Path(out)
     paths = {"images": root / "images", "masks": root / "masks", "classes": root / "classes.txt",
              "labels": root / f"labels.{labels_format}", "splits": root / "splits"}

@@ -17,6 +17,7 @@ class VaihingenSegmentation(PreparedSegmentation):
 
     name: ClassVar[str] = "vaihingen"
     fixed_classes: ClassVar[tuple[str, ...] | None] = ISPRS_CLASSES
+    has_background: ClassVar[bool | None] = False  # as Potsdam: 5 classes, clutter void
     prepare_example: ClassVar[str | None] = (
         "python -m clustercam_pl.prepare vaihingen --root ISPRS_Vaihingen --out DATA_ROOT"
     )

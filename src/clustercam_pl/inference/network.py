@@ -14,7 +14,9 @@ asked; the reference uses none) are fused by an element-wise maximum.
 
 The scoring rules (also used by validation and the pseudo-label export): a pseudo label is scored with
 its ignore band counted as background (every pixel is scored); a CAM is scored against a constant
-background score. Plain arguments only: no Hydra here.
+background score. Without a background class (``net.cfg.background`` False) probabilities have K
+channels (class c = channel c), a pseudo label has no ignore band and a CAM is scored by its argmax over
+the image's classes. Plain arguments only: no Hydra here.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def crop_predictions(pred: Tensor, image_size: Tensor | None) -> list[Tensor]:
 class Prediction:
     """Segmentation probabilities and image-level class scores of a batch."""
 
-    probs: Tensor  # (B, K+1, H, W) max-fused softmax; 0 in the padding
+    probs: Tensor  # (B, C, H, W) max-fused softmax over the C = cfg.num_labels label values; 0 in the padding
     cls_logits: Tensor  # (B, K) class-token logits of the unflipped image at the scale nearest 1
 
 
@@ -77,9 +79,9 @@ def _predict_unpadded(net: ClusterCAMNet, x: Tensor, scales: Sequence[float], fl
         if cls_logits is None:
             cls_logits = out.cls_logits[:B].float()  # (B, K)
         logits = F.interpolate(out.seg_logits.float(), size=(H, W), mode="bilinear", align_corners=False)
-        probs = logits.softmax(dim=1)  # (nB, K+1, H, W)
+        probs = logits.softmax(dim=1)  # (nB, C, H, W)
         if flip:
-            probs = torch.maximum(probs[:B], probs[B:].flip(-1))  # (B, K+1, H, W)
+            probs = torch.maximum(probs[:B], probs[B:].flip(-1))  # (B, C, H, W)
         fused = probs if fused is None else torch.maximum(fused, probs)
     assert fused is not None and cls_logits is not None
     return Prediction(fused, cls_logits)
@@ -97,7 +99,7 @@ def predict(
 
     The reference protocol (module docstring); ``flip`` adds the mirrored image at every scale to the
     max-fusion. Images of a padded batch are predicted at their own size; the padding of the result
-    is 0 (argmax: background; masks are 255 there, so scores are unaffected).
+    is 0 (argmax: label value 0; masks are 255 there, so scores are unaffected).
     """
     if image.dim() != 4:
         raise ValueError(f"image must be (B, N, H, W), got {tuple(image.shape)}")
@@ -105,7 +107,7 @@ def predict(
         raise ValueError(f"scales must be positive numbers, got {list(scales)}")
     B, _, H, W = image.shape
     K = net.cfg.num_classes
-    probs = image.new_zeros(B, K + 1, H, W, dtype=torch.float32)  # (B, K+1, H, W)
+    probs = image.new_zeros(B, net.cfg.num_labels, H, W, dtype=torch.float32)  # (B, C, H, W)
     cls_logits = image.new_zeros(B, K, dtype=torch.float32)  # (B, K)
     with training_mode(net, False):
         for idx, h, w in size_groups(image, image_size):
@@ -152,10 +154,9 @@ def predict_windows(
     ys, xs = window_starts(H, wh, overlap), window_starts(W, ww, overlap)
     if len(ys) == 1 and len(xs) == 1:
         return predict(net, image, scales, flip)
-    K = net.cfg.num_classes
-    total = image.new_zeros(B, K + 1, H, W, dtype=torch.float32)  # (B, K+1, H, W) summed probabilities
+    total = image.new_zeros(B, net.cfg.num_labels, H, W, dtype=torch.float32)  # (B, C, H, W) summed probabilities
     hits = image.new_zeros(1, 1, H, W, dtype=torch.float32)  # (1, 1, H, W) windows over each pixel
-    cls_logits = image.new_full((B, K), float("-inf"), dtype=torch.float32)  # (B, K)
+    cls_logits = image.new_full((B, net.cfg.num_classes), float("-inf"), dtype=torch.float32)  # (B, K)
     for y in ys:
         for x in xs:
             p = predict(net, image[:, :, y : y + wh, x : x + ww], scales, flip)
@@ -180,7 +181,7 @@ def pseudo_labels_per_image(
     `pseudo_label_step` per size group, with the network in eval mode (no drop-path: evaluation and
     export are deterministic, whatever ``cam.train_mode`` says for training). The CAM's min-max
     normalisation and PAR never see padding; the padding of the result is 0 for CAMs and
-    ``IGNORE_INDEX`` for labels.
+    ``IGNORE_INDEX`` for labels. The labels follow the network's convention (``net.cfg.background``).
     """
     B, _, H, W = image.shape
     K = net.cfg.num_classes
@@ -197,12 +198,24 @@ def pseudo_labels_per_image(
 
 # ------------------------------------------------------------------------------------ scoring
 def scored_pseudo_label(pseudo: Tensor, ignore_index: int) -> Tensor:
-    """The pseudo label as scored: its ignore band counts as background (conservative: every pixel)."""
+    """The pseudo label as scored: its ignore band counts as background (conservative: every pixel).
+
+    A label without a background class has no ignore band (only the padding, unscored: 255 in the mask)."""
     return torch.where(pseudo == ignore_index, 0, pseudo)
 
 
-def cam_prediction(cams: Tensor, background: float) -> Tensor:
-    """Label map (..., H, W) of CAMs (..., K, H, W) against a constant background score."""
+def cam_prediction(cams: Tensor, background: float | None, cls_label: Tensor | None = None) -> Tensor:
+    """Label map (..., H, W) of CAMs (..., K, H, W) against a constant background score.
+
+    ``background=None`` (data without a background class): the argmax over the classes, class c = value c;
+    with ``cls_label`` (..., K) the absent classes are never chosen (label-masked CAMs are 0 there and
+    could tie with a present class's 0).
+    """
+    if background is None:
+        if cls_label is not None:
+            absent = (cls_label == 0)[..., None, None]  # (..., K, 1, 1)
+            cams = cams.masked_fill(absent, float("-inf"))
+        return cams.argmax(-3)
     bg = torch.full_like(cams.narrow(-3, 0, 1), background)  # (..., 1, H, W)
     return torch.cat([bg, cams], dim=-3).argmax(-3)
 

@@ -25,7 +25,7 @@ class ClusterCAMOutput:
 
     cls_logits: Tensor  # (B, K) class tokens averaged over channels
     patch_logits: Tensor  # (B, K) global average pool of the CAM head (with bias)
-    seg_logits: Tensor | None  # (B, K + 1, h, w) decoder output at patch resolution
+    seg_logits: Tensor | None  # (B, C, h, w) decoder output at patch resolution, C = cfg.num_labels
     features: Tensor  # (B, C + L * nh * K, h, w) the concatenated feature map F'
     c2p: Tensor  # (B, L, nh, K, N) every block's mixed class-to-patch attention
     attention: list[AttentionRecord] | None  # per block, from `forward_intermediates`
@@ -57,7 +57,7 @@ class ClusterCAMNet(nn.Module):
         cfg = self.cfg = as_config(config, fields)
         self.backbone = ClusterViT(cfg)
         self.head = nn.Conv2d(cfg.feature_channels, cfg.num_classes, kernel_size=3, padding=1)
-        self.decoder = LargeFOV(cfg.feature_channels, cfg.num_classes + 1, cfg.decoder_width, cfg.decoder_dilation)
+        self.decoder = LargeFOV(cfg.feature_channels, cfg.num_labels, cfg.decoder_width, cfg.decoder_dilation)
         self.compiled = False  # set by `compile_parts`
 
     def alphas(self) -> Tensor:

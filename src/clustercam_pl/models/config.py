@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from clustercam_pl.data.labels import num_labels
+
 PRESET_DIR = Path(__file__).resolve().parents[1] / "conf" / "net"
 
 # Network arguments of earlier versions that are CAM settings now (`CAMConfig`): refused with a hint.
@@ -27,7 +29,12 @@ class NetConfig:
     """The ClusterCAM network's shape (reference DeiT-S values as defaults).
 
     Attributes:
-        num_classes: K foreground classes: K class tokens, the decoder predicts K + 1 with background.
+        num_classes: K classes: K class tokens; the decoder predicts `num_labels` label values.
+        background: the data has a background class (label value 0, class c = c + 1; VOC, COCO): the
+            decoder predicts K + 1 values and pseudo labels are made against a background score.
+            False (histopathology, remote sensing): K values, class c = c, every pixel is a class.
+            Set by the training entry from the dataset kind, never by hand; checkpoints without the
+            field (every file before it existed) load as True.
         embed_dim, depth, num_heads, mlp_ratio, patch_size: the ViT (DeiT-S: 384, 12, 6, 4, 16).
         pos_grid: side of the square position-embedding grid of pre-training (14 for 224 pixels);
             other input sizes resample it on every forward, as the reference does.
@@ -76,6 +83,7 @@ class NetConfig:
     in_chans: int = 3
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    background: bool = True
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: normalise once)
@@ -129,6 +137,11 @@ class NetConfig:
         if self.mean is None or self.std is None:
             return IMAGENET_MEAN, IMAGENET_STD
         return self.mean, self.std
+
+    @property
+    def num_labels(self) -> int:
+        """Label values the decoder predicts: K + 1 with a background class, K without."""
+        return num_labels(self.num_classes, self.background)
 
     @property
     def feature_channels(self) -> int:

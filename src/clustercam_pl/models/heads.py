@@ -20,5 +20,5 @@ class LargeFOV(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C', h, w) -> (B, K + 1, h, w)."""
+        """(B, C', h, w) -> (B, num_outputs, h, w) (K + 1 label values with background, K without)."""
         return self.conv8(self.relu(self.conv7(self.relu(self.conv6(x)))))

@@ -20,19 +20,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clustercam_pl.data.labels import class_offset, num_labels
 from clustercam_pl.models.clustercam import ClusterCAMOutput
 
 
 @dataclass(frozen=True)
 class SmpConfig:
-    """What rebuilds an smp network: ``smp.create_model(arch, encoder_name, encoder_weights, classes=K + 1,
-    **extra)``."""
+    """What rebuilds an smp network: ``smp.create_model(arch, encoder_name, encoder_weights,
+    classes=num_labels, **extra)`` (K + 1 label values with a background class, K without; see `NetConfig`)."""
 
     num_classes: int
     arch: str = "DeepLabV3Plus"
     encoder_name: str = "tu-resnet50"
     encoder_weights: str | None = None  # smp's name of pretrained weights ("imagenet", from the hub) or None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    background: bool = True  # set from the dataset kind; a checkpoint without it loads as True
+
+    @property
+    def num_labels(self) -> int:
+        """Label values the network predicts: K + 1 with a background class, K without."""
+        return num_labels(self.num_classes, self.background)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -64,7 +71,7 @@ class SmpSegNet(nn.Module):
         self.cfg = config
         smp = _import_smp()
         self.model = smp.create_model(config.arch, encoder_name=config.encoder_name,
-                                      encoder_weights=config.encoder_weights, classes=config.num_classes + 1,
+                                      encoder_weights=config.encoder_weights, classes=config.num_labels,
                                       **dict(config.extra))
         self.stride = int(getattr(self.model.encoder, "output_stride", 32))
         self.compiled = False
@@ -80,15 +87,16 @@ class SmpSegNet(nn.Module):
         self.compiled = True
 
     def forward(self, x: Tensor, with_seg: bool = True) -> ClusterCAMOutput:
-        """x (B, 3, H, W) ImageNet-normalised -> seg_logits (B, K + 1, H, W), cls_logits (B, K).
+        """x (B, 3, H, W) ImageNet-normalised -> seg_logits (B, C, H, W) (C = cfg.num_labels), cls_logits (B, K).
 
         Inputs are padded bottom/right with 0 (the mean colour) to a multiple of the encoder's stride,
         which smp requires, and the logits cropped back.
         """
         H, W = x.shape[-2:]
         ph, pw = -H % self.stride, -W % self.stride
-        logits = self.model(F.pad(x, (0, pw, 0, ph)))[..., :H, :W]  # (B, K + 1, H, W)
-        probs = logits.float().softmax(1)[:, 1:].amax(dim=(2, 3))  # (B, K) largest per-class probability
+        logits = self.model(F.pad(x, (0, pw, 0, ph)))[..., :H, :W]  # (B, C, H, W)
+        first = class_offset(self.cfg.background)  # the classes' channels: 1..K with background, 0..K-1 without
+        probs = logits.float().softmax(1)[:, first:].amax(dim=(2, 3))  # (B, K) largest per-class probability
         cls_logits = torch.logit(probs, eps=1e-6)
         return ClusterCAMOutput(cls_logits=cls_logits, patch_logits=cls_logits, seg_logits=logits,
                                 features=logits, c2p=logits.new_zeros(0), attention=None)

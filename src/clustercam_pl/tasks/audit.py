@@ -1,8 +1,8 @@
 """Judging a set of pseudo labels (or refined labels, or predictions) against the masks of a split.
 
 A label set is a folder with one index PNG per image id (``<id>.png``: 0 background, c + 1 class c,
-255 void), or an export folder holding it as ``labels/`` (and the CAMs as ``cams/``). For one label
-set, or two side by side, ``audit`` writes into ``out_dir``:
+255 void; data without a background class: c = class c), or an export folder holding it as ``labels/``
+(and the CAMs as ``cams/``). For one label set, or two side by side, ``audit`` writes into ``out_dir``:
 
     audit.json       per class name and "mean": iou, precision, recall, fp, fn (the reference's
                      (P-TP)/U and (T-TP)/U), their background / other-class split, coverage
@@ -13,6 +13,10 @@ set, or two side by side, ``audit`` writes into ``out_dir``:
     examples.png     best and worst images: image | ground truth | labels | CAM of the worst class
     cam_curve.png    CAM mIoU against the background score 0.00..0.60 (with exported CAMs)
     changes.png      with two sets: the images that gained and lost most
+
+Data without a background class (``datamodule.has_background`` False): the "as_background" convention
+and the CAM background-threshold curve have no meaning there and are left out (summary.md says so);
+the fp/fn split has no background part (all "other class").
 
 The per-image work (reading PNGs, masks, CAMs) is sharded over the processes of ``ranks``
 (``utils.distributed``); the counts are summed, and the main process writes every file.
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from clustercam_pl.data.imageio import read_mask
+from clustercam_pl.data.labels import class_offset, label_names
 from clustercam_pl.inference.steps import IGNORE
 from clustercam_pl.metrics import confusion_matrix, scores_from_confmat
 from clustercam_pl.utils.distributed import Ranks
@@ -122,6 +127,15 @@ def void_confmat(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> np.n
     return cm[:num_classes].numpy()
 
 
+def conventions(background: bool = True) -> tuple[str, ...]:
+    """The void conventions that apply: both with a background class, "excluded" alone without one."""
+    return CONVENTIONS if background else ("excluded",)
+
+
+NO_BACKGROUND_NOTE = ("No background class: the 'as_background' void convention and the CAM background-score "
+                      "curve do not apply and are left out; the fp/fn split has no background part.")
+
+
 def convention(cm_void: np.ndarray, name: str) -> np.ndarray:
     """The (C, C) matrix of one void convention: void labels left out, or counted as background."""
     cm = cm_void[:, :-1].copy()
@@ -132,8 +146,11 @@ def convention(cm_void: np.ndarray, name: str) -> np.ndarray:
     return cm
 
 
-def score_table(cm_void: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """{convention: {class name | "mean": {metric: value in 0..1 (NaN: no score)}}}.
+def score_table(
+    cm_void: np.ndarray, names: Sequence[str], background: bool = True
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{convention: {class name | "mean": {metric: value in 0..1 (NaN: no score)}}} (the `conventions`
+    of ``background``, the data's label convention).
 
     The mean of each metric is over the classes that have a value (as the mIoU); coverage is the
     share of each class's true pixels whose label is not void, and "mean" coverage that of all pixels.
@@ -141,8 +158,9 @@ def score_table(cm_void: np.ndarray, names: Sequence[str]) -> dict[str, dict[str
     truth = cm_void.sum(1).astype(np.float64)  # (C,)
     coverage = np.where(truth > 0, 1 - cm_void[:, -1] / np.maximum(truth, 1), np.nan)  # (C,)
     out = {}
-    for conv in CONVENTIONS:
-        scores = {k: v.numpy() for k, v in scores_from_confmat(torch.from_numpy(convention(cm_void, conv))).items()}
+    for conv in conventions(background):
+        cm = torch.from_numpy(convention(cm_void, conv))
+        scores = {k: v.numpy() for k, v in scores_from_confmat(cm, background).items()}
         scores["coverage"] = coverage
         table = {n: {k: _num(scores[k][c]) for k in METRICS} for c, n in enumerate(names)}
         mean = {k: _num(np.nanmean(scores[k])) if np.isfinite(scores[k]).any() else math.nan for k in METRICS}
@@ -156,15 +174,18 @@ def _num(x: Any) -> float:
     return x if math.isfinite(x) else math.nan
 
 
-def image_iou(cm: np.ndarray) -> tuple[float, int]:
-    """Mean IoU of one image over the classes in its mask or labels, and its worst foreground class
-    among those in the mask (those in the labels when the mask has none; 0: no foreground at all)."""
+def image_iou(cm: np.ndarray, background: bool = True) -> tuple[float, int]:
+    """Mean IoU of one image over the classes in its mask or labels, and the label value of its worst
+    class (not background) among those in the mask (those in the labels when the mask has none;
+    ``class_offset(background) - 1`` (0 with background, -1 without): no class at all)."""
+    first = class_offset(background)  # the label value of class 0
+    none = first - 1
     iou = scores_from_confmat(torch.from_numpy(cm))["iou"].numpy()  # (C,)
     if not np.isfinite(iou).any():
-        return math.nan, 0
-    in_mask = cm.sum(1)[1:] > 0  # (C - 1,)
-    fg = np.where(np.isfinite(iou[1:]) & (in_mask if in_mask.any() else True), iou[1:], np.inf)
-    worst = int(fg.argmin()) + 1 if np.isfinite(fg).any() else 0
+        return math.nan, none
+    in_mask = cm.sum(1)[first:] > 0  # (K,)
+    fg = np.where(np.isfinite(iou[first:]) & (in_mask if in_mask.any() else True), iou[first:], np.inf)
+    worst = int(fg.argmin()) + first if np.isfinite(fg).any() else none
     return float(np.nanmean(iou)), worst
 
 
@@ -204,10 +225,11 @@ def cam_curve_counts(cams: np.ndarray, classes: np.ndarray, mask: np.ndarray, nu
 
 def audit_share(
     ranks: Ranks, dataset: Any, index: dict[str, int], ids: Sequence[str], sets: Sequence[Path],
-    cams: Path | None, num_classes: int,
+    cams: Path | None, num_classes: int, background: bool = True,
 ) -> tuple[list[dict[str, Any]], list[np.ndarray], np.ndarray | None]:
-    """This process's images: per-image records, the summed (C, C + 1) matrix of each set, the CAM curve counts."""
-    C = num_classes
+    """This process's images: per-image records, the summed (C, C + 1) matrix of each set, the CAM curve
+    counts (None without ``cams``). ``num_classes``: C, the number of label values."""
+    C, first = num_classes, class_offset(background)
     totals = [np.zeros((C, C + 1), np.int64) for _ in sets]
     curve = np.zeros((len(THRESHOLDS), C, C), np.int64) if cams is not None else None
     records = []
@@ -217,14 +239,14 @@ def audit_share(
         _, mask = item_arrays(dataset[index[image_id]])
         if mask is None:
             raise ValueError(f"image {image_id} has no mask: the audit needs a split with masks")
-        rec: dict[str, Any] = {"id": image_id, "classes": [int(c) for c in np.unique(mask) if 0 < c < C]}
+        rec: dict[str, Any] = {"id": image_id, "classes": [int(c) for c in np.unique(mask) if first <= c < C]}
         for s, folder in enumerate(sets):
             labels = read_mask(folder / f"{image_id}.png")
             if labels.shape != mask.shape:
                 raise ValueError(f"{folder / (image_id + '.png')} is {labels.shape}, its mask is {mask.shape}")
             cm = void_confmat(labels, mask, C)
             totals[s] += cm
-            iou, worst = image_iou(convention(cm, "excluded"))
+            iou, worst = image_iou(convention(cm, "excluded"), background)
             rec[f"iou_{s}"], rec[f"worst_{s}"] = iou, worst
             rec[f"coverage_{s}"] = float(1 - cm[:, -1].sum() / max(cm.sum(), 1))
         if curve is not None:
@@ -258,26 +280,30 @@ def _save_figure(fig: Any, path: Path) -> Path:
 def contact_sheet(
     rows: Sequence[tuple[str, str]], dataset: Any, index: dict[str, int], sets: Sequence[Path],
     set_names: Sequence[str], cams: Path | None, worst: dict[str, int], names: Sequence[str], path: Path,
+    background: bool = True,
 ) -> Path:
-    """One row per (image id, caption): image | ground truth | each label set | CAM of the worst class."""
+    """One row per (image id, caption): image | ground truth | each label set | CAM of the worst class.
+    ``names`` are the label values' (`label_names`), ``worst`` the label value of each image's worst class."""
+    first = class_offset(background)
     cols = 2 + len(sets) + (cams is not None)
     fig = figure(1.9 * cols, 1.9 * len(rows) + 0.8, dpi=80)
     for r, (image_id, caption) in enumerate(rows):
         image, mask = item_arrays(dataset[index[image_id]])
-        panels = [("image", image), ("ground truth", label_image(mask))]
-        panels += [(n, label_image(read_mask(s / f"{image_id}.png"))) for n, s in zip(set_names, sets, strict=True)]
+        panels = [("image", image), ("ground truth", label_image(mask, background))]
+        panels += [(n, label_image(read_mask(s / f"{image_id}.png"), background))
+                   for n, s in zip(set_names, sets, strict=True)]
         if cams is not None:
             maps, classes = read_cams(cams / f"{image_id}.npz", mask.shape)
-            c = worst.get(image_id, -1) - 1
+            c = worst.get(image_id, -1) - first  # its class index; < 0: none
             hit = np.nonzero(classes == c)[0]
             cam = maps[hit[0]] if len(hit) else np.zeros(mask.shape, np.float32)
-            panels.append((f"CAM {names[c + 1] if c >= 0 else '-'}", cam))
+            panels.append((f"CAM {names[c + first] if c >= 0 else '-'}", cam))
         for k, (title, arr) in enumerate(panels):
             ax = fig.add_subplot(len(rows), cols, r * cols + k + 1)
             ax.imshow(arr, cmap="jet" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title if k else f"{caption}\n{image_id}", fontsize=7)
             ax.axis("off")
-    class_legend(fig, list(names[1:]))
+    class_legend(fig, list(names[first:]), background)
     height = 1.9 * len(rows) + 0.8
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / height, bottom=0.8 / height, hspace=0.3, wspace=0.05)
     return _save_figure(fig, path)
@@ -315,7 +341,9 @@ def markdown(report: dict[str, Any], names: Sequence[str]) -> str:
     sets = report["sets"]
     lines = [f"# Label audit: {report['dataset']} {report['split']}, {report['num_images']} images", ""]
     lines += [f"- set {s}: `{p}`" for s, p in enumerate(report["labels"])]
-    for conv in CONVENTIONS:
+    if "note" in report:
+        lines += ["", report["note"]]
+    for conv in (c for c in CONVENTIONS if c in sets[0]):
         lines += ["", f"## Mean over classes, void {conv.replace('_', ' ')} (%)", "",
                   "| set | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
         for s, table in enumerate(sets):
@@ -371,8 +399,9 @@ def audit(
     ranks = ranks or Ranks()
     folders = [Path(labels)] + ([Path(against)] if against else [])
     sets = [label_dir(f) for f in folders]
+    background = bool(getattr(datamodule, "has_background", True))  # a data module that does not say: VOC-like
     cams = cam_dir(folders[0]) if use_cams else None
-    names = ["background", *datamodule.class_names]
+    names = label_names(datamodule.class_names, background)
     dataset = raw_dataset(datamodule, split)
     if not getattr(dataset, "with_mask", False):
         raise ValueError(f"split {split!r} of data={datamodule.dataset} has no masks: "
@@ -387,22 +416,24 @@ def audit(
     meta = {"labels": [str(f) for f in folders], "dataset": datamodule.dataset, "split": split,
             "use_cams": cams is not None, "limit": limit}
     with OutputFolder(out_dir, meta, command="audit", overwrite=overwrite).claim(ranks):
-        records, totals, curve = audit_share(ranks, dataset, index, ids, sets, cams, len(names))
+        curve_cams = cams if background else None  # no background score to sweep without a background class
+        records, totals, curve = audit_share(ranks, dataset, index, ids, sets, curve_cams, len(names), background)
         records = sorted((r for part in ranks.gather(records) for r in part), key=lambda r: natural_key(r["id"]))
         totals = [ranks.sum(torch.from_numpy(t)).numpy() for t in totals]
         curve = ranks.sum(torch.from_numpy(curve)).numpy() if curve is not None else None
-        report = _report(records, totals, curve, folders, datamodule, split, len(index) - len(ids), n_examples)
+        report = _report(records, totals, curve, folders, datamodule, split, len(index) - len(ids), n_examples,
+                         background)
         if ranks.is_main:
-            _write(Path(out_dir), report, records, dataset, index, sets, cams, names, n_examples)
+            _write(Path(out_dir), report, records, dataset, index, sets, cams, names, n_examples, background)
     return report
 
 
 def _report(
     records: list[dict[str, Any]], totals: list[np.ndarray], curve: np.ndarray | None, folders: list[Path],
-    dm: Any, split: str, missing: int, n: int,
+    dm: Any, split: str, missing: int, n: int, background: bool = True,
 ) -> dict[str, Any]:
-    names = ["background", *dm.class_names]
-    sets = [score_table(t, names) for t in totals]
+    names = label_names(dm.class_names, background)
+    sets = [score_table(t, names, background) for t in totals]
     ranked = sorted((r for r in records if math.isfinite(r["iou_0"])), key=lambda r: r["iou_0"])
     report: dict[str, Any] = {
         "dataset": dm.dataset, "split": split, "num_images": len(records), "missing": missing,
@@ -410,6 +441,8 @@ def _report(
         "worst": [(r["id"], r["iou_0"]) for r in ranked[:n]],
         "best": [(r["id"], r["iou_0"]) for r in ranked[n:][::-1][:n]],  # never the same image twice
     }
+    if not background:
+        report["note"] = NO_BACKGROUND_NOTE
     if len(sets) == 2:
         report["delta"] = _delta(sets[0], sets[1])
         both = sorted((r for r in ranked if math.isfinite(r["iou_1"])), key=lambda r: r["iou_1"] - r["iou_0"])
@@ -423,18 +456,18 @@ def _report(
 
 def _write(
     out: Path, report: dict[str, Any], records: list[dict[str, Any]], dataset: Any, index: dict[str, int],
-    sets: list[Path], cams: Path | None, names: Sequence[str], n: int,
+    sets: list[Path], cams: Path | None, names: Sequence[str], n: int, background: bool = True,
 ) -> None:
     set_names = ["labels"] if len(sets) == 1 else ["labels (0)", "against (1)"]
     worst = {r["id"]: r["worst_0"] for r in records}
     rows = [(i, f"worst {100 * v:.0f}") for i, v in report["worst"]]
     rows += [(i, f"best {100 * v:.0f}") for i, v in report["best"]]
-    contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "examples.png")
+    contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "examples.png", background)
     if report.get("changes", {}).get("gained") or report.get("changes", {}).get("lost"):
         ch = report["changes"]
         rows = [(i, f"gained {100 * d:+.0f}") for i, d in ch["gained"]]
         rows += [(i, f"lost {100 * d:+.0f}") for i, d in ch["lost"]]
-        contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "changes.png")
+        contact_sheet(rows, dataset, index, sets, set_names, cams, worst, names, out / "changes.png", background)
     if "cam_curve" in report:
         write_json(out / "cam_curve.json", report["cam_curve"])
         curve_figure(report["cam_curve"], out / "cam_curve.png")

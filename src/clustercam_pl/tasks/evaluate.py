@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from clustercam_pl.checkpoint import LoadedCheckpoint, find_checkpoints, load_checkpoint
 from clustercam_pl.data.imageio import write_index_png
+from clustercam_pl.data.labels import label_names, num_labels
 from clustercam_pl.inference.network import crop_predictions
 from clustercam_pl.inference.pool import StepPool, default_workers
 from clustercam_pl.inference.protocol import Protocol, input_normalization, network_crops, postprocess
@@ -246,7 +247,7 @@ def evaluate_network(
     """
     ranks = ranks or Ranks(device=device)
     net = ckpt.net.to(device).eval()
-    C = net.cfg.num_classes + 1
+    C = net.cfg.num_labels  # K + 1 label values with a background class, K without
     confmat = torch.zeros(C, C, dtype=torch.long, device=device)  # (C, C) rows: mask
     n_resumed = 0
     if resumed is not None:
@@ -263,7 +264,7 @@ def evaluate_network(
         confmat += image_confmat
         written = [scores.save_dir / f"{image_id}.npz"] if scores is not None and scores.save_dir else []
         if export_dir is not None:
-            write_index_png(export_dir / f"{image_id}.png", labels)
+            write_index_png(export_dir / f"{image_id}.png", labels, background=net.cfg.background)
             written.append(export_dir / f"{image_id}.png")
         if records is not None:  # after the PNG: a record says the image is finished
             write_npz(records / f"{image_id}.npz", confmat=image_confmat.cpu().numpy())
@@ -524,7 +525,7 @@ def _evaluate_paths(
         for index, path in enumerate(paths):
             records = records_dir(shares.out_dir, index, path, shares.several)
             records.mkdir(parents=True, exist_ok=True)
-            C = dm.num_classes + 1
+            C = num_labels(dm.num_classes, dm.has_background)
             total, n_done_here, todo = resume_state(shares.ids, shares.mine, records, export_dir, C, shares.overwrite)
             n_done = int(ranks.sum(torch.tensor(n_done_here)))
             if ranks.is_main:
@@ -536,6 +537,7 @@ def _evaluate_paths(
                     f"{path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
+            ckpt.check_background(dm.has_background, dm.dataset)
             result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks,
                                       records=records, resumed=(total, n_done_here), progress=shares.progress,
                                       scores=shares.scores)
@@ -551,7 +553,7 @@ def _summary(
     device: torch.device, ranks: Ranks, out_dir: Path,
 ) -> dict[str, Any]:
     """The summary `report` prints: every checkpoint's result, the last, the best, the quoted one."""
-    names = ["background", *dm.class_names]
+    names = label_names(dm.class_names, dm.has_background)
     for r in results:
         if r["per_class"] is not None:
             r["per_class"] = dict(zip(names, r["per_class"], strict=True))

@@ -2,7 +2,8 @@
 
 For every image (network in eval mode):
 
-    <out_dir>/labels/<id>.png   palette PNG: 0 background, c + 1 class c, 255 ignore (PAR-refined)
+    <out_dir>/labels/<id>.png   palette PNG: 0 background, c + 1 class c, 255 ignore (PAR-refined);
+                                data without a background class: c = class c, no ignore band
     <out_dir>/cams/<id>.npz     cams float16 (n, H/d, W/d): the multi-scale CAMs of the n labelled
                                 classes `classes` (int16, 0-based), min-max normalised, at 1/d size
                                 (d = cam_downscale, area-averaged); image_size (H, W); and, where
@@ -37,7 +38,7 @@ from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.cam.par import PAR
 from clustercam_pl.checkpoint import LoadedCheckpoint
 from clustercam_pl.data.imageio import write_index_png
-from clustercam_pl.data.labels import IGNORE_INDEX
+from clustercam_pl.data.labels import IGNORE_INDEX, label_names
 from clustercam_pl.inference.network import (
     cam_prediction,
     crop_predictions,
@@ -109,7 +110,8 @@ def process_batch(
     image, cls_label = batch["image"].to(device), batch["cls_label"].to(device)  # (B, 3, H, W), (B, K)
     size = batch.get("image_size")
     cams, pseudo = pseudo_labels_per_image(net, par, image, cls_label, cam, size)  # (B, K, H, W), (B, H, W)
-    C = net.cfg.num_classes + 1
+    C = net.cfg.num_labels  # K + 1 label values with a background class, K without
+    background = cam.cam_background if net.cfg.background else None  # the CAM metric's background score
     masks = crop_predictions(batch["mask"], size) if "mask" in batch else [None] * image.shape[0]
     stats = []
     for i, (image_id, label, mask) in enumerate(
@@ -130,12 +132,12 @@ def process_batch(
             counts = {
                 "confmat_pseudo": confusion_matrix(scored_pseudo_label(label, IGNORE_INDEX), mask, C),
                 "confmat_pseudo_valid": confusion_matrix(label, mask, C, ignore_pred=IGNORE_INDEX),
-                "confmat_cam": confusion_matrix(cam_prediction(cams[i, :, :h, :w], cam.cam_background), mask, C),
+                "confmat_cam": confusion_matrix(cam_prediction(cams[i, :, :h, :w], background, cls_label[i]), mask, C),
             }
             arrays |= {k: v.cpu().numpy() for k, v in counts.items()}
         png, npz = output_paths(out_dir, image_id)
         write_npz(npz, **arrays)  # the CAM first: an image counts as done when both exist
-        write_index_png(png, label.to(torch.uint8).cpu().numpy())
+        write_index_png(png, label.to(torch.uint8).cpu().numpy(), background=net.cfg.background)
         stats.append({k: arrays[k] for k in CONFMAT_KEYS if k in arrays})
     return stats
 
@@ -184,6 +186,7 @@ def export_split(
             f"{ckpt.path} predicts {ckpt.net.cfg.num_classes} classes but data={dm.dataset} has {dm.num_classes}: "
             "pass the data config the network was trained with"
         )
+    ckpt.check_background(dm.has_background, dm.dataset)
     meta = {
         "format": META_FORMAT, "checkpoint": ckpt.path, "checkpoint_sha256": file_sha256(ckpt.path),
         "dataset": dm.dataset, "split": split, "cam": cam_meta(cam), "cam_downscale": cam_downscale,
@@ -196,7 +199,7 @@ def export_split(
         if cam.train_mode and ranks.is_main:
             log.info("CAMs are made in eval mode (deterministic); cam.train_mode=true applies to training only")
         mine = ranks.shard(range(len(ids)))  # this process's items; each image in one share
-        stats, todo = _done(ids, mine, out_dir, ckpt.net.cfg.num_classes + 1, has_masks, overwrite)
+        stats, todo = _done(ids, mine, out_dir, ckpt.net.cfg.num_labels, has_masks, overwrite)
         n_done, n_todo = (int(v) for v in ranks.sum(torch.tensor([len(stats), len(todo)])))
         if ranks.is_main:
             log.info("%s %s: %d images, %d already done, %d to do -> %s%s", dm.dataset, split, len(ids), n_done,
@@ -213,14 +216,14 @@ def export_split(
             "cam": meta["cam"], "cam_downscale": cam_downscale,
             "processes": ranks.world_size, "computed_per_process": per_process,
         }
-        names = ["background", *dm.class_names]
+        names = label_names(dm.class_names, dm.has_background)
         if has_masks and ids:
             C = len(names)
             mine_ids = [ids[i] for i in mine]
             totals = {k: ranks.sum(torch.from_numpy(summed_confmats(stats, mine_ids, k, C))).numpy()
                       for k in CONFMAT_KEYS}
             summary |= score_totals(totals, names)
-        summary["text"] = report(summary, cam, dm.dataset, split, names)
+        summary["text"] = report(summary, cam, dm.dataset, split, names, dm.has_background)
         if ranks.is_main:
             write_metrics(out_dir / "pseudo_label_metrics.json", summary)
     return summary
@@ -295,10 +298,17 @@ def score_totals(totals: dict[str, np.ndarray], names: Sequence[str]) -> dict[st
     return out
 
 
-def report(summary: dict[str, Any], cam: CAMConfig, dataset: str, split: str, names: Sequence[str]) -> str:
+def report(summary: dict[str, Any], cam: CAMConfig, dataset: str, split: str, names: Sequence[str],
+           background: bool = True) -> str:
     head = f"{dataset} {split}: {summary['num_images']} images in {summary['out_dir']}"
     if "pseudo_miou" not in summary:
         return head + " (no masks: no mIoU)"
+    if not background:  # no ignore band, no background score: the CAM is its argmax over the image's classes
+        lines = [f"pseudo-label mIoU {100 * summary['pseudo_miou']:.2f} (no background class: every pixel "
+                 f"labelled); CAM mIoU {100 * summary['cam_miou']:.2f} (argmax over the image's classes)"]
+        per = summary["pseudo_miou_per_class"]
+        lines.append(iou_table([per[n] for n in names], list(names)))
+        return head + "\n" + "\n".join(lines)
     lines = [
         f"pseudo-label mIoU {100 * summary['pseudo_miou']:.2f} (ignore band scored as background), "
         f"{100 * summary['pseudo_miou_valid']:.2f} on the {100 * (1 - summary['ignored_fraction']):.1f}% "

@@ -3,7 +3,8 @@
 No labels, no dataset preparation: the inputs are files (a folder, a glob, one image or a .txt list).
 For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_inputs`):
 
-    <key>.png            palette PNG (VOC colours): 0 background, c + 1 class c, the input's W x H;
+    <key>.png            palette PNG (VOC colours): 0 background, c + 1 class c (a network trained without a
+                         background class: c = class c), the input's W x H;
                          its text chunk ``clustercam_prediction`` holds the image's record (below)
     <key>_overlay.jpg    the image blended with the class colours, a legend of the classes present
     <key>_cam_<class>.jpg  with cams: the multi-scale CAM of each class above the threshold, as a heat map
@@ -59,6 +60,7 @@ from clustercam_pl.data.imageio import (
     tiff_size,
     write_index_png,
 )
+from clustercam_pl.data.labels import label_names
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
 from clustercam_pl.inference.network import min_input_side, predict, predict_windows
 from clustercam_pl.inference.pool import StepPool, default_workers
@@ -270,7 +272,7 @@ class PredictSettings:
 class ImagePrediction:
     """One image's prediction at the input's own size."""
 
-    label: np.ndarray  # (H, W) uint8: 0 background, c + 1 class c
+    label: np.ndarray  # (H, W) uint8 label values: 0 background, c + 1 class c (without background: c)
     scores: np.ndarray  # (K,) sigmoid of the class-token logits
     cams: dict[int, np.ndarray]  # class index -> (H, W) float32 in [0, 1], the classes above the threshold
     predicted_size: tuple[int, int]  # (h, w) the network saw
@@ -303,7 +305,7 @@ class NetworkOutput:
     """One image after the network, before its label map (post-processing steps may run elsewhere)."""
 
     image: torch.Tensor  # (N, h, w) normalised, what the network saw
-    probs: torch.Tensor  # (K+1, h, w) segmentation probabilities
+    probs: torch.Tensor  # (C, h, w) segmentation probabilities of the C = cfg.num_labels label values
     scores: np.ndarray  # (K,) sigmoid of the class-token logits
     cams: dict[int, np.ndarray]  # class index -> (H, W) float32 in [0, 1], at the input's size
     size: tuple[int, int]  # (H, W) of the input
@@ -412,12 +414,13 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(f, format="JPEG", quality=JPEG_QUALITY)
 
 
-def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[str], threshold: float) -> dict:
-    """The image's predictions.jsonl line."""
+def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[str], threshold: float,
+                background: bool = True) -> dict:
+    """The image's predictions.jsonl line (``background``: the label convention of ``pred.label``)."""
     H, W = pred.label.shape
-    counts = sum(np.bincount(pred.label[rows].ravel(), minlength=len(class_names) + 1)  # (K+1,)
+    names = label_names(class_names, background)
+    counts = sum(np.bincount(pred.label[rows].ravel(), minlength=len(names))  # (C,)
                  for rows in row_strips(H, W))  # in strips: bincount widens to int64, 8 bytes a pixel
-    names = ["background", *class_names]
     return {
         "input": os.path.abspath(item.path),
         "output": item.key,
@@ -430,14 +433,15 @@ def make_record(item: InputImage, pred: ImagePrediction, class_names: Sequence[s
 
 
 def write_outputs(out_dir: Path, item: InputImage, rgb: np.ndarray, pred: ImagePrediction,
-                  class_names: Sequence[str], threshold: float) -> dict[str, Any]:
-    """Every file of one input (the mask, which carries the record, last); returns the record."""
-    record = make_record(item, pred, class_names, threshold)
+                  class_names: Sequence[str], threshold: float, background: bool = True) -> dict[str, Any]:
+    """Every file of one input (the mask, which carries the record, last); returns the record.
+    ``background``: the label convention of ``pred.label`` (the network's ``cfg.background``)."""
+    record = make_record(item, pred, class_names, threshold, background)
     paths = output_paths(out_dir, item.key, [class_names[k] for k in pred.cams])
     for k, cam in pred.cams.items():
         write_jpeg(paths[f"cam:{class_names[k]}"], cam_image(rgb, cam))
-    write_jpeg(paths["overlay"], overlay_image(rgb, pred.label, class_names))
-    write_index_png(paths["mask"], pred.label, text={RECORD_KEY: json.dumps(record)})
+    write_jpeg(paths["overlay"], overlay_image(rgb, pred.label, class_names, background))
+    write_index_png(paths["mask"], pred.label, text={RECORD_KEY: json.dumps(record)}, background=background)
     return record
 
 
@@ -515,14 +519,15 @@ def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[
                 continue
             out = network_output(net, pixels, settings, device, size)
             waiting[items[i].key] = (i, pixels[..., :3], out)  # the overlay shows the first 3 bands
-            yield items[i].key, out.image, out.probs  # (N, h, w), (K+1, h, w)
+            yield items[i].key, out.image, out.probs  # (N, h, w), (C, h, w)
 
     for key, label in postprocess(predicted(), settings.protocol, pool,
                                   normalization=input_normalization(net)):  # label (h, w) uint8
         i, rgb, out = waiting.pop(key)
         rgb = _resize(rgb, *out.size)  # (H, W, 3): the overlay and CAM pictures have the input's size
         pred = image_prediction(out, label)
-        result.records[i] = write_outputs(out_dir, items[i], rgb, pred, class_names, settings.threshold)
+        result.records[i] = write_outputs(out_dir, items[i], rgb, pred, class_names, settings.threshold,
+                                          net.cfg.background)
         result.computed += 1
         bar.update()
     bar.close()

@@ -1,7 +1,8 @@
 """Refined copies of a label set: post-processing steps (superpixels, segments, SAM, SAM 2) applied
 to every ``<id>.png`` of a label folder (an export's ``labels/``, or any folder of index PNGs).
 
-    <out_dir>/labels/<id>.png        the refined labels (0 background, c + 1 class c, 255 void)
+    <out_dir>/labels/<id>.png        the refined labels (0 background, c + 1 class c, 255 void; data
+                                     without a background class: c = class c)
     <out_dir>/meta.json              source folder, steps, dataset, split; a rerun with others is refused
     <out_dir>/refine_summary.json    images done, resumed, time, images/s
 
@@ -90,7 +91,8 @@ def refine_labels(
             sample = Sample(image=image, probs=None, labels=read_mask(source / f"{image_id}.png"), key=image_id)
             if sample.labels.shape != image.shape[:2]:
                 raise ValueError(f"{source / image_id}.png is {sample.labels.shape}, its image {image.shape[:2]}")
-            write_index_png(out / "labels" / f"{image_id}.png", run_steps(steps, sample))
+            write_index_png(out / "labels" / f"{image_id}.png", run_steps(steps, sample),
+                            background=datamodule.has_background)
         seconds = ranks.max(time.perf_counter() - t0)
         summary = {
             "labels": str(labels), "out_dir": str(out), "dataset": datamodule.dataset, "split": split,
