@@ -19,10 +19,12 @@ from clustercam_pl.data.synthetic import write_folder_dataset
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
 from helpers import CONF_DIR, TINY_NET_OVERRIDES, compose_train, one_training_step
+from isprs_fakes import TRAIN_TILES, VAL_TILES, make_potsdam_tree
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # The experiment trained for each data path (data.dataset): the others on that path take one step.
-TRAINED = {"coco": "coco_vits", "folder": "folder_vits", "synthetic": "synthetic", "voc": "voc_vits"}
+TRAINED = {"coco": "coco_vits", "folder": "folder_vits", "potsdam": "potsdam_vits", "synthetic": "synthetic",
+           "voc": "voc_vits"}
 # Shrink the network and the run, keep everything else the experiment sets.
 SMALL = [
     *TINY_NET_OVERRIDES,
@@ -43,7 +45,10 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
                                negatives=1)
     prepare(["folder", "--images", str(own["images"]), "--labels", str(own["labels"]), "--masks", str(own["masks"]),
              "--splits", str(own["splits"]), "--out", str(root / "folder"), "--workers", "0", "--no-progress"])
-    return {"voc": root / "voc", "coco": root / "coco", "folder": root / "folder"}
+    potsdam = make_potsdam_tree(root / "potsdam_raw", side=128)
+    prepare(["potsdam", "--root", str(potsdam.root), "--patch-size", "64", "--stride", "32", "--train-tiles", *TRAIN_TILES,
+             "--val-tiles", *VAL_TILES, "--out", str(root / "potsdam"), "--workers", "0", "--no-progress"])
+    return {"voc": root / "voc", "coco": root / "coco", "folder": root / "folder", "potsdam": root / "potsdam"}
 
 
 def small_config(name: str, prepared: dict[str, Path], out: Path):
@@ -57,10 +62,13 @@ def small_config(name: str, prepared: dict[str, Path], out: Path):
     elif name.startswith("folder"):
         extra = [f"data.data_root={prepared['folder']}", "data.crop_size=64", "data.global_batch_size=4",
                  "data.pin_memory=false"]  # 7 images + 1 negative: one epoch of 2 steps, then validation
+    elif name.startswith("potsdam"):  # 64 px 4-band patches; no background class
+        extra = [f"data.data_root={prepared['potsdam']}", "data.crop_size=64", "data.global_batch_size=4",
+                 "data.val_batch_size=3", "data.pin_memory=false"]
     elif name.startswith("coco"):
         extra = [f"data.data_root={prepared['coco']}", "data.crop_size=64", "data.global_batch_size=2",
                  "data.pin_memory=false"]
-    if not name.startswith(("synthetic", "folder")):
+    if not name.startswith(("synthetic", "folder", "potsdam")):
         extra.append("trainer.limit_val_batches=0")  # the fake trees' images are smaller than a cluster cell
     if name.endswith("_stage2"):  # fixed labels of the training split; the network from ImageNet / random
         base = compose_train([f"+experiment={name}", *SMALL, *extra, "data.label_dir=null"])
@@ -89,7 +97,7 @@ def test_experiment_trains_a_few_steps(dataset, name, prepared, tmp_path):
     assert cfg.data.dataset == dataset
     summary = train(cfg)
     assert summary["global_step"] == 2
-    if name.startswith(("synthetic", "folder")):
+    if name.startswith(("synthetic", "folder", "potsdam")):
         assert 0.0 <= summary["val/seg_miou"] <= 1.0
 
 

@@ -76,7 +76,8 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     The usual rule (as timm's `adapt_input_conv`, timm/models/_manipulate.py): one channel gets the sum
     of the RGB filters (a grey image then gives the response of the same grey RGB image); more channels
     repeat the RGB filters cyclically (band 4 = R's, 5 = G's, ...) scaled by 3 / in_chans, so the
-    response to an input whose bands all carry the same signal stays that of the RGB image.
+    activations keep the scale the pretrained blocks expect (for a multiple of 3 bands that all carry
+    the same signal, exactly the response of the RGB image).
     """
     if weight.dim() != 4 or weight.shape[1] != 3:
         raise ValueError(f"expected RGB conv filters (O, 3, p, p), got {tuple(weight.shape)}")

@@ -177,7 +177,8 @@ def decode_label(rgb: np.ndarray, path: str | Path, tolerance: int = 0) -> np.nd
         y, x = int(ys[0]), int(xs[0])
         colours = ", ".join(f"{c} {n}" for c, n in zip(COLOUR_NAMES, ISPRS_COLOURS, strict=True))
         raise PrepareError(
-            f"{path}: {int(unknown.sum())} pixel(s) of an unknown label colour, e.g. {tuple(int(v) for v in rgb[y, x])} "
+            f"{path}: {int(unknown.sum())} pixel(s) of an unknown label colour, e.g. "
+            f"{tuple(int(v) for v in rgb[y, x])} "
             f"at row {y}, column {x}; the ISPRS colours are {colours}. Pass the RGB-coded label file of the "
             "release, or --colour-tolerance N to accept colours within N levels of a class colour"
         )
@@ -257,7 +258,8 @@ def _tile_lists(release: Release, images: Path, labels: Path, train: Sequence[st
             absent = [t for t in given if t not in found]
             if absent:
                 raise PrepareError(f"--{name}-tiles {absent}: no {release.image_pattern.format(tile=absent[0])} "
-                                   f"under {images} (tiles there: {', '.join(found[:12])}{' ...' if len(found) > 12 else ''})")
+                                   f"under {images} (tiles there: {', '.join(found[:12])}"
+                                   f"{' ...' if len(found) > 12 else ''})")
             splits[name] = list(given)
         else:
             splits[name] = [t for t in official if t in found]
@@ -313,8 +315,9 @@ def prepare_isprs(
     remove_partials([out / PATCH_DIR, out / MASK_DIR])  # of a killed earlier run
     splits, missing, unused = _tile_lists(release, images, labels, train_tiles, val_tiles)
     tasks = [
-        _Task(t, name, str(images / release.image_pattern.format(tile=t)), str(labels / release.label_pattern.format(tile=t)),
-              str(out), release.bands, patch_size, stride, min_fraction, colour_tolerance, keep_untagged=name != "train")
+        _Task(t, name, str(images / release.image_pattern.format(tile=t)),
+              str(labels / release.label_pattern.format(tile=t)), str(out), release.bands, patch_size, stride,
+              min_fraction, colour_tolerance, keep_untagged=name != "train")
         for name, tiles in splits.items() for t in tiles
     ]
     results = {r.tile: r for r in run_tasks(_cut_tile, tasks, workers=workers, desc="tiles", progress=progress)}
