@@ -17,7 +17,7 @@ from hydra import compose
 from omegaconf import open_dict
 from PIL import Image
 
-from clustercam_pl.checkpoint import load_checkpoint
+from clustercam_pl.checkpoint import LoadedCheckpoint, load_checkpoint
 from clustercam_pl.checkpoint.imagenet import adapt_input_conv, imagenet_to_ours
 from clustercam_pl.data.datamodule import WSSSDataModule
 from clustercam_pl.data.imageio import ImageReadError, read_bands
@@ -30,11 +30,12 @@ from clustercam_pl.data.prepare_potsdam import (
     patch_starts,
     prepare_isprs,
 )
+from clustercam_pl.data.prepare_vaihingen import VAIHINGEN
 from clustercam_pl.data.transforms import build_train_transform
 from clustercam_pl.inference.network import predict, predict_windows, window_starts
 from clustercam_pl.models import NetConfig
 from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config, tiny_net
-from isprs_fakes import TRAIN_TILES, VAL_TILES, make_potsdam_tree, rgb_label
+from isprs_fakes import TRAIN_TILES, VAL_TILES, bands_for, make_potsdam_tree, rgb_label, tile_classes
 
 TILES = dict(train_tiles=list(TRAIN_TILES), val_tiles=list(VAL_TILES))
 
@@ -81,6 +82,18 @@ def test_net_config_in_chans_needs_its_normalisation_and_old_configs_load_as_rgb
     net = tiny_net(3, in_chans=4, mean=[0.5] * 4, std=[0.25] * 4)
     with pytest.raises(ValueError, match="input has 3 channels .* net.in_chans=4"):
         net(torch.zeros(1, 3, 32, 32))
+
+
+def test_a_checkpoint_refuses_data_of_another_band_count(caplog):
+    rgb = LoadedCheckpoint(tiny_net(5), "rgb.ckpt", "framework", 0, 0)
+    with pytest.raises(ValueError, match="rgb.ckpt takes 3-band images, but data=potsdam has 4 bands"):
+        rgb.check_channels(4, ((0.5,) * 4, (0.2,) * 4), "potsdam")
+    four = LoadedCheckpoint(tiny_net(5, in_chans=4, mean=[0.5] * 4, std=[0.2] * 4), "ir.ckpt", "framework", 0, 0)
+    four.check_channels(4, ((0.5,) * 4, (0.2,) * 4), "potsdam")
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        four.check_channels(4, ((0.4,) * 4, (0.2,) * 4), "potsdam")
+    assert "ir.ckpt was trained with the band mean / std" in caplog.text
 
 
 def test_reference_recipe_is_refused_for_four_bands_with_the_hint():
@@ -224,3 +237,22 @@ def test_prepare_train_eval_predict_a_potsdam_stand_in(tmp_path):
     assert mask.shape == (128, 128) and mask.max() < 5
     assert summary["failed"] == [str(inputs / "rgb.tif")]
     assert "has 3 band(s), the dataset / network expects 4" in (tmp_path / "pred" / "failed.txt").read_text()
+
+
+def test_prepare_vaihingen_reads_its_release_names_and_three_irrg_bands(tmp_path):
+    raw = tmp_path / "ISPRS_Vaihingen"
+    for d in ("top", "gts_for_participants"):
+        (raw / d).mkdir(parents=True)
+    for k, area in enumerate(("1", "3", "2")):
+        classes = tile_classes(64, k)
+        tifffile.imwrite(raw / "top" / f"top_mosaic_09cm_area{area}.tif", bands_for(classes, 3, k), photometric="rgb")
+        tifffile.imwrite(raw / "gts_for_participants" / f"top_mosaic_09cm_area{area}.tif", rgb_label(classes),
+                         photometric="rgb")
+    report = prepare_isprs(VAIHINGEN, raw, tmp_path / "out", patch_size=32, progress=False)  # the official areas
+    assert report["tiles"] == {"train": ["1", "3"], "val": ["2"]}
+    assert "5" in report["official_tiles_missing"] and "4" in report["official_tiles_missing"]
+    m = read_manifest(tmp_path / "out", "vaihingen")
+    assert (m.in_channels, m.has_background, len(m.normalization[0])) == (3, False, 3)
+    dm = WSSSDataModule("vaihingen", str(tmp_path / "out"), train_transform="plain", crop_size=32, global_batch_size=2)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["image"].shape == (2, 3, 32, 32)

@@ -538,6 +538,7 @@ def _evaluate_paths(
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
             ckpt.check_background(dm.has_background, dm.dataset)
+            ckpt.check_channels(dm.in_channels, dm.normalization, dm.dataset)
             result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks,
                                       records=records, resumed=(total, n_done_here), progress=shares.progress,
                                       scores=shares.scores)
