@@ -1,7 +1,7 @@
 """``WSSSDataModule``: VOC, COCO, a folder dataset or the synthetic set behind one LightningDataModule.
 
-Batches are dicts. Training: ``image`` float32 (B, N, S, S) (N = 3 but for N-band data), ``cls_label`` float32 (B, K),
-``image_id`` list[str] (fixed crop size S, no mask). Evaluation: images keep their own size; a batch
+Batches are dicts. Training: ``image`` float32 (B, N, S, S) (N = 3 but for N-band data), ``cls_label``
+float32 (B, K), ``image_id`` list[str] (fixed crop size S, no mask). Evaluation: images keep their own size; a batch
 of ``val_batch_size`` images is padded to its largest height and width (image with 0, i.e. the mean
 colour after normalisation, mask with 255 = ignore), and ``image_size`` int64 (B, 2) holds each
 image's original (H, W) so predictions can be cropped back. With ``val_batch_size=1`` (the default)
@@ -180,6 +180,7 @@ class WSSSDataModule(L.LightningDataModule):
         self.use_negatives = use_negatives
         self._class_names: tuple[str, ...] | None = None
         self._channels: int | None = None
+        self._normalization: list[tuple[tuple[float, ...], tuple[float, ...]] | None] = []  # [value] once read
         self._has_background: bool | None = None
         self.seed = seed
         self.pin_memory = pin_memory
@@ -219,13 +220,13 @@ class WSSSDataModule(L.LightningDataModule):
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         """Per-channel (mean, std) stored with the data (``prepare`` computes them over the training split);
         None: ImageNet's. Training stores them with the network (``net.mean`` / ``net.std``)."""
-        if "_normalization" not in self.__dict__:
-            self.__dict__["_normalization"] = self.kind.normalization_of(self.root, self.kind_config)
-            stats = self.__dict__["_normalization"]
+        if not self._normalization:
+            stats = self.kind.normalization_of(self.root, self.kind_config)
             if stats is None and self.in_channels != 3:
                 raise ValueError(f"the {self.dataset} root {self.root} has {self.in_channels} channels but no stored "
                                  f"mean / std; {prepare_hint(self.dataset)}")
-        return self.__dict__["_normalization"]
+            self._normalization.append(stats)
+        return self._normalization[0]
 
     @property
     def has_background(self) -> bool:

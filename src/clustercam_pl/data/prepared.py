@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clustercam_pl.data.imageio import ImageReadError, image_size, read_bands, read_mask, read_rgb, tiff_size
+from clustercam_pl.data.imageio import (
+    TIFF_SUFFIXES,
+    ImageReadError,
+    image_size,
+    read_bands,
+    read_mask,
+    read_rgb,
+    tiff_size,
+)
 from clustercam_pl.data.labels import IGNORE_INDEX, label_range, mask_values_outside, multi_hot, read_label_file
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.registry import DatasetKind
@@ -117,7 +125,7 @@ class PreparedSegmentation(Dataset, DatasetKind):
         self.background: bool = self.manifest.has_background
         # Bands read strictly (a file with another count is refused) where the manifest states them; else
         # any photo is converted to RGB, as before.
-        self.in_channels: int | None = self.manifest.in_channels
+        self.bands: int | None = self.manifest.in_channels
         self.negatives = negatives
         self.split = split
         self.info = self.manifest.split(split)
@@ -234,13 +242,13 @@ class PreparedSegmentation(Dataset, DatasetKind):
     def image_hw(self, index: int) -> tuple[int, int]:
         """(H, W) of item ``index`` from its file's header (no decoding)."""
         path = self.image_path(self.ids[index])
-        return tiff_size(path) if self.in_channels is not None and path.suffix.lower() in (".tif", ".tiff") \
-            else image_size(path)
+        strict_tiff = self.bands is not None and path.suffix.lower() in TIFF_SUFFIXES
+        return tiff_size(path) if strict_tiff else image_size(path)  # tifffile: any band count
 
     def read_image(self, image_id: str) -> np.ndarray:
         """uint8 (H, W, N) of ``image_id``: exactly the manifest's ``in_channels`` bands, else RGB."""
         path = self.image_path(image_id)
-        return read_rgb(path) if self.in_channels is None else read_bands(path, self.in_channels)
+        return read_rgb(path) if self.bands is None else read_bands(path, self.bands)
 
     def raw_item(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
         """(image id, uint8 (H, W, N) image, float32 (K,) multi-hot label), untransformed."""
