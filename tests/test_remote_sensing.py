@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,8 @@ def test_imagenet_weights_are_adapted_to_four_bands_with_a_log_line(caplog):
 
 def test_net_config_in_chans_needs_its_normalisation_and_old_configs_load_as_rgb():
     assert NetConfig.from_dict({"num_classes": 2}).in_chans == 3  # a stored config without the field
+    old = load_checkpoint(Path(__file__).parent / "fixtures" / "format2_synthetic_tiny.ckpt").net.cfg
+    assert (old.in_chans, old.mean, old.std) == (3, None, None)  # written before the fields: RGB, ImageNet's
     assert NetConfig(num_classes=2).normalization[0] == pytest.approx((0.485, 0.456, 0.406))
     with pytest.raises(ValueError, match="net.in_chans=4 needs net.mean and net.std"):
         NetConfig(num_classes=2, in_chans=4)
