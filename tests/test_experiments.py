@@ -62,8 +62,8 @@ def small_config(name: str, prepared: dict[str, Path], out: Path):
     elif name.startswith("folder"):
         extra = [f"data.data_root={prepared['folder']}", "data.crop_size=64", "data.global_batch_size=4",
                  "data.pin_memory=false"]  # 7 images + 1 negative: one epoch of 2 steps, then validation
-    elif name.startswith("potsdam"):  # 64 px 4-band patches; no background class
-        extra = [f"data.data_root={prepared['potsdam']}", "data.crop_size=64", "data.global_batch_size=4",
+    elif name.startswith("potsdam"):  # 18 training patches of 64 px, 4 bands: one epoch of 2 steps, then validation
+        extra = [f"data.data_root={prepared['potsdam']}", "data.crop_size=64", "data.global_batch_size=9",
                  "data.val_batch_size=3", "data.pin_memory=false"]
     elif name.startswith("coco"):
         extra = [f"data.data_root={prepared['coco']}", "data.crop_size=64", "data.global_batch_size=2",
