@@ -168,8 +168,9 @@ def decode_label(rgb: np.ndarray, path: str | Path, tolerance: int = 0) -> np.nd
     colour is refused (PrepareError) naming the file, the colour, where it is and how many there are.
     """
     mask = np.full(rgb.shape[:2], 254, np.uint8)  # 254: not matched yet (never a written value)
+    levels = rgb.astype(np.int16)  # (H, W, 3), once: a 6000 x 6000 tile is 216 MB at int16
     for colour, value in ISPRS_COLOURS.items():
-        near = (np.abs(rgb.astype(np.int16) - np.array(colour, np.int16)) <= tolerance).all(axis=-1)  # (H, W)
+        near = (np.abs(levels - np.array(colour, np.int16)) <= tolerance).all(axis=-1)  # (H, W)
         mask[near & (mask == 254)] = value
     unknown = mask == 254
     if unknown.any():

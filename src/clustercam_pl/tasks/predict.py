@@ -16,6 +16,10 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
                          (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
 
+Inputs: any photo for an RGB network; for an N-band network (aerial RGB-IR tiles) TIFF files of exactly N
+bands. Large images (tiles): ``window`` predicts them at full resolution by overlapping sliding windows
+(`inference.network.predict_windows`) instead of shrinking them to ``max_side``.
+
 Resumable: every file is written atomically (`utils.files.atomic_write`), the mask (with the record)
 last; an input is done when all of its files exist and read back, and a rerun computes only the others, then
 rebuilds predictions.jsonl from the records (complete, no duplicates). `predict_subset` processes any
