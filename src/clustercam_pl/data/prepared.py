@@ -129,7 +129,8 @@ class PreparedSegmentation(Dataset, DatasetKind):
         self.negatives = negatives
         self.split = split
         self.info = self.manifest.split(split)
-        self.transform = transform if transform is not None else build_eval_transform()
+        self.transform = transform if transform is not None else build_eval_transform(
+            *(self.manifest.normalization or (None, None)))
         if with_mask and self.info.mask_dir is None:
             raise ValueError(
                 f"split {split!r} of {self.manifest.root} has no masks (with_mask=True was asked)"
