@@ -25,7 +25,7 @@ from clustercam_pl.cam.refine import refine_without_background
 from clustercam_pl.checkpoint import load_checkpoint
 from clustercam_pl.data.datamodule import WSSSDataModule
 from clustercam_pl.data.folder import FolderSegmentation
-from clustercam_pl.data.imageio import write_index_png
+from clustercam_pl.data.imageio import voc_colours, write_index_png
 from clustercam_pl.data.labels import (
     IGNORE_INDEX,
     label_names,
@@ -41,6 +41,7 @@ from clustercam_pl.lit_module import ClusterCAMLitModule
 from clustercam_pl.losses import LossConfig, seg_loss
 from clustercam_pl.models.smp_net import SmpConfig, SmpSegNet
 from clustercam_pl.optim import OptimConfig
+from clustercam_pl.visualize import overlay_image
 from helpers import TINY_OVERRIDES, compose_train, hydra_config, save_framework_checkpoint, tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +137,22 @@ def test_smp_network_predicts_k_label_values_without_background():
     assert out.seg_logits.shape == (1, 3, 32, 32) and out.cls_logits.shape == (1, 3)
     probs = out.seg_logits.softmax(1).amax(dim=(2, 3))  # every channel is a class
     assert torch.allclose(out.cls_logits, torch.logit(probs, eps=1e-6))
+
+
+def test_overlay_and_palette_show_class_0_without_background(tmp_path):
+    rgb = np.full((200, 200, 3), 128, np.uint8)
+    label = np.zeros((200, 200), np.uint8)
+    label[100:] = 1
+    label[:2, :2] = IGNORE_INDEX
+    with_bg = overlay_image(rgb, label, ["a", "b"])
+    without = overlay_image(rgb, label, ["a", "b"], background=False)
+    top, bottom = (slice(60, 100), slice(150, None)), (slice(150, 190), slice(150, None))  # beside the legend
+    assert np.array_equal(with_bg[top], rgb[top])  # background: not blended
+    assert np.array_equal(without[top], with_bg[bottom])  # class 0 (value 0 / value 1): blended, one colour
+    assert not np.array_equal(without[bottom], without[top])  # class 1 in its own colour
+    write_index_png(tmp_path / "l.png", label, background=False)
+    palette = np.array(Image.open(tmp_path / "l.png").getpalette()).reshape(-1, 3)
+    assert palette[0].tolist() == voc_colours(2)[1].tolist() and palette[255].tolist() == voc_colours()[255].tolist()
 
 
 # -------------------------------------------------------------------------------------- checkpoints

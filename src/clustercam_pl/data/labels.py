@@ -150,10 +150,13 @@ def label_names(classes: Sequence[str], background: bool = True) -> list[str]:
 
 
 def label_range(num_classes: int, background: bool = True) -> str:
-    """The valid label values in words, for messages: ``"0 background, c + 1 class c (0..K)"`` or ``"c = class c"``."""
-    if background:
-        return f"0 background, c + 1 class c (0..{num_classes})"
-    return f"c = class c (0..{num_classes - 1}), no background"
+    """The label values, for messages: ``"0..K"`` with a background class, ``"0..K-1"`` without."""
+    return f"0..{num_labels(num_classes, background) - 1}"
+
+
+def label_convention(background: bool = True) -> str:
+    """The label convention in words, for messages."""
+    return "0 background, c + 1 class c" if background else "c = class c, no background class"
 
 
 def mask_classes(mask: np.ndarray, num_classes: int, background: bool = True) -> list[int]:

@@ -34,7 +34,14 @@ from clustercam_pl.data.imageio import (
     read_rgb,
     tiff_size,
 )
-from clustercam_pl.data.labels import IGNORE_INDEX, label_range, mask_values_outside, multi_hot, read_label_file
+from clustercam_pl.data.labels import (
+    IGNORE_INDEX,
+    label_convention,
+    label_range,
+    mask_values_outside,
+    multi_hot,
+    read_label_file,
+)
 from clustercam_pl.data.layout import Manifest, prepare_hint, read_image_files, read_manifest, read_split_list
 from clustercam_pl.data.registry import DatasetKind
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
@@ -229,7 +236,8 @@ class PreparedSegmentation(Dataset, DatasetKind):
         if bad:
             raise ImageReadError(
                 f"mask {path} has values {bad} outside {label_range(self.num_classes, self.background)} and "
-                f"{IGNORE_INDEX} (ignore); fix or replace the file, or re-create "
+                f"{IGNORE_INDEX} ({label_convention(self.background)}, {IGNORE_INDEX} ignore); fix or replace the "
+                f"file, or re-create "
                 f"the root {self.manifest.root}: {prepare_hint(self.name)}"
             )
 

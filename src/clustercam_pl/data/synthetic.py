@@ -465,7 +465,8 @@ def save_preview(
         axes[0, i].set_title("\n".join(names[c] for c in mask_classes(mask, cfg.num_classes, cfg.background)),
                              fontsize=7)
         axes[1, i].imshow(image, interpolation="nearest")
-        overlay = np.ma.masked_where(mask == 0, mask)
+        shown = mask if cfg.background else mask + 1  # class c in VOC colour c + 1 in both conventions
+        overlay = np.ma.masked_where(shown == 0, shown)
         axes[1, i].imshow(
             overlay, cmap=cmap, vmin=0, vmax=cfg.num_classes, alpha=0.6, interpolation="nearest"
         )
