@@ -36,7 +36,9 @@ def test_the_kinds_and_their_facts() -> None:
         (True, (IGNORE_INDEX,), 3)}
     assert (FolderSegmentation.has_background, FolderSegmentation.void_values, FolderSegmentation.in_channels) == (
         None, (IGNORE_INDEX,), 3)
-    assert (dataset_kind("potsdam").in_channels, dataset_kind("vaihingen").in_channels) == (4, 3)
+    # ISPRS aerial patches: RGB-IR (Potsdam) or IRRG (Vaihingen), 5 classes and clutter void, no background.
+    assert [(dataset_kind(n).in_channels, dataset_kind(n).has_background) for n in ("potsdam", "vaihingen")] == [
+        (4, False), (3, False)]
     assert SyntheticWSSS.prepare_example is None  # nothing to prepare: no data root needed
     for name in ("voc", "coco", "folder"):
         assert f"`python -m clustercam_pl.prepare {name} " in prepare_hint(name)
