@@ -41,15 +41,25 @@ REPORTED = ("val/seg_miou", "val/pseudo_miou", "val/cam_miou", "val/map")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ClusterCAMLitModule]:
-    """Datamodule and LightningModule from a composed config (the network's K comes from the data)."""
+    """Datamodule and LightningModule from a composed config (the network's K, input channels and
+    normalisation come from the data)."""
     datamodule = instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only-loadable
-    # The data's facts, never set by hand: K and whether label value 0 is a background class.
+    # The data's facts, never set by hand: K and whether label value 0 is a background class (below: the
+    # input channels and their normalisation).
     data_facts = {"num_classes": datamodule.num_classes, "background": datamodule.has_background}
     smp = cfg.model.get("smp")  # stage two with a standard segmentation network (conf/experiment/*_stage2_smp)
+    channels, stats = datamodule.in_channels, datamodule.normalization
     if smp:
+        if channels != 3 or stats is not None:
+            raise ValueError(f"model.smp (stage two with an smp network) takes RGB images with ImageNet's "
+                             f"normalisation; data.dataset={datamodule.dataset} has {channels} channels and its own "
+                             "mean / std: train stage two with the ClusterCAM decoder (drop model.smp)")
         net = SmpSegNet(SmpConfig(**data_facts, **OmegaConf.to_container(smp, resolve=True)))
     else:
-        net = ClusterCAMNet(instantiate(cfg.net, **data_facts, _convert_="all"))
+        # The input channels and their normalisation come from the data too (the network keeps them).
+        mean, std = stats or (None, None)
+        net = ClusterCAMNet(instantiate(cfg.net, **data_facts, in_chans=channels, mean=mean, std=std,
+                                        _convert_="all"))
     # Objects are passed to the partial, not as instantiate kwargs (Hydra would turn them into configs).
     model = instantiate(cfg.model, _partial_=True)(
         net=net,

@@ -70,6 +70,25 @@ def matching_presets(vit_sd: Mapping[str, Tensor]) -> list[str]:
     return fits
 
 
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """RGB patch-embedding filters (O, 3, p, p) for an input of `in_chans` channels (O, in_chans, p, p).
+
+    The usual rule (as timm's `adapt_input_conv`, timm/models/_manipulate.py): one channel gets the sum
+    of the RGB filters (a grey image then gives the response of the same grey RGB image); more channels
+    repeat the RGB filters cyclically (band 4 = R's, 5 = G's, ...) scaled by 3 / in_chans, so the
+    activations keep the scale the pretrained blocks expect (for a multiple of 3 bands that all carry
+    the same signal, exactly the response of the RGB image).
+    """
+    if weight.dim() != 4 or weight.shape[1] != 3:
+        raise ValueError(f"expected RGB conv filters (O, 3, p, p), got {tuple(weight.shape)}")
+    if in_chans == 3:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)  # (O, 1, p, p)
+    repeat = -(-in_chans // 3)
+    return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3 / in_chans)  # (O, in_chans, p, p)
+
+
 def imagenet_to_ours(
     vit_sd: Mapping[str, Tensor], net: ClusterCAMNet, source: str = "pretrained weights"
 ) -> dict[str, Tensor]:
@@ -80,7 +99,8 @@ def imagenet_to_ours(
     gives zeros: timm adds none to it); the patch position embedding is resized (bicubic) from the
     weights' own grid to the model's `pos_grid`; each block's `norm1` initialises all four attention
     norms and `attn.qkv` / `attn.proj` initialise both attention branches; with LayerScale, `ls1`
-    initialises the MHSA's and the cluster branch's gamma. `proj_st`, `mix_param`, the CAM head and the
+    initialises the MHSA's and the cluster branch's gamma. A network of `in_chans` != 3 gets the RGB
+    patch filters adapted by `adapt_input_conv` (logged). `proj_st`, `mix_param`, the CAM head and the
     decoder keep their random init. Every tensor of `vit_sd` is either mapped or one of
     `UNUSED_IMAGENET_KEYS`; anything else, a tensor the network needs but `vit_sd` lacks, or a shape
     that does not fit is an error naming the tensors and the presets that would fit.
@@ -123,6 +143,12 @@ def imagenet_to_ours(
     out["backbone.pos_embed"] = torch.cat([cls_pos.expand(1, K, C), patch_pos], dim=1)  # (1, K + g*g, C)
     for k in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
         out["backbone." + k] = take(k)
+    rgb = out["backbone.patch_embed.proj.weight"]  # (C, 3, p, p) or None when missing
+    n = net.cfg.in_chans
+    if rgb is not None and n != 3 and rgb.dim() == 4 and rgb.shape[1] == 3:
+        out["backbone.patch_embed.proj.weight"] = adapt_input_conv(rgb, n)
+        how = "summed" if n == 1 else f"repeated cyclically over the {n} bands and scaled by 3/{n}"
+        log.info("%s: the RGB patch-embedding filters are %s (net.in_chans=%d)", source, how, n)
     qkv_parts = ("weight", "bias") if net.cfg.qkv_bias else ("weight",)
     for i, blk in enumerate(bb.blocks):
         src, dst = f"blocks.{i}.", f"backbone.blocks.{i}."
