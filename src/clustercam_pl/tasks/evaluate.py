@@ -219,7 +219,7 @@ def _label_maps(
 
     chunk = getattr(loader, "batch_size", None) or 1
     for image_id, labels in postprocess(predicted(), protocol, pool, chunk=chunk,
-                                        normalization=input_normalization(net)):
+                                        normalization=input_normalization(net), background=net.cfg.background):
         yield masks.pop(image_id), image_id, labels
 
 

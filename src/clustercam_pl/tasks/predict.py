@@ -391,7 +391,7 @@ def predict_image(
     the protocol's post-processing in this process (`predict_subset` runs it in a `StepPool`)."""
     out = network_output(net, rgb, settings, device)
     [(_, label)] = postprocess([("image", out.image, out.probs)], settings.protocol,
-                               normalization=input_normalization(net))  # (h, w) uint8
+                               normalization=input_normalization(net), background=net.cfg.background)  # (h, w) uint8
     return image_prediction(out, label)
 
 
@@ -526,7 +526,7 @@ def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[
             yield items[i].key, out.image, out.probs  # (N, h, w), (C, h, w)
 
     for key, label in postprocess(predicted(), settings.protocol, pool,
-                                  normalization=input_normalization(net)):  # label (h, w) uint8
+                                  normalization=input_normalization(net), background=net.cfg.background):
         i, rgb, out = waiting.pop(key)
         rgb = _resize(rgb, *out.size)  # (H, W, 3): the overlay and CAM pictures have the input's size
         pred = image_prediction(out, label)
