@@ -37,7 +37,7 @@ The per-channel mean and standard deviation of the training patches (in [0, 1] u
 the manifest with ``in_channels``; training normalises with them and the network keeps them.
 
 Vaihingen (``prepare vaihingen``, :mod:`clustercam_pl.data.prepare_vaihingen`) is the same step with
-its own file names, bands (IRRG, 3) and official tiles: :class:`Release` holds what differs.
+its own file names, bands (IRRG, 3) and official tiles: :class:`IsprsRelease` holds what differs.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ COLOUR_NAMES = ("impervious surfaces", "building", "low vegetation", "tree", "ca
 
 
 @dataclass(frozen=True)
-class Release:
+class IsprsRelease:
     """What differs between the ISPRS releases: file names, bands and the official tiles."""
 
     dataset: str  # the dataset kind written into the manifest
@@ -105,7 +105,7 @@ class Release:
     val_tiles: tuple[str, ...]
 
 
-POTSDAM = Release(
+POTSDAM = IsprsRelease(
     dataset="potsdam",
     image_dir="4_Ortho_RGBIR",
     label_dir="5_Labels_all",
@@ -241,7 +241,7 @@ def _cut_tile(task: _Task) -> _TileResult:
     return res
 
 
-def _tile_lists(release: Release, images: Path, labels: Path, train: Sequence[str] | None,
+def _tile_lists(release: IsprsRelease, images: Path, labels: Path, train: Sequence[str] | None,
                 val: Sequence[str] | None) -> tuple[dict[str, list[str]], list[str], list[str]]:
     """{split: tiles}, the official tiles missing under --root, and tiles found in neither split."""
     pattern = re.escape(release.image_pattern).replace(re.escape("{tile}"), "(.+)")
@@ -277,7 +277,7 @@ def _tile_lists(release: Release, images: Path, labels: Path, train: Sequence[st
 
 
 def prepare_isprs(
-    release: Release,
+    release: IsprsRelease,
     root: str | Path,
     out: str | Path,
     *,
@@ -355,7 +355,7 @@ def prepare_isprs(
     return report
 
 
-def _report(release: Release, splits: dict[str, list[str]], kept: dict[str, list[str]], ids: dict[str, list[str]],
+def _report(release: IsprsRelease, splits: dict[str, list[str]], kept: dict[str, list[str]], ids: dict[str, list[str]],
             label_of: dict[str, list[int]], results: dict[str, _TileResult], mean: np.ndarray, std: np.ndarray,
             missing: list[str], unused: list[str], problems: list[Problem], settings: dict[str, Any]) -> dict[str, Any]:
     """The content of ``prepare_report.json``: tiles, patches and tags per split, pixels, statistics."""
@@ -410,7 +410,7 @@ DESCRIPTION = ("Cut the ISPRS Potsdam release (4_Ortho_RGBIR, 5_Labels_all) into
                "derived from the ground truth, split by tile (official train / test tiles).")
 
 
-def add_release_arguments(p: argparse.ArgumentParser, release: Release) -> None:
+def add_isprs_arguments(p: argparse.ArgumentParser, release: IsprsRelease) -> None:
     """The options of ``prepare potsdam`` / ``prepare vaihingen`` (the shared ones are added by the command)."""
     p.add_argument("--root", required=True, help="the unpacked release")
     p.add_argument("--images", help=f"tile folder (default: ROOT/{release.image_dir}; files {release.image_pattern})")
@@ -427,7 +427,7 @@ def add_release_arguments(p: argparse.ArgumentParser, release: Release) -> None:
                    help="accept label colours within this many levels of a class colour (default 0: exact)")
 
 
-def run_release(release: Release, args: argparse.Namespace) -> dict[str, Any]:
+def run_isprs(release: IsprsRelease, args: argparse.Namespace) -> dict[str, Any]:
     """``prepare potsdam|vaihingen`` with parsed arguments."""
     return prepare_isprs(release, args.root, args.out, images=args.images, labels=args.labels,
                          patch_size=args.patch_size, stride=args.stride, min_fraction=args.min_fraction,
@@ -437,8 +437,8 @@ def run_release(release: Release, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_release_arguments(p, POTSDAM)
+    add_isprs_arguments(p, POTSDAM)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    return run_release(POTSDAM, args)
+    return run_isprs(POTSDAM, args)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from clustercam_pl.data.prepare_potsdam import Release, add_release_arguments, run_release
+from clustercam_pl.data.prepare_potsdam import IsprsRelease, add_isprs_arguments, run_isprs
 
-VAIHINGEN = Release(
+VAIHINGEN = IsprsRelease(
     dataset="vaihingen",
     image_dir="top",
     label_dir="gts_for_participants",
@@ -40,8 +40,8 @@ DESCRIPTION = ("Cut the ISPRS Vaihingen release (top, gts_for_participants) into
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_release_arguments(p, VAIHINGEN)
+    add_isprs_arguments(p, VAIHINGEN)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    return run_release(VAIHINGEN, args)
+    return run_isprs(VAIHINGEN, args)
