@@ -37,6 +37,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,14 +181,20 @@ def _list_file(path: Path) -> list[Path]:
 def _keys(files: Sequence[Path], root: Path) -> list[str]:
     """Output names: the path as listed (links not resolved: a link to a file elsewhere must not put its
     outputs outside out_dir) relative to `root` without suffix; inputs that would share one (a.jpg and
-    a.png in one folder) keep their suffix in the name instead (a_jpg, a_png)."""
+    a.png in one folder) keep their suffix in the name instead (a_jpg, a_png), and names still shared
+    (a.jpg and a.JPG) are numbered in input order (a_jpg, a_jpg_2). Names are compared ignoring case, so
+    the outputs stay apart on case-insensitive file systems too."""
     rel = [Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files]
     plain = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
-    counts: dict[str, int] = {}
-    for k in plain:
-        counts[k.lower()] = counts.get(k.lower(), 0) + 1
-    return [k if counts[k.lower()] == 1 else k + "_" + Path(r).suffix.lstrip(".").lower()
+    counts = Counter(k.lower() for k in plain)
+    keys = [k if counts[k.lower()] == 1 else k + "_" + Path(r).suffix.lstrip(".").lower()
             for k, r in zip(plain, rel, strict=True)]
+    seen: Counter[str] = Counter()
+    out = []
+    for k in keys:
+        seen[k.lower()] += 1
+        out.append(k if seen[k.lower()] == 1 else f"{k}_{seen[k.lower()]}")
+    return out
 
 
 def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: Path | None = None,
