@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from clustercam_pl.checkpoint import AtomicCheckpointIO
 from clustercam_pl.data.labels import label_names
 from clustercam_pl.entry import (
+    WANDB_ID_FILE,
     attach_wandb_id,
     check_config,
     instantiate_dict,
@@ -90,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     hydra_texts = hydra_files(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = run_dir(cfg)
-    attach_wandb_id(cfg)
+    wandb_id = attach_wandb_id(cfg)
     datamodule, model = build(cfg)
     loggers = instantiate_dict(cfg.get("logger"))
     callbacks = instantiate_dict(cfg.get("callbacks"))
@@ -99,15 +100,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
-    if not trainer.is_global_zero:  # the run folder's lock is rank 0's
-        return _fit(cfg, trainer, datamodule, model)
-    ckpt_dirs = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)} | {out_dir / "checkpoints"}
-    with claim_run_folder(out_dir, sorted(ckpt_dirs)):
-        return _fit(cfg, trainer, datamodule, model, hydra_texts)
+    try:
+        if not trainer.is_global_zero:  # the run folder's lock is rank 0's
+            return _fit(cfg, trainer, datamodule, model)
+        ckpt_dirs = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)} | {out_dir / "checkpoints"}
+        with claim_run_folder(out_dir, sorted(ckpt_dirs)):
+            return _fit(cfg, trainer, datamodule, model, hydra_texts, wandb_id)
+    finally:
+        if wandb_id is not None:  # the next job of a sequential sweep must start its own wandb run
+            import wandb
+
+            wandb.finish()
 
 
-def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
-         model: ClusterCAMLitModule, hydra_texts: dict[str, str] | None = None) -> dict[str, Any]:
+def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule, model: ClusterCAMLitModule,
+         hydra_texts: dict[str, str] | None = None, wandb_id: str | None = None) -> dict[str, Any]:
     out_dir = run_dir(cfg)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +122,8 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
             (out_dir / HYDRA_SUBDIR).mkdir(exist_ok=True)
             write_text(out_dir / HYDRA_SUBDIR / name, text)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if wandb_id is not None:  # before fit: the processes DDP launches read it (attach_wandb_id)
+            write_text(out_dir / WANDB_ID_FILE, wandb_id + "\n")
         record_env(cfg, out_dir, accelerator=type(trainer.accelerator).__name__, world_size=trainer.world_size,
                    global_batch=getattr(datamodule, "global_batch_size", None), precision=str(trainer.precision))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg))
