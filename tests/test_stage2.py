@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from hydra import compose
 from omegaconf import open_dict
 from PIL import Image
 
+from clustercam_pl import checkpoint as ckpt_io
 from clustercam_pl.checkpoint import load_checkpoint
 from clustercam_pl.data.datamodule import WSSSDataModule
 from clustercam_pl.data.fixed_labels import LabelDirError
@@ -21,7 +23,7 @@ from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.models.smp_net import SmpConfig, SmpSegNet
 from clustercam_pl.predict import run_predict
 from clustercam_pl.train import train
-from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config, save_framework_checkpoint
+from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config, one_training_step, save_framework_checkpoint
 
 SYN = {"num_classes": 4, "image_size": 64, "num_train": 8, "num_val": 4, "num_test": 2}
 
@@ -168,3 +170,132 @@ def test_smp_checkpoint_round_trip_and_refusals(tmp_path):
     torch.save(other, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match=r"clustercam.network='mask2former' is not a network this clustercam_pl"):
         load_checkpoint(tmp_path / "other.ckpt")
+
+
+# ------------------------------------------------------------------ smp encoder weights from a local file
+def tiny_smp(seed: int, num_classes: int = 4) -> SmpSegNet:
+    """The smp network at test size (as SMP), its random weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return SmpSegNet(SmpConfig(num_classes, encoder_name="tu-test_resnet", extra={"decoder_channels": 16}))
+
+
+def test_smp_encoder_weights_from_local_files_fill_the_encoder_only(tmp_path):
+    """The layouts a user has on disk: the encoder's state dict (.pth), a timm classifier's with its head
+    (.safetensors, as timm's hub ships them), a whole SmpSegNet's; none of them reaches the decoder."""
+    import timm
+    from safetensors.torch import save_file
+
+    source = tiny_smp(1)
+    classifier = timm.create_model("test_resnet")  # random init, with the fc head the encoder lacks
+    torch.save(source.model.encoder.state_dict(), tmp_path / "encoder.pth")
+    save_file(classifier.state_dict(), tmp_path / "timm.safetensors")
+    torch.save({"model": tiny_smp(2).state_dict()}, tmp_path / "whole.pt")
+    expected = {"encoder.pth": {"model." + k: v for k, v in source.model.encoder.model.state_dict().items()},
+                "timm.safetensors": {"model." + k: v for k, v in classifier.state_dict().items()},
+                "whole.pt": tiny_smp(2).model.encoder.state_dict()}
+    for name, want in expected.items():
+        net = tiny_smp(0)
+        decoder = {k: v.clone() for k, v in net.model.decoder.state_dict().items()}
+        ckpt_io.load_smp_encoder_weights(net, tmp_path / name)
+        got = net.model.encoder.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in want.items() if k in got), name
+        assert not torch.equal(got["model.conv1.0.weight"], tiny_smp(0).model.encoder.state_dict()["model.conv1.0.weight"])
+        assert all(torch.equal(net.model.decoder.state_dict()[k], v) for k, v in decoder.items()), name
+
+
+def test_smp_encoder_weights_that_do_not_fit_or_are_damaged_are_refused_naming_the_file(tmp_path):
+    import timm
+
+    other = tmp_path / "efficientnet.pth"  # a real file of another architecture
+    torch.save(timm.create_model("test_efficientnet").state_dict(), other)
+    n_own = len(tiny_smp(0).model.encoder.state_dict())
+    with pytest.raises(ValueError) as err:
+        ckpt_io.load_smp_encoder_weights(tiny_smp(0), other)
+    msg = str(err.value)
+    assert f"encoder weights {other} do not fit the tu-test_resnet encoder ({n_own} tensors)" in msg
+    assert re.search(r"\d+ missing from the file \(e\.g\. \['model\.conv1", msg), msg
+    assert re.search(r"\d+ in the file but not in the encoder \(e\.g\. \['model\.", msg), msg
+    assert "encoder_name='tu-test_resnet', encoder_weights='imagenet').encoder.state_dict(), 'encoder.pth')" in msg
+
+    sd = tiny_smp(1).model.encoder.state_dict()
+    sd["model.conv1.0.weight"] = sd["model.conv1.0.weight"][:, :2]  # (C, 2, k, k): another shape
+    del sd["model.layer1.0.conv1.weight"]
+    torch.save(sd, tmp_path / "edited.pth")
+    with pytest.raises(ValueError, match=r"1 missing from the file \(e\.g\. \['model\.layer1\.0\.conv1\.weight'\]\); "
+                                         r"1 of another shape \(e\.g\. \['model\.conv1\.0\.weight: file \(\d+, 2,"):
+        ckpt_io.load_smp_encoder_weights(tiny_smp(0), tmp_path / "edited.pth")
+
+    torch.save(tiny_smp(1).model.encoder.state_dict(), tmp_path / "cut.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "cut.pth").read_bytes()[:5000])
+    from safetensors.torch import save_file
+
+    save_file(tiny_smp(1).model.encoder.state_dict(), tmp_path / "cut.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "cut.safetensors").read_bytes()[:5000])
+    for name, pattern in (("cut.pth", "truncated"), ("cut.safetensors", "damaged or not a safetensors file")):
+        with pytest.raises(ValueError, match=f"cannot read .*{name}: .*{pattern}") as err:
+            ckpt_io.load_smp_encoder_weights(tiny_smp(0), tmp_path / name)
+        assert "weights_only=False" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="pretrained weights file not found: .*nowhere.pth"):
+        ckpt_io.load_smp_encoder_weights(tiny_smp(0), tmp_path / "nowhere.pth")
+
+
+def test_smp_encoder_weights_file_in_the_config_initialises_training(tmp_path):
+    """model.smp.encoder_weights=<file>: smp is not asked for it (no hub), the first training step starts
+    from the file's encoder, and the checkpoint's network rebuilds without it."""
+    source = tiny_smp(1)
+    weights = tmp_path / "encoder.pth"
+    torch.save(source.model.encoder.state_dict(), weights)
+    smp = SMP.replace("encoder_weights: null", f"encoder_weights: '{weights}'")
+    labels = write_labels(tmp_path / "labels", 2, {**SYN, "num_train": 2})
+    module, loss = one_training_step(compose_train([*STAGE2, f"data.label_dir={labels}", "data.global_batch_size=2",
+                                                    "data.synthetic.num_train=2", smp], output_dir=tmp_path / "run"))
+    assert module.net.cfg.encoder_file == str(weights) and module.net.cfg.hub_weights is None
+    assert torch.isfinite(loss)
+    start = source.model.encoder.state_dict()["model.layer1.0.conv1.weight"]
+    assert torch.equal(module.net.model.encoder.state_dict()["model.layer1.0.conv1.weight"], start)
+    assert SmpConfig(4, encoder_weights="imagenet").hub_weights == "imagenet"
+
+
+def test_audit_judges_stage_two_predictions_and_its_label_folder(tmp_path):
+    """`clustercam_pl.audit` on what stage two makes and reads: a stage-two network's predictions of a split
+    (predict over the split's images saved by id) and a label folder as data.label_dir takes it."""
+    from hydra.utils import instantiate
+
+    from clustercam_pl.audit import run_audit
+    from clustercam_pl.tasks.audit import void_confmat
+    from label_fixtures import truth
+
+    data = ["data=synthetic", "data.synthetic.num_classes=3", "data.synthetic.image_size=48",
+            "data.synthetic.num_train=3", "data.synthetic.num_val=3"]
+    with hydra_config():
+        pred_cfg = compose("audit", overrides=[*data, f"labels={tmp_path / 'pred'}", "split=val",
+                                               f"out_dir={tmp_path / 'audit_pred'}", "n_examples=1"])
+        label_cfg = compose("audit", overrides=[*data, f"labels={tmp_path / 'labels'}", "split=train", "n_examples=1"])
+    dm = instantiate(pred_cfg.data, _convert_="all")
+    val, train_split = truth(dm, "val"), truth(dm, "train")
+    (tmp_path / "in").mkdir()
+    for image_id, (image, _) in val.items():
+        Image.fromarray(image).save(tmp_path / "in" / f"{image_id}.png")
+    net = tiny_smp(0, num_classes=3).eval()
+    ckpt = save_framework_checkpoint(net, tmp_path / "stage2.ckpt", class_names=class_names(3))
+    with hydra_config():
+        pcfg = compose("predict", overrides=["device=cpu", "progress=false", f"ckpt_path={ckpt}", "eval=ss",
+                                             f"input={tmp_path / 'in'}", f"out_dir={tmp_path / 'pred'}"])
+    assert run_predict(pcfg)["predicted"] == 3
+    report = run_audit(pred_cfg)
+    cm = sum(void_confmat(np.asarray(Image.open(tmp_path / "pred" / f"{i}.png")), m, 4) for i, (_, m) in val.items())
+    iou = [cm[c, c] / (cm[c, :4].sum() + cm[:, c].sum() - cm[c, c]) for c in range(4) if cm[c].sum() + cm[:, c].sum()]
+    assert report["num_images"] == 3 and report["sets"][0]["excluded"]["mean"]["iou"] == pytest.approx(np.mean(iou))
+
+    labels = tmp_path / "labels"  # the train masks as stage two's labels, one image's object made void
+    for image_id, (_, mask) in train_split.items():
+        write_index_png(labels / f"{image_id}.png", mask)
+    image_id, (_, mask) = next(iter(train_split.items()))
+    write_index_png(labels / f"{image_id}.png", np.where(mask > 0, 255, mask).astype(np.uint8))
+    report = run_audit(label_cfg)  # out_dir: <labels>/audit, inside the label folder
+    assert report["num_images"] == 3 and report["sets"][0]["excluded"]["mean"]["iou"] == pytest.approx(1.0)
+    assert report["sets"][0]["excluded"]["mean"]["coverage"] < 1.0
+    assert (labels / "audit" / "examples.png").is_file()
+    with open_dict(label_cfg):
+        label_cfg.overwrite = True
+    assert run_audit(label_cfg)["num_images"] == 3  # a rerun does not take its own figures for labels
