@@ -11,6 +11,7 @@ import torch
 from hydra import compose
 from omegaconf import open_dict
 from PIL import Image
+from skimage import measure
 
 from clustercam_pl import checkpoint as ckpt_io
 from clustercam_pl.checkpoint import load_checkpoint
@@ -28,16 +29,22 @@ from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config, one_trainin
 SYN = {"num_classes": 4, "image_size": 64, "num_train": 8, "num_val": 4, "num_test": 2}
 
 
-def write_labels(folder: Path, n: int, syn: dict, seed: int = 0, noise: float = 0.0) -> Path:
-    """The synthetic train masks as label PNGs; ``noise``: that fraction of each object's class swapped."""
+def write_labels(folder: Path, n: int, syn: dict, seed: int = 0, swap: float = 0.0) -> Path:
+    """The synthetic train masks of data seed ``seed`` as label PNGs; ``swap``: that share of the objects
+    (connected regions of one class) labelled as another class, drawn from ``seed`` too."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = SyntheticConfig.from_dict(syn)
-    rng = np.random.default_rng(1)
+    K = syn["num_classes"]
+    rng = np.random.default_rng(seed)
     for i in range(n):
         _, mask = make_sample(cfg, seed, "train", i)  # (S, S) uint8
-        if noise:
-            wrong = (mask + rng.integers(1, syn["num_classes"], size=1)[0] - 1) % syn["num_classes"] + 1
-            mask = np.where((mask > 0) & (rng.random(mask.shape) < noise), wrong, mask).astype(np.uint8)
+        mask = mask.copy()
+        if swap:
+            regions = measure.label(mask, background=0, connectivity=1)  # (S, S) 0, then 1..R
+            for r in range(1, regions.max() + 1):
+                if rng.random() < swap:
+                    region = regions == r
+                    mask[region] = (int(mask[region][0]) - 1 + rng.integers(1, K)) % K + 1  # another of 1..K
         write_index_png(folder / f"synthetic_train_{i:06d}.png", mask)
     return folder
 
@@ -73,26 +80,37 @@ def test_label_dir_not_matching_the_split_is_refused_naming_the_files(tmp_path):
         datamodule(tmp_path / "nowhere").setup("fit")
 
 
+# The smp network at test size: DeepLabV3+ with timm's tiny test ResNet (random) and a narrow decoder.
+SMP = "model.smp={arch: DeepLabV3Plus, encoder_name: tu-test_resnet, encoder_weights: null, extra: {decoder_channels: 16}}"
+
 STAGE2 = ["+experiment=synthetic_stage2", "logger=none", *TINY_NET_OVERRIDES, "data.synthetic.image_size=64",
           "data.synthetic.num_val=8", "data.val_batch_size=4", "trainer.enable_progress_bar=false",
           "trainer.enable_model_summary=false"]
 
 
-@pytest.mark.slow  # 90 s on the shared 2-core machine: two trainings of 32 steps with validation
+@pytest.mark.slow  # two trainings of 24 steps: 5 s on the 2 cores when idle, 40-150 s when shared
 def test_true_labels_train_a_better_network_than_noisy_ones(tmp_path):
-    n = 32
+    """The tiny smp network, trained on the true masks and on the same masks with 80 % of the objects given
+    another class, scores clearly higher with the true ones: the labels of data.label_dir are what it learns."""
+    n, seed = 16, 0
     with hydra_config():
         data_cfg = compose("train", overrides=["+experiment=synthetic_stage2"]).data.synthetic
     gen = {**dict(data_cfg), "num_train": n}
-    common = [*STAGE2, f"data.synthetic.num_train={n}", "data.global_batch_size=8", "trainer.max_epochs=8",
-              "optim.lr=3e-3", "optim.warmup_epochs=0"]
+    common = [*STAGE2, SMP, "callbacks=none", f"seed={seed}", f"data.synthetic.num_train={n}",
+              "data.synthetic.num_val=16", "data.global_batch_size=8", "data.val_batch_size=8",
+              "trainer.max_epochs=12", "trainer.check_val_every_n_epoch=12", "trainer.num_sanity_val_steps=0",
+              "optim.lr=1e-2", "optim.warmup_epochs=0"]  # validation once, at the end
     scores = {}
-    for name, noise in (("true", 0.0), ("noisy", 0.6)):
-        labels = write_labels(tmp_path / name, n, gen, noise=noise)
+    for name, swap in (("true", 0.0), ("noisy", 0.8)):
+        labels = write_labels(tmp_path / name, n, gen, seed=seed, swap=swap)
         summary = train(compose_train([*common, f"data.label_dir={labels}"], output_dir=tmp_path / f"run_{name}"))
+        assert summary["global_step"] == 24
         scores[name] = summary["val/seg_miou"]
-    # Measured (seed 0, CPU): true 0.210, noisy 0.173; deterministic. Too short a run for a wide margin.
-    assert scores["true"] > scores["noisy"] + 0.03, scores
+    # Measured with this code on this CPU, val mIoU true / noisy (margin) by seed: 0: 0.453 / 0.190 (0.26),
+    # 1: 0.690 / 0.217 (0.47), 2: 0.567 / 0.149 (0.42), 3: 0.581 / 0.184 (0.40), 4: 0.459 / 0.296 (0.16).
+    # At 16 steps seed 4 cleared only 0.08; the tiny ClusterCAM network does not separate in such a
+    # budget (32 steps: 0.21 / 0.17).
+    assert scores["true"] > scores["noisy"] + 0.10, scores
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +125,6 @@ def exported(tiny_run, tmp_path_factory) -> Path:
         cfg.paths.output_dir = str(out / "export_run")
     export_pseudo_labels(cfg)
     return out / "labels_train" / "labels"
-
-
-# The smp network at test size: DeepLabV3+ with timm's tiny test ResNet (random) and a narrow decoder.
-SMP = "model.smp={arch: DeepLabV3Plus, encoder_name: tu-test_resnet, encoder_weights: null, extra: {decoder_channels: 16}}"
 
 
 @pytest.mark.parametrize("network", ["clustercam", "smp"])
@@ -299,3 +313,15 @@ def test_audit_judges_stage_two_predictions_and_its_label_folder(tmp_path):
     with open_dict(label_cfg):
         label_cfg.overwrite = True
     assert run_audit(label_cfg)["num_images"] == 3  # a rerun does not take its own figures for labels
+
+
+def test_smp_hub_weights_offline_say_how_to_pass_a_file(tmp_path, monkeypatch):
+    """A hub name without network (huggingface_hub's offline mode, an empty cache) fails at once, saying
+    how to make and pass a local file instead."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(RuntimeError, match=r"could not get the resnet18 encoder's 'imagenet' weights from the hub "
+                                           r"\(LocalEntryNotFoundError\).*model\.smp\.encoder_weights=/path/to/encoder\.pth"):
+        SmpSegNet(SmpConfig(4, encoder_name="resnet18", encoder_weights="imagenet"))
