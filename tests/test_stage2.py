@@ -325,3 +325,36 @@ def test_smp_hub_weights_offline_say_how_to_pass_a_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"could not get the resnet18 encoder's 'imagenet' weights from the hub "
                                            r"\(LocalEntryNotFoundError\).*model\.smp\.encoder_weights=/path/to/encoder\.pth"):
         SmpSegNet(SmpConfig(4, encoder_name="resnet18", encoder_weights="imagenet"))
+
+
+@pytest.mark.parametrize("experiment", ["synthetic_stage2", "voc_stage2"])
+def test_stage_two_sweeps_compose(experiment, tmp_path):
+    """The optuna search for stage two composes over a stage-two experiment, searches only keys a stage-two
+    run reads (no CAM / clustering knobs), and a trial's overrides compose; a basic multirun of a stage-two
+    experiment composes with the sweep's values."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # how `-m a=1,2 b=3,4` is split
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from clustercam_pl.entry import check_config
+
+    base = [f"+experiment={experiment}", "data.label_dir=labels", "model.init_from=null"]
+    with hydra_config():
+        cfg = compose("train", overrides=["hparams_search=optuna_stage2", *base], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert cfg.optimized_metric == "val/seg_miou" and sweeper.study_name == "clustercam_stage2"
+    assert set(sweeper.params) == {"optim.lr", "optim.weight_decay", "optim.warmup_epochs"}
+    assert not any(k.startswith(("net.", "cam.")) for k in sweeper.params)
+    trial = []  # one trial's overrides: the first value of each searched range
+    for parsed in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()]):
+        first = next(iter(parsed.sweep_iterator())) if parsed.is_discrete_sweep() else parsed.value().start
+        trial.append(f"{parsed.key_or_group}={first}")
+    job = compose_train([*base, *trial], output_dir=tmp_path)
+    check_config(job)
+    assert job.optim.lr == pytest.approx(1e-5) and job.model._target_.endswith("StageTwoLitModule")
+
+    swept = OverridesParser.create().parse_overrides([*base, "optim.lr=3e-4,1e-3", "optim.weight_decay=0,0.05"])
+    jobs = BasicSweeper.split_arguments(swept, None)[0]
+    composed = [compose_train(job, output_dir=tmp_path / str(i)) for i, job in enumerate(jobs)]
+    assert sorted((c.optim.lr, c.optim.weight_decay) for c in composed) == [(3e-4, 0), (3e-4, 0.05), (1e-3, 0),
+                                                                             (1e-3, 0.05)]
+    assert {c.task_name for c in composed} == {experiment}
