@@ -265,6 +265,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # an interpreter with torch, killed mid-save
 def test_kill_during_save_leaves_previous_checkpoint_readable(tmp_path):
     path = tmp_path / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
@@ -310,6 +311,7 @@ SIZE_LIMITED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # an interpreter with torch under a file-size limit, per kind
 @pytest.mark.parametrize("kind", ["checkpoint", "npz"])
 def test_size_limit_during_a_save_names_file_and_cause_and_keeps_the_old_file(tmp_path, kind):
     """torch.save reported a file-size limit as "PytorchStreamWriter ... unexpected pos" (no file, no cause),

@@ -247,6 +247,7 @@ def test_every_protocol_composes(name, tmp_path):
     assert p.flip == ("flip" in name) and [s.name for s in p.steps] == (["crf"] if name.endswith("crf") else [])
 
 
+@pytest.mark.slow  # one interpreter start-up: the command line itself is under test
 def test_command_line(tmp_path):
     ckpt = save_framework(tiny_net(), tmp_path / "last.ckpt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}

@@ -60,7 +60,8 @@ def test_every_preset_names_weights_of_its_own_shape():
     assert NetConfig.preset("tiny").weights is None
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+# The ViT-B presets (86 M parameters, ~5 s each on 2 cores) run in the full suite only.
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if "vitb" in p else p for p in PRESETS])
 def test_backbone_without_clusters_equals_timm(preset, tmp_path):
     """Patch and class tokens after the last block (before timm's final norm) at timm's input size."""
     cfg = NetConfig.preset(preset, num_classes=1, cluster_blocks=[], pos_grid=PATCH_GRID)

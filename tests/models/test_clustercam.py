@@ -141,6 +141,7 @@ def _train_outputs(net: ClusterCAMNet, x: torch.Tensor) -> tuple[list[torch.Tens
     return [out.cls_logits, out.patch_logits, out.seg_logits, single_scale_cam(net, x, cam_layers=1)], grads
 
 
+@pytest.mark.slow  # torch.compile (inductor) on CPU
 def test_compile_parts_keeps_state_dict_keys_and_results():
     """Dynamo's graph capture (the `eager` backend: no code generation) computes what eager does."""
     torch.manual_seed(2)
