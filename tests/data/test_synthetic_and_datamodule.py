@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
@@ -204,6 +205,24 @@ def test_eval_transform_and_reseeding() -> None:
     assert torch.equal(apply_transform(t, img)[0], a)
     seed_transform(t, 1)
     assert not torch.equal(apply_transform(t, img)[0], a)
+
+
+def test_the_operations_of_a_seeded_pipeline_decide_independently():
+    """Two flips of p=0.5 in one seeded pipeline give all four outcomes (albumentations' own seeding gives
+    every operation the same stream: both flips or neither, every time)."""
+    img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    outcomes = {"none": img, "h": img[:, ::-1], "v": img[::-1], "hv": img[::-1, ::-1]}
+    t = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    seen = set()
+    for seed in (0, 1):
+        seed_transform(t, seed)
+        for _ in range(40):
+            out = t(image=img)["image"]
+            seen |= {k for k, v in outcomes.items() if np.array_equal(out, v)}
+    assert seen == set(outcomes)
+    # The training recipes are seeded the same way: the same seed, the same augmentation.
+    first = [apply_transform(build_train_transform("plain", 4, seed=3), img)[0] for _ in range(2)]
+    assert torch.equal(first[0], first[1])
 
 
 # ---------------------------------------------------------------- datamodule

@@ -39,6 +39,7 @@ All transforms use the 2.x argument names (``size=``, ``fill=``, ``fill_mask=``)
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -137,8 +138,7 @@ def build_train_transform(
             A.PadIfNeeded(min_height=crop_size, min_width=crop_size, border_mode=cv2.BORDER_CONSTANT, fill=0,
                           fill_mask=ignore_index),
             A.RandomCrop(height=crop_size, width=crop_size),
-            # One draw of the four flips: albumentations 2.0.8 gives every op of a seeded Compose the same
-            # seed, so HorizontalFlip(p=0.5) then VerticalFlip(p=0.5) would always agree (2 of 4 flips).
+            # One draw of the four flips, each a quarter of the time.
             A.OneOf([A.NoOp(), A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0),
                      A.Sequential([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0)])], p=1.0),
         ]
@@ -146,7 +146,10 @@ def build_train_transform(
         ops = []
     else:
         raise ValueError(f"unknown train_transform {name!r}: expected one of {TRAIN_TRANSFORMS}")
-    return A.Compose([*ops, *tail], seed=seed)
+    pipeline = A.Compose([*ops, *tail])
+    if seed is not None:
+        seed_transform(pipeline, seed)
+    return pipeline
 
 
 def build_eval_transform(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> A.Compose:
@@ -168,10 +171,15 @@ def apply_transform(
 
 
 def seed_transform(transform: Any, seed: int) -> None:
-    """Reseed an albumentations pipeline (per DataLoader worker / per rank).
+    """Seed an albumentations pipeline (at build, and per DataLoader worker / per rank): one pair of
+    generators drawn from ``seed``, shared by every operation of the pipeline.
 
-    albumentations 2.0 keeps its own generator inside ``Compose``; a forked worker inherits a copy of
-    it, so without reseeding every worker would draw the same augmentations.
+    albumentations 2.0 keeps its own generators inside ``Compose``; a forked worker inherits a copy, so
+    without reseeding every worker would draw the same augmentations. Its ``set_random_seed`` (and
+    ``Compose(seed=...)``) gives each operation generators of its own seeded with the same number, so
+    operations of the same probability decide alike on every image (a seeded ``HorizontalFlip(p=0.5)``
+    then ``VerticalFlip(p=0.5)`` flip both or neither); shared generators draw each decision anew.
     """
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(int(seed) % (2**32))
+    if hasattr(transform, "set_random_state"):
+        seed = int(seed) % (2**32)
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
