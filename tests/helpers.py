@@ -174,10 +174,11 @@ def _with_one_thread(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
     fn(*args)
 
 
-def fork_process(fn: Callable[..., Any], *args: Any) -> multiprocessing.process.BaseProcess:
+def fork_process(fn: Callable[..., Any], *args: Any, daemon: bool = True) -> multiprocessing.process.BaseProcess:
     """Start `fn(*args)` in a process forked from this one: a real process that a test can SIGKILL
     mid-run, without a new interpreter's start-up (importing torch, Lightning and Hydra: seconds of CPU).
-    A daemon, so a failing test never waits for it at exit."""
-    proc = multiprocessing.get_context("fork").Process(target=_with_one_thread, args=(fn, args), daemon=True)
+    A daemon unless `daemon=False` (a daemon may not start processes of its own), so a failing test never
+    waits for it at exit."""
+    proc = multiprocessing.get_context("fork").Process(target=_with_one_thread, args=(fn, args), daemon=daemon)
     proc.start()
     return proc
