@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -169,6 +171,15 @@ def test_sigkill_then_rerun_completes(ckpt, tmp_path, capsys):
     assert "pseudo-label mIoU" in capsys.readouterr().out
 
 
+def _record_end(ended: list[BaseException], fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as e:  # the launcher's error when its processes are killed
+        ended.append(e)
+    else:
+        ended.append(AssertionError("the run finished before it was killed"))
+
+
 def _files(out: Path) -> dict[str, dict[str, np.ndarray]]:
     """Every label PNG and npz array under `out`, by relative path."""
     found: dict[str, dict[str, np.ndarray]] = {}
@@ -202,37 +213,35 @@ def test_two_process_export_writes_each_file_once_and_the_same_files(ckpt, tmp_p
     assert not list((tmp_path / "two").rglob("*.part"))
 
 
-def _own_session(fn, *args) -> None:
-    os.setsid()  # a process group of its own: the kill takes the whole job (this process and its ranks)
-    fn(*args)
-
-
 @pytest.mark.slow  # a job of two real processes killed mid-run, and a two-process rerun
 def test_sigkill_during_two_process_export_then_rerun_completes(ckpt, tmp_path, two_forked_processes, capfd):
-    """A 2-process export_labels job SIGKILLed mid-run (a fork of this one that launches its 2 ranks
-    by forking): a 2-process rerun computes only what is missing, shared by both processes, and leaves
-    every file complete; the scores are printed once."""
+    """A 2-process export_labels job SIGKILLed mid-run (both ranks, real processes forked from this one
+    by the launcher, which runs in a thread here): a 2-process rerun computes only what is missing,
+    shared by both processes, and leaves every file complete; the scores are printed once."""
     out = tmp_path / "pl"
     n = 40
     args = (ckpt, out, f"data.synthetic.num_train={n}", "data.val_batch_size=1", *two_forked_processes)
-    proc = fork_process(_own_session, run, *args, daemon=False)  # it forks its 2 ranks
+    before = set(multiprocessing.active_children())
+    ended: list[BaseException] = []
+    job = threading.Thread(target=lambda: _record_end(ended, run, *args), daemon=True)
+    job.start()
+    ranks: list = []
     try:
         t0 = time.time()
         labels = out / "labels"
         while not (labels.is_dir() and len(list(labels.glob("*.png"))) >= 4):
-            assert proc.is_alive(), f"the run ended early (exit code {proc.exitcode})"
+            assert job.is_alive(), f"the run ended early: {ended}"
             assert time.time() - t0 < 240, "no output appeared"
             time.sleep(0.05)
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the group is gone if the job ended early
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.join(30)
-    while True:  # until every process of the group is gone
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
+        ranks = [p for p in multiprocessing.active_children() if p not in before]
+        for p in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        job.join(60)
+    assert len(ranks) == 2 and not job.is_alive()
+    assert all(p.exitcode in (-signal.SIGKILL, -signal.SIGTERM) for p in ranks)  # or ended by the launcher
+    assert ended and not isinstance(ended[0], AssertionError)  # the launcher saw its processes killed
     done_before = len(list(labels.glob("*.png")))  # a label PNG is written after its npz
     assert done_before < n
     capfd.readouterr()

@@ -1,6 +1,6 @@
 """`predict` on a user's own images: every kind of file a user has (grayscale, RGBA, 16-bit, palette,
 EXIF-rotated, very wide, corrupt, same names in sub-folders), outputs at the inputs' sizes, the jsonl,
-class names, resume, the settings guard, and a SIGKILL then rerun of the real command."""
+class names, resume, the settings guard, and a SIGKILL of a real process running the command, then a rerun."""
 
 from __future__ import annotations
 
