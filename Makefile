@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS ?= crf,coco,sweep,refine,sam,stage2,dev
+# Test processes (pytest-xdist): one per core; each runs torch with one thread (tests/conftest.py).
+TEST_WORKERS ?= $(shell nproc)
 
 # Tests and demos never touch the network.
 export HF_HUB_OFFLINE := 1
@@ -25,11 +27,11 @@ $(STAMP): pyproject.toml
 
 ## Everything CI runs: the fast suite and the slow end-to-end tests (training, DDP, sweeps, notebook).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 ## The unit tests only (the tests not marked slow; README, Tests: how long each takes).
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint: install
 	$(PY) -m ruff check src tests

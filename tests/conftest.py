@@ -15,6 +15,12 @@ from types import MappingProxyType  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# make test runs one pytest-xdist worker per core: each worker, and every process a test starts, runs torch
+# with one thread (N workers x N threads on N cores would only contend).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The parity fixture lives in the shared folder beside the checkout (CI copies it there too).
 FIXTURE_DIR = Path(

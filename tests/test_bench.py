@@ -17,7 +17,9 @@ import torch
 from clustercam_pl import bench
 from clustercam_pl.cam.config import CAMConfig
 
-FAST = ["--tiny", "--steps", "2", "--warmup", "0", "--threads", "2"]
+# One torch thread: OpenMP threads that share their cores with another process (a second pytest worker,
+# any other job) wait on each other at every operation, and a tiny step takes seconds instead of 0.1 s.
+FAST = ["--tiny", "--steps", "2", "--warmup", "0", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +65,7 @@ def test_page_allocation_names_the_torch_and_kernel_settings(monkeypatch):
 
 
 def test_bench_bf16_runs_and_matches_fp32(capsys):
-    bench.main(["train-step", "--tiny", "--steps", "1", "--warmup", "0", "--precision", "bf16"])
+    bench.main(["train-step", "--tiny", "--steps", "1", "--warmup", "0", "--threads", "1", "--precision", "bf16"])
     result = last_json(capsys)
     assert_positive_finite(result)
     assert result["precision"] == "bf16" and all(math.isfinite(v) for v in result["loss"].values())
@@ -78,7 +80,7 @@ def test_bench_bf16_runs_and_matches_fp32(capsys):
 
 @pytest.mark.slow  # two interpreter start-ups (torch + Lightning each)
 def test_bench_compare_runs_each_path_in_its_own_process(capsys):
-    bench.main(["cam", "--tiny", "--steps", "1", "--warmup", "0", "--compare"])  # cam: the cheaper mode
+    bench.main(["cam", "--tiny", "--steps", "1", "--warmup", "0", "--threads", "1", "--compare"])  # cam: the cheaper mode
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     summary = lines[-1]
     assert [r["attention"] for r in lines[:-1]] == ["fused", "materialize"]
@@ -148,6 +150,6 @@ def test_bench_times_the_lightning_modules_own_training_step():
 
 def test_bench_console_script_exits_zero(monkeypatch, capsys):
     """A console script exits with what its function returns; `bench.main` returns a dict (exit status 1)."""
-    monkeypatch.setattr("sys.argv", ["clustercam-bench", "cam", "--tiny", "--steps", "1", "--warmup", "0"])
+    monkeypatch.setattr("sys.argv", ["clustercam-bench", "cam", "--tiny", "--steps", "1", "--warmup", "0", "--threads", "1"])
     assert bench.cli() == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step_s"] > 0

@@ -19,11 +19,14 @@ from clustercam_pl.data.synthetic import write_folder_dataset
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
 from helpers import CONF_DIR, TINY_NET_OVERRIDES, compose_train, one_training_step
+from isprs_fakes import TRAIN_TILES, VAL_TILES, make_potsdam_tree
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # The experiment trained for each data path (data.dataset): the others on that path take one step.
 TRAINED = {"bcss": "bcss_vits", "coco": "coco_vits", "folder": "folder_vits", "luad": "luad_vits",
-           "synthetic": "synthetic", "voc": "voc_vits"}
+           "potsdam": "potsdam_vits", "synthetic": "synthetic", "voc": "voc_vits"}
+# The data paths whose stand-ins are large enough to validate on (the fake VOC / COCO trees' images are not).
+VALIDATED = ("synthetic", "folder", "luad", "bcss", "potsdam")
 # Shrink the network and the run, keep everything else the experiment sets.
 SMALL = [
     *TINY_NET_OVERRIDES,
@@ -46,8 +49,11 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
              "--splits", str(own["splits"]), "--out", str(root / "folder"), "--workers", "0", "--no-progress"])
     for histo in ("luad", "bcss"):  # stand-ins of the releases: 8 tagged patches, 2 + 2 with masks (64 px)
         prepare(make_histo_release(root / f"{histo}_raw", histo, size=64).argv(root / histo))
+    potsdam = make_potsdam_tree(root / "potsdam_raw", side=128)
+    prepare(["potsdam", "--root", str(potsdam.root), "--patch-size", "64", "--stride", "32", "--train-tiles", *TRAIN_TILES,
+             "--val-tiles", *VAL_TILES, "--out", str(root / "potsdam"), "--workers", "0", "--no-progress"])
     return {"voc": root / "voc", "coco": root / "coco", "folder": root / "folder", "luad": root / "luad",
-            "bcss": root / "bcss"}
+            "bcss": root / "bcss", "potsdam": root / "potsdam"}
 
 
 def small_config(name: str, prepared: dict[str, Path], out: Path):
@@ -64,10 +70,13 @@ def small_config(name: str, prepared: dict[str, Path], out: Path):
     elif name.startswith(("luad", "bcss")):  # 8 patches: one epoch of 2 steps, then validation on 2 patches
         extra = [f"data.data_root={prepared[name.split('_')[0]]}", "data.crop_size=64", "data.global_batch_size=4",
                  "data.pin_memory=false"]
+    elif name.startswith("potsdam"):  # 18 training patches of 64 px, 4 bands: one epoch of 2 steps, then validation
+        extra = [f"data.data_root={prepared['potsdam']}", "data.crop_size=64", "data.global_batch_size=9",
+                 "data.val_batch_size=3", "data.pin_memory=false"]
     elif name.startswith("coco"):
         extra = [f"data.data_root={prepared['coco']}", "data.crop_size=64", "data.global_batch_size=2",
                  "data.pin_memory=false"]
-    if not name.startswith(("synthetic", "folder", "luad", "bcss")):
+    if not name.startswith(VALIDATED):
         extra.append("trainer.limit_val_batches=0")  # the fake trees' images are smaller than a cluster cell
     if name.endswith("_stage2"):  # fixed labels of the training split; the network from ImageNet / random
         base = compose_train([f"+experiment={name}", *SMALL, *extra, "data.label_dir=null"])
@@ -96,7 +105,7 @@ def test_experiment_trains_a_few_steps(dataset, name, prepared, tmp_path):
     assert cfg.data.dataset == dataset
     summary = train(cfg)
     assert summary["global_step"] == 2
-    if name.startswith(("synthetic", "folder", "luad", "bcss")):
+    if name.startswith(VALIDATED):
         assert 0.0 <= summary["val/seg_miou"] <= 1.0
 
 

@@ -182,6 +182,10 @@ def test_list_inputs_mirrors_folders_and_separates_same_names(tmp_path):
     keys = [i.key for i in list_inputs(str(tmp_path / "in"), exclude=out)]
     assert keys == ["a/x", "b/x", "c/y_jpg", "c/y_png", "top"]
     assert [i.key for i in list_inputs(str(tmp_path / "in" / "*" / "x.jpg"))] == ["a/x", "b/x"]
+    (tmp_path / "same").mkdir()
+    for name in ("z.jpg", "z.JPG", "z.png"):  # one name in three spellings: three outputs
+        Image.fromarray(synthetic_rgb(0)).save(tmp_path / "same" / name, format="PNG")
+    assert [i.key for i in list_inputs(str(tmp_path / "same"))] == ["z_jpg", "z_jpg_2", "z_png"]
     listing = tmp_path / "list.txt"
     listing.write_text("# my picks\nin/a/x.jpg\n\nin/c/y.png\n" + str(tmp_path / "in" / "missing.jpg") + "\n")
     items = list_inputs(str(listing))

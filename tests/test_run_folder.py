@@ -194,13 +194,27 @@ def test_train_refuses_a_folder_in_use_before_writing_into_it(tmp_path):
     proc = hold_lock(tmp_path)
     try:
         owner = json.loads((tmp_path / LOCK_NAME).read_text())
-        with pytest.raises(RunFolderError) as e:
-            train(compose_train(TINY_OVERRIDES, output_dir=tmp_path))
+        with pytest.raises(RunFolderError) as e:  # with a wandb logger: its run id file is the owner's too
+            train(compose_train([*TINY_OVERRIDES, "logger=wandb", "logger.wandb.id=second"], output_dir=tmp_path))
         assert str(e.value) == busy_message(tmp_path, owner)
-        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # nothing written: no config.yaml
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]  # nothing written: no config.yaml, no wandb_id.txt
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_wandb_run_id_is_kept_in_the_run_folder_and_a_resumed_run_continues_it(tmp_path):
+    first = compose_train([*TINY_OVERRIDES, "logger=wandb", "trainer.max_steps=1"], output_dir=tmp_path)
+    train(first)  # WANDB_MODE=disabled (conftest): a real WandbLogger, nothing sent
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    assert run_id == first.logger.wandb.id and len(run_id) == 12
+    again = compose_train([*TINY_OVERRIDES, "logger=wandb", "trainer.max_steps=2"], output_dir=tmp_path)
+    assert train(again)["global_step"] == 2  # resumed from the first run's checkpoint
+    assert again.logger.wandb.id == run_id and again.logger.wandb.resume == "allow"
+    assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
+    import wandb
+
+    assert wandb.run is None  # finished: the next job of a sweep in this process starts its own run
 
 
 def _files(folder: Path) -> dict[str, tuple[int, int, bytes]]:

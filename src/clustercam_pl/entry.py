@@ -192,19 +192,22 @@ def resolve_ckpt(cfg: DictConfig) -> str | None:
     return str(find_one_checkpoint(str(ckpt)))
 
 
-def attach_wandb_id(cfg: DictConfig) -> None:
-    """Give the wandb logger a run id stored in the run folder, so a resumed run continues it."""
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def attach_wandb_id(cfg: DictConfig) -> str | None:
+    """Give the wandb logger a run id (the one stored in the run folder, so a resumed run continues it) and
+    return it, or None without a wandb logger. Nothing is written here: the caller stores the id in
+    ``<run dir>/wandb_id.txt`` once it owns the run folder (a refused second run must not touch it)."""
     if not cfg.get("logger") or "wandb" not in cfg.logger:
-        return
-    id_file = run_dir(cfg) / "wandb_id.txt"
+        return None
+    id_file = run_dir(cfg) / WANDB_ID_FILE
     if cfg.logger.wandb.get("id"):
         run_id = str(cfg.logger.wandb.id)
     elif id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
         run_id = uuid.uuid4().hex[:12]
-    id_file.parent.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(run_id + "\n")
     with open_dict(cfg):
         cfg.logger.wandb.id = run_id
         cfg.logger.wandb.resume = "allow"
@@ -214,6 +217,7 @@ def attach_wandb_id(cfg: DictConfig) -> None:
             if not cfg.logger.wandb.get("group"):
                 cfg.logger.wandb.group = name
             cfg.logger.wandb.config = {"sweep": name, **{f"sweep/{k}": v for k, v in values.items()}}
+    return run_id
 
 
 def task_overrides() -> list[str]:

@@ -244,6 +244,7 @@ class StageTwoLitModule(ClusterCAMLitModule):
             ``net``'s); None: ``pretrained`` ImageNet weights or random.
         smp: the smp network's settings (``SmpConfig`` without ``num_classes``); the entry point builds
             ``net`` from them (an :class:`~clustercam_pl.models.smp_net.SmpSegNet`), here they are recorded.
+            An ``encoder_weights`` file is loaded into its encoder at the start of training, as ``pretrained``.
         Other arguments: as :class:`ClusterCAMLitModule`; ``seg_start_epoch`` must be 0 and
         ``val_pseudo_labels`` False (accepted so that the shared ``model`` config keys pass through).
     """
@@ -263,7 +264,8 @@ class StageTwoLitModule(ClusterCAMLitModule):
         if isinstance(net, SmpSegNet):
             if init_from or pretrained:
                 raise ValueError("model.init_from / model.pretrained are ClusterCAM weights; an smp network takes "
-                                 "its encoder weights from model.smp.encoder_weights (e.g. imagenet): set both to null")
+                                 "its encoder weights from model.smp.encoder_weights (imagenet from the hub, or a "
+                                 "local file: model.smp.encoder_weights=/path/to/encoder.pth): set both to null")
         else:
             # The CAM head makes no segmentation: frozen, so that no parameter goes without a gradient (DDP).
             self.net.head.requires_grad_(False)
@@ -273,6 +275,9 @@ class StageTwoLitModule(ClusterCAMLitModule):
         if stage == "fit" and self.hparams.init_from:
             self.net.load_state_dict(stage_one_weights(self.hparams.init_from, self.net))
             log.info("stage two initialised from %s", self.hparams.init_from)
+        elif stage == "fit" and isinstance(self.net, SmpSegNet) and self.net.cfg.encoder_file:
+            ckpt_io.load_smp_encoder_weights(self.net, self.net.cfg.encoder_file)
+            log.info("smp encoder initialised from %s", self.net.cfg.encoder_file)
         else:
             super().setup(stage)
 

@@ -51,7 +51,7 @@ def _predict(ranks: Ranks, cfg: DictConfig) -> dict[str, Any]:
         overwrite=bool(cfg.overwrite), progress=bool(cfg.progress),
         net_overrides=net_overrides(cfg), crf_workers=cfg.crf_workers, ranks=ranks,
         on_claim=lambda: record_env(cfg, out_dir, accelerator=ranks.device.type, world_size=ranks.world_size),
-        max_pixels=cfg.max_pixels,
+        max_pixels=cfg.max_pixels, window=cfg.get("window"), overlap=cfg.get("overlap", 0.25),
     )
     if summary["failed"] and ranks.is_main:
         log.error("%d of %d inputs could not be read (listed in %s); exit status %d",

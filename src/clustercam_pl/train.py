@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from clustercam_pl.checkpoint import AtomicCheckpointIO
 from clustercam_pl.data.labels import label_names
 from clustercam_pl.entry import (
+    WANDB_ID_FILE,
     attach_wandb_id,
     check_config,
     instantiate_dict,
@@ -41,15 +42,25 @@ REPORTED = ("val/seg_miou", "val/pseudo_miou", "val/cam_miou", "val/map")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, ClusterCAMLitModule]:
-    """Datamodule and LightningModule from a composed config (the network's K comes from the data)."""
+    """Datamodule and LightningModule from a composed config (the network's K, input channels and
+    normalisation come from the data)."""
     datamodule = instantiate(cfg.data, _convert_="all")  # plain types: checkpoints stay weights_only-loadable
-    # The data's facts, never set by hand: K and whether label value 0 is a background class.
+    # The data's facts, never set by hand: K and whether label value 0 is a background class (below: the
+    # input channels and their normalisation).
     data_facts = {"num_classes": datamodule.num_classes, "background": datamodule.has_background}
     smp = cfg.model.get("smp")  # stage two with a standard segmentation network (conf/experiment/*_stage2_smp)
+    channels, stats = datamodule.in_channels, datamodule.normalization
     if smp:
+        if channels != 3 or stats is not None:
+            raise ValueError(f"model.smp (stage two with an smp network) takes RGB images with ImageNet's "
+                             f"normalisation; data.dataset={datamodule.dataset} has {channels} channels and its own "
+                             "mean / std: train stage two with the ClusterCAM decoder (drop model.smp)")
         net = SmpSegNet(SmpConfig(**data_facts, **OmegaConf.to_container(smp, resolve=True)))
     else:
-        net = ClusterCAMNet(instantiate(cfg.net, **data_facts, _convert_="all"))
+        # The input channels and their normalisation come from the data too (the network keeps them).
+        mean, std = stats or (None, None)
+        net = ClusterCAMNet(instantiate(cfg.net, **data_facts, in_chans=channels, mean=mean, std=std,
+                                        _convert_="all"))
     # Objects are passed to the partial, not as instantiate kwargs (Hydra would turn them into configs).
     model = instantiate(cfg.model, _partial_=True)(
         net=net,
@@ -80,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     hydra_texts = hydra_files(cfg)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = run_dir(cfg)
-    attach_wandb_id(cfg)
+    wandb_id = attach_wandb_id(cfg)
     datamodule, model = build(cfg)
     loggers = instantiate_dict(cfg.get("logger"))
     callbacks = instantiate_dict(cfg.get("callbacks"))
@@ -89,15 +100,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
-    if not trainer.is_global_zero:  # the run folder's lock is rank 0's
-        return _fit(cfg, trainer, datamodule, model)
-    ckpt_dirs = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)} | {out_dir / "checkpoints"}
-    with claim_run_folder(out_dir, sorted(ckpt_dirs)):
-        return _fit(cfg, trainer, datamodule, model, hydra_texts)
+    try:
+        if not trainer.is_global_zero:  # the run folder's lock is rank 0's
+            return _fit(cfg, trainer, datamodule, model)
+        ckpt_dirs = {Path(c.dirpath) for c in callbacks if getattr(c, "dirpath", None)} | {out_dir / "checkpoints"}
+        with claim_run_folder(out_dir, sorted(ckpt_dirs)):
+            return _fit(cfg, trainer, datamodule, model, hydra_texts, wandb_id)
+    finally:
+        if wandb_id is not None:  # the next job of a sequential sweep must start its own wandb run
+            import wandb
+
+            wandb.finish()
 
 
-def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
-         model: ClusterCAMLitModule, hydra_texts: dict[str, str] | None = None) -> dict[str, Any]:
+def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule, model: ClusterCAMLitModule,
+         hydra_texts: dict[str, str] | None = None, wandb_id: str | None = None) -> dict[str, Any]:
     out_dir = run_dir(cfg)
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +122,8 @@ def _fit(cfg: DictConfig, trainer: L.Trainer, datamodule: L.LightningDataModule,
             (out_dir / HYDRA_SUBDIR).mkdir(exist_ok=True)
             write_text(out_dir / HYDRA_SUBDIR / name, text)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if wandb_id is not None:  # before fit: the processes DDP launches read it (attach_wandb_id)
+            write_text(out_dir / WANDB_ID_FILE, wandb_id + "\n")
         record_env(cfg, out_dir, accelerator=type(trainer.accelerator).__name__, world_size=trainer.world_size,
                    global_batch=getattr(datamodule, "global_batch_size", None), precision=str(trainer.precision))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from clustercam_pl.cam.refine import denormalize, valid_cams
 from clustercam_pl.data.imageio import label_palette
 from clustercam_pl.data.labels import IGNORE_INDEX, class_offset, label_names
+from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from clustercam_pl.models.utils import training_mode
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def cam_panels(
     map is.
     """
     maps = class_maps(module, image, cls_label)
-    panels = {"image": image_01(image)}
+    panels = {"image": image_01(image, module.net)}
     for name in ("patch_to_class", "cluster_to_class", "clustercam"):
         panels[name] = maps[name].max(axis=1)  # (B, H, W)
     panels["pseudo_label"] = maps["pseudo_label"]
@@ -133,9 +134,12 @@ def cam_panels(
     return panels
 
 
-def image_01(image: Tensor) -> np.ndarray:
-    """ImageNet-normalised (B, 3, H, W) -> (B, H, W, 3) float in [0, 1] for display."""
-    return denormalize(image, wrap_uint8=False).permute(0, 2, 3, 1).cpu().numpy()
+def image_01(image: Tensor, net: Any = None) -> np.ndarray:
+    """Normalised (B, N, H, W) -> (B, H, W, 3) float in [0, 1] for display: the first 3 bands, de-normalised
+    with the network's mean / std (`net.cfg.normalization`; ImageNet's without a network)."""
+    cfg = getattr(net, "cfg", None)
+    mean, std = cfg.normalization if hasattr(cfg, "normalization") else (IMAGENET_MEAN, IMAGENET_STD)
+    return denormalize(image[:, :3], mean[:3], std[:3], wrap_uint8=False).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()

@@ -60,6 +60,22 @@ def test_prompts_are_boxes_and_interior_points_of_components():
     assert (apply_prompt_masks(labels, prompts, [sam_mask], outside="background")[1:4, 4:6] == 0).all()
 
 
+def test_without_background_label_0_is_a_class_that_is_prompted(tmp_path):
+    labels = np.zeros((8, 10), np.uint8)  # class 0 everywhere but a 3 x 5 block of class 2
+    labels[1:4, 1:6] = 2
+    assert [p.cls for p in label_prompts(labels, min_area=5)] == [2]  # 0 is the background: not prompted
+    prompts = label_prompts(labels, min_area=5, background=False)
+    assert [p.cls for p in prompts] == [0, 2]  # largest first
+    assert prompts[0].box.tolist() == [0, 0, 10, 8]
+    # "background" as the fill of a component's pixels outside its mask has no meaning without a background
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"")
+    step = build_step({"name": "sam", "checkpoint": str(ckpt), "outside": "background"})
+    with pytest.raises(ValueError, match=r"^sam: outside=background, but the labels of image 'img' have no background "
+                       r"class: pass outside=ignore or outside=keep$"):
+        step(Sample(np.zeros((8, 10, 3), np.uint8), None, labels, key="img", background=False))
+
+
 def test_steps_are_found_by_name_and_refuse_bad_settings(tmp_path):
     assert {"superpixel", "segments", "sam", "sam2"} <= set(available())
     step = build_step({"name": "superpixel", "n_segments": 50})

@@ -112,6 +112,17 @@ def multi_scale_cam(
     return total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5)
 
 
+def par_image(net: ClusterCAMNet, images: Tensor, wrap_uint8: bool = True) -> Tensor:
+    """The image PAR's colour affinity is computed on: (B, 3, H, W) in [0, 1].
+
+    RGB inputs: the whole image, de-normalised with the network's mean / std (ImageNet's: the
+    reference). N-band inputs (RGB-IR aerial tiles, multispectral): their first 3 bands, taken as the
+    colour image (Potsdam's RGBIR order puts R, G, B first; Vaihingen's IRRG gives a false-colour one).
+    """
+    mean, std = net.cfg.normalization
+    return denormalize(images[:, :3], mean[:3], std[:3], wrap_uint8=wrap_uint8)  # (B, 3, H, W)
+
+
 @torch.no_grad()
 def pseudo_label_step(
     net: ClusterCAMNet,
@@ -133,7 +144,7 @@ def pseudo_label_step(
         cams = multi_scale_cam(net, images, cfg.scales, cfg.flip, cfg.cam_layers, cfg.p2p_refine)  # (B, K, H, W)
     with record_function("par"):
         cams = valid_cams(cams, cls_label)  # absent classes zeroed
-        image01 = denormalize(images, wrap_uint8=cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
+        image01 = par_image(net, images, cfg.wrap_uint8)  # (B, 3, H, W) in [0, 1]
         if net.cfg.background:
             pseudo = refine_with_background(par, image01, cams, cls_label, cfg.bg_high, cfg.bg_low, cfg.down_scale)
         else:

@@ -62,6 +62,22 @@ def valid_cams(cams: torch.Tensor, cls_label: torch.Tensor) -> torch.Tensor:
     return cams * cls_label.to(cams.dtype)[:, :, None, None]  # (B, K, H, W)
 
 
+def _check_inputs(image01: torch.Tensor, cams: torch.Tensor, cls_label: torch.Tensor, down_scale: int) -> None:
+    """The shapes both refinements expect: image01 (B, 3, H, W), cams (B, K, H, W), cls_label (B, K)."""
+    if down_scale < 1:
+        raise ValueError(f"down_scale must be >= 1, got {down_scale}")
+    if cams.dim() != 4 or cls_label.dim() != 2 or cams.shape[:2] != cls_label.shape:
+        raise ValueError(
+            f"cams must be (B, K, H, W) and cls_label (B, K), "
+            f"got {tuple(cams.shape)} and {tuple(cls_label.shape)}"
+        )
+    if image01.dim() != 4 or image01.shape[0] != cams.shape[0] or image01.shape[-2:] != cams.shape[-2:]:
+        raise ValueError(
+            f"image01 {tuple(image01.shape)} must be (B, 3, H, W) with the batch and size of cams "
+            f"{tuple(cams.shape)}"
+        )
+
+
 def refine_with_background(
     par: PAR,
     image01: torch.Tensor,
@@ -100,18 +116,7 @@ def refine_with_background(
     """
     if not high > low:
         raise ValueError(f"high must be greater than low, got high={high} and low={low}")
-    if down_scale < 1:
-        raise ValueError(f"down_scale must be >= 1, got {down_scale}")
-    if cams.dim() != 4 or cls_label.dim() != 2 or cams.shape[:2] != cls_label.shape:
-        raise ValueError(
-            f"cams must be (B, K, H, W) and cls_label (B, K), "
-            f"got {tuple(cams.shape)} and {tuple(cls_label.shape)}"
-        )
-    if image01.dim() != 4 or image01.shape[0] != cams.shape[0] or image01.shape[-2:] != cams.shape[-2:]:
-        raise ValueError(
-            f"image01 {tuple(image01.shape)} must be (B, 3, H, W) with the batch and size of cams "
-            f"{tuple(cams.shape)}"
-        )
+    _check_inputs(image01, cams, cls_label, down_scale)
     b, k, h, w = cams.shape
     small = (h // down_scale, w // down_scale)
     # Refine in at least float32 even under autocast: argmax ties are decided by tiny differences.
@@ -170,18 +175,7 @@ def refine_without_background(
         cls_label: multi-hot image labels (B, K); every image needs at least one present class.
         down_scale: PAR runs at (H // down_scale, W // down_scale).
     """
-    if down_scale < 1:
-        raise ValueError(f"down_scale must be >= 1, got {down_scale}")
-    if cams.dim() != 4 or cls_label.dim() != 2 or cams.shape[:2] != cls_label.shape:
-        raise ValueError(
-            f"cams must be (B, K, H, W) and cls_label (B, K), "
-            f"got {tuple(cams.shape)} and {tuple(cls_label.shape)}"
-        )
-    if image01.dim() != 4 or image01.shape[0] != cams.shape[0] or image01.shape[-2:] != cams.shape[-2:]:
-        raise ValueError(
-            f"image01 {tuple(image01.shape)} must be (B, 3, H, W) with the batch and size of cams "
-            f"{tuple(cams.shape)}"
-        )
+    _check_inputs(image01, cams, cls_label, down_scale)
     present = cls_label != 0  # (B, K)
     if empty := torch.nonzero(~present.any(dim=1)).flatten().tolist():  # host sync, as the compact path above
         raise ValueError(

@@ -7,7 +7,7 @@ Kinds:
 * reference: the official ClusterCAM (`{"model": state_dict}`, `module.` prefixes from DataParallel);
   the architecture is read off the tensor shapes (`reference.py`).
 * ImageNet ViT: DeiT / ViT / DINO / DINOv2 weights in timm's layout, the backbone's initialisation
-  (`imagenet.py`).
+  (`imagenet.py`); there too, a local file's weights for a stage-two smp network's encoder.
 
 `load_checkpoint(path)` is the one way to get a network from a file of either checkpoint kind.
 Files are read with `torch.load(..., weights_only=True)` and written atomically (`files.py`).
@@ -27,17 +27,19 @@ from clustercam_pl.checkpoint.imagenet import (
     imagenet_state_dict,
     imagenet_to_ours,
     load_imagenet_weights,
+    load_smp_encoder_weights,
     matching_presets,
 )
 from clustercam_pl.checkpoint.load import LoadedCheckpoint, load_checkpoint, resolve_class_names
 from clustercam_pl.checkpoint.reference import infer_config, ours_to_reference, reference_net, reference_to_ours
-from clustercam_pl.checkpoint.state_dict import load_state_dict_checked, unwrap_state_dict
+from clustercam_pl.checkpoint.state_dict import load_state_dict_checked, read_weights, unwrap_state_dict
 from clustercam_pl.utils.files import natural_key  # imported from here by tasks/evaluate.py
 
 __all__ = [
     "CAM_KEYS_OF_FORMAT_1", "FORMAT", "SUFFIXES", "UNUSED_IMAGENET_KEYS", "AtomicCheckpointIO", "LoadedCheckpoint",
     "check_format", "find_checkpoints", "find_one_checkpoint", "framework_section", "imagenet_state_dict",
-    "imagenet_to_ours", "infer_config", "load_checkpoint", "load_imagenet_weights", "load_state_dict_checked",
-    "matching_presets", "migrate", "natural_key", "ours_to_reference", "read_file", "reference_net",
+    "imagenet_to_ours", "infer_config", "load_checkpoint", "load_imagenet_weights", "load_smp_encoder_weights",
+    "load_state_dict_checked", "matching_presets", "migrate", "natural_key", "ours_to_reference", "read_file",
+    "read_weights", "reference_net",
     "reference_to_ours", "resolve_class_names", "save_atomic", "unwrap_state_dict",
 ]

@@ -1,4 +1,5 @@
-"""ImageNet initialisation: DeiT / ViT / DINO / DINOv2 weights (timm's layout) mapped onto the backbone.
+"""ImageNet initialisation: DeiT / ViT / DINO / DINOv2 weights (timm's layout) mapped onto the backbone,
+and a local file's weights into a stage-two smp network's encoder.
 
 The reference starts from DeiT (DCVL-WSSS/ClusterCAM main.py, the `--finetune` branch); the other
 families follow the same rule. Weights come from a local file or, by timm model name, from the hub.
@@ -14,17 +15,16 @@ import os
 import re
 import socket
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clustercam_pl.checkpoint.files import read_file
-from clustercam_pl.checkpoint.state_dict import unwrap_state_dict
+from clustercam_pl.checkpoint.state_dict import read_weights
 from clustercam_pl.models import ClusterCAMNet, NetConfig
 from clustercam_pl.models.config import preset_names
-from clustercam_pl.utils.files import natural_key
+from clustercam_pl.models.smp_net import SmpSegNet
+from clustercam_pl.utils.files import names_weights_file, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,25 @@ def matching_presets(vit_sd: Mapping[str, Tensor]) -> list[str]:
     return fits
 
 
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """RGB patch-embedding filters (O, 3, p, p) for an input of `in_chans` channels (O, in_chans, p, p).
+
+    The usual rule (as timm's `adapt_input_conv`, timm/models/_manipulate.py): one channel gets the sum
+    of the RGB filters (a grey image then gives the response of the same grey RGB image); more channels
+    repeat the RGB filters cyclically (band 4 = R's, 5 = G's, ...) scaled by 3 / in_chans, so the
+    activations keep the scale the pretrained blocks expect (for a multiple of 3 bands that all carry
+    the same signal, exactly the response of the RGB image).
+    """
+    if weight.dim() != 4 or weight.shape[1] != 3:
+        raise ValueError(f"expected RGB conv filters (O, 3, p, p), got {tuple(weight.shape)}")
+    if in_chans == 3:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)  # (O, 1, p, p)
+    repeat = -(-in_chans // 3)
+    return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3 / in_chans)  # (O, in_chans, p, p)
+
+
 def imagenet_to_ours(
     vit_sd: Mapping[str, Tensor], net: ClusterCAMNet, source: str = "pretrained weights"
 ) -> dict[str, Tensor]:
@@ -80,7 +99,8 @@ def imagenet_to_ours(
     gives zeros: timm adds none to it); the patch position embedding is resized (bicubic) from the
     weights' own grid to the model's `pos_grid`; each block's `norm1` initialises all four attention
     norms and `attn.qkv` / `attn.proj` initialise both attention branches; with LayerScale, `ls1`
-    initialises the MHSA's and the cluster branch's gamma. `proj_st`, `mix_param`, the CAM head and the
+    initialises the MHSA's and the cluster branch's gamma. A network of `in_chans` != 3 gets the RGB
+    patch filters adapted by `adapt_input_conv` (logged). `proj_st`, `mix_param`, the CAM head and the
     decoder keep their random init. Every tensor of `vit_sd` is either mapped or one of
     `UNUSED_IMAGENET_KEYS`; anything else, a tensor the network needs but `vit_sd` lacks, or a shape
     that does not fit is an error naming the tensors and the presets that would fit.
@@ -123,6 +143,12 @@ def imagenet_to_ours(
     out["backbone.pos_embed"] = torch.cat([cls_pos.expand(1, K, C), patch_pos], dim=1)  # (1, K + g*g, C)
     for k in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
         out["backbone." + k] = take(k)
+    rgb = out["backbone.patch_embed.proj.weight"]  # (C, 3, p, p) or None when missing
+    n = net.cfg.in_chans
+    if rgb is not None and n != 3 and rgb.dim() == 4 and rgb.shape[1] == 3:
+        out["backbone.patch_embed.proj.weight"] = adapt_input_conv(rgb, n)
+        how = "summed" if n == 1 else f"repeated cyclically over the {n} bands and scaled by 3/{n}"
+        log.info("%s: the RGB patch-embedding filters are %s (net.in_chans=%d)", source, how, n)
     qkv_parts = ("weight", "bias") if net.cfg.qkv_bias else ("weight",)
     for i, blk in enumerate(bb.blocks):
         src, dst = f"blocks.{i}.", f"backbone.blocks.{i}."
@@ -204,15 +230,8 @@ def imagenet_state_dict(source: str | os.PathLike) -> dict[str, Tensor]:
     HF_HUB_OFFLINE=1) it uses timm's cache only and otherwise fails at once, saying how to pass a
     local file, instead of retrying for a minute.
     """
-    path = Path(source)
-    if path.suffix in (".pth", ".pt", ".bin", ".safetensors") or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        return unwrap_state_dict(read_file(path), str(path))
+    if names_weights_file(source):
+        return read_weights(source)
 
     import timm
 
@@ -235,4 +254,53 @@ def load_imagenet_weights(net: ClusterCAMNet, source: str | os.PathLike) -> Clus
     _, unexpected = net.load_state_dict(mapped, strict=False)
     if unexpected:  # imagenet_to_ours maps only onto the network's own tensors
         raise ValueError(f"{source}: mapped tensors the network does not have: {unexpected[:10]}")
+    return net
+
+
+# Classification heads of ImageNet checkpoints (torchvision / timm / smp's own encoders) that a
+# segmentation encoder does not have; dropped silently from an encoder weights file.
+CLASSIFIER_PREFIXES = ("fc.", "head.", "head_dist.", "fc_norm.", "classifier.", "last_linear.", "_fc.")
+
+
+def fit_encoder_keys(sd: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """`sd` in the key layout of an smp encoder's state dict `own`, whichever of these the file holds: the
+    encoder's own state dict, a whole smp model's (``encoder.``) or an `SmpSegNet`'s (``model.encoder.``),
+    or a timm / torchvision classifier's (a ``tu-`` encoder keeps the timm model under ``model.``).
+    The layout sharing most keys with `own` wins; a classifier head is dropped."""
+    candidates = [dict(sd), {"model." + k: v for k, v in sd.items()}]
+    for prefix in ("model.encoder.", "encoder."):
+        if any(k.startswith(prefix) for k in sd):
+            candidates.append({k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)})
+    best = max(candidates, key=lambda c: len(own.keys() & c.keys()))
+    return {k: v for k, v in best.items()
+            if k in own or not k.removeprefix("model.").startswith(CLASSIFIER_PREFIXES)}
+
+
+def load_smp_encoder_weights(net: SmpSegNet, source: str | os.PathLike) -> SmpSegNet:
+    """Initialise a stage-two smp network's encoder (only) from a local weights file (`read_weights`).
+
+    Refused, naming the file, when its tensors do not cover the encoder exactly: how many are missing,
+    unexpected or of another shape, with a few of each, and how to write a file that fits.
+    """
+    encoder = net.model.encoder
+    own = encoder.state_dict()
+    sd = fit_encoder_keys(read_weights(source), own)
+    # A file saved without BatchNorm's step counters (older torchvision) keeps the encoder's own.
+    sd |= {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in sd}
+    missing = sorted(own.keys() - sd.keys(), key=natural_key)
+    unexpected = sorted(sd.keys() - own.keys(), key=natural_key)
+    shapes = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
+              for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if missing or unexpected or shapes:
+        name, arch = net.cfg.encoder_name, net.cfg.arch
+        problems = [f"{len(found)} {what} (e.g. {found[:4]})" for what, found in (
+            ("missing from the file", missing), ("in the file but not in the encoder", unexpected),
+            ("of another shape", shapes)) if found]
+        raise ValueError(
+            f"encoder weights {source} do not fit the {name} encoder ({len(own)} tensors): "
+            f"{'; '.join(problems)}. Pass weights of this encoder architecture: its state dict, a whole smp "
+            f"model's, or a timm / torchvision classifier's of the same model; e.g. where there is network: "
+            f"python -c \"import torch, segmentation_models_pytorch as smp; torch.save(smp.create_model("
+            f"'{arch}', encoder_name='{name}', encoder_weights='imagenet').encoder.state_dict(), 'encoder.pth')\"")
+    encoder.load_state_dict(sd)
     return net

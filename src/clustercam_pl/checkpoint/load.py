@@ -47,6 +47,22 @@ class LoadedCheckpoint:
                              "pass the data config the network was trained with")
 
 
+    def check_channels(self, in_channels: int, normalization: tuple[Sequence[float], Sequence[float]] | None,
+                       dataset: str) -> None:
+        """Refuse data of another band count than the network's (`NetConfig.in_chans`); warn when the data's
+        per-band mean / std differ from those the network was trained with (another preparation)."""
+        cfg = self.net.cfg
+        channels = int(getattr(cfg, "in_chans", 3))
+        if channels != in_channels:
+            raise ValueError(f"{self.path} takes {channels}-band images, but data={dataset} has {in_channels} bands: "
+                             "pass the data config the network was trained with")
+        own = cfg.normalization if hasattr(cfg, "normalization") else None
+        if normalization is not None and own is not None and any(
+                abs(a - b) > 1e-4 for x, y in zip(own, normalization, strict=True) for a, b in zip(x, y, strict=True)):
+            log.warning("%s was trained with the band mean / std %s, data=%s is normalised with %s (prepared again?)",
+                        self.path, [list(v) for v in own], dataset, [list(v) for v in normalization])
+
+
 def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool):
         return None

@@ -1,13 +1,35 @@
-"""State dicts of any checkpoint kind: unwrapping them and loading them with errors that name tensors."""
+"""State dicts of any checkpoint kind: reading, unwrapping and loading them with errors that name tensors."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from clustercam_pl.checkpoint.files import read_file
 from clustercam_pl.models import ClusterCAMNet
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a local weights file: `.safetensors`, or a torch file read with `weights_only=True`
+    (`read_file`: a damaged file or one that would run code is refused naming it, never loaded unsafely)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    if path.suffix != ".safetensors":
+        return unwrap_state_dict(read_file(path), str(path))
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:  # a truncated or foreign file: safetensors' own reason
+        raise ValueError(f"cannot read weights {path}: it is damaged or not a safetensors file "
+                         f"({type(e).__name__}: {str(e)[:160]}). Copy or download it again, or pass another "
+                         "file") from e
 
 
 def unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:

@@ -1,7 +1,7 @@
 """``WSSSDataModule``: VOC, COCO, a folder dataset or the synthetic set behind one LightningDataModule.
 
-Batches are dicts. Training: ``image`` float32 (B, 3, S, S), ``cls_label`` float32 (B, K),
-``image_id`` list[str] (fixed crop size S, no mask). Evaluation: images keep their own size; a batch
+Batches are dicts. Training: ``image`` float32 (B, N, S, S) (N = 3 but for N-band data), ``cls_label``
+float32 (B, K), ``image_id`` list[str] (fixed crop size S, no mask). Evaluation: images keep their own size; a batch
 of ``val_batch_size`` images is padded to its largest height and width (image with 0, i.e. the mean
 colour after normalisation, mask with 255 = ignore), and ``image_size`` int64 (B, 2) holds each
 image's original (H, W) so predictions can be cropped back. With ``val_batch_size=1`` (the default)
@@ -45,12 +45,13 @@ __all__ = ["DEFAULT_CROP", "WSSSDataModule", "pad_collate"]  # DEFAULT_CROP: its
 def pad_collate(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Collate evaluation items of different sizes: pad images with 0 and masks with 255 (bottom/right).
 
-    Returns ``image`` (B, 3, Hmax, Wmax), ``cls_label`` (B, K), ``mask`` (B, Hmax, Wmax) if the items
+    Returns ``image`` (B, N, Hmax, Wmax), ``cls_label`` (B, K), ``mask`` (B, Hmax, Wmax) if the items
     have masks, ``image_id`` list[str], ``image_size`` int64 (B, 2) original (H, W).
     """
     sizes = torch.tensor([tuple(item["image"].shape[-2:]) for item in batch], dtype=torch.long)  # (B, 2)
     h, w = (int(v) for v in sizes.max(dim=0).values)
-    images = torch.zeros(len(batch), 3, h, w, dtype=batch[0]["image"].dtype)  # (B, 3, Hmax, Wmax)
+    c = batch[0]["image"].shape[0]
+    images = torch.zeros(len(batch), c, h, w, dtype=batch[0]["image"].dtype)  # (B, N, Hmax, Wmax)
     for i, item in enumerate(batch):
         images[i, :, : sizes[i, 0], : sizes[i, 1]] = item["image"]
     out: dict[str, Any] = {
@@ -111,7 +112,8 @@ class WSSSDataModule(L.LightningDataModule):
         val_batch_size: evaluation batch per device (1: no padding).
         num_workers: DataLoader workers per device.
         crop_size: training crop side. None: the kind's ``default_crop`` (448; synthetic: the image size).
-        train_transform: "reference" (the reference recipe), "plain", "flip" or "none" (see data.transforms).
+        train_transform: "reference" (the reference recipe), "plain", "flip" or "none" (see data.transforms);
+            data with other than 3 channels takes "plain", "flip" or "none" (refused with a hint otherwise).
         label_source: VOC "xml" | "mask", COCO "annotations" | "mask", or a path to a label file;
             None: the source chosen at preparation. Ignored for synthetic (labels come from the masks).
         skip_unlabeled: drop training images without any class (logged) instead of raising.
@@ -177,6 +179,8 @@ class WSSSDataModule(L.LightningDataModule):
         self.skip_unlabeled = skip_unlabeled
         self.use_negatives = use_negatives
         self._class_names: tuple[str, ...] | None = None
+        self._channels: int | None = None
+        self._normalization: list[tuple[tuple[float, ...], tuple[float, ...]] | None] = []  # [value] once read
         self._has_background: bool | None = None
         self.seed = seed
         self.pin_memory = pin_memory
@@ -204,6 +208,25 @@ class WSSSDataModule(L.LightningDataModule):
         if self._class_names is None:
             self._class_names = self.kind.class_names_of(self.root, self.kind_config)
         return self._class_names
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of an input image: the kind's ``in_channels`` or the prepared root's (read once)."""
+        if self._channels is None:
+            self._channels = self.kind.channels_of(self.root, self.kind_config)
+        return self._channels
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """Per-channel (mean, std) stored with the data (``prepare`` computes them over the training split);
+        None: ImageNet's. Training stores them with the network (``net.mean`` / ``net.std``)."""
+        if not self._normalization:
+            stats = self.kind.normalization_of(self.root, self.kind_config)
+            if stats is None and self.in_channels != 3:
+                raise ValueError(f"the {self.dataset} root {self.root} has {self.in_channels} channels but no stored "
+                                 f"mean / std; {prepare_hint(self.dataset)}")
+            self._normalization.append(stats)
+        return self._normalization[0]
 
     @property
     def has_background(self) -> bool:
@@ -278,14 +301,16 @@ class WSSSDataModule(L.LightningDataModule):
 
     def _make(self, split: str, train: bool) -> Dataset:
         rank = int(getattr(getattr(self, "trainer", None), "global_rank", 0) or 0)
+        mean, std = self.normalization or (None, None)
         if train:
-            transform = build_train_transform(self.train_transform, self.crop_size, seed=self.seed + rank)
+            transform = build_train_transform(self.train_transform, self.crop_size, seed=self.seed + rank,
+                                              mean=mean, std=std)
         else:
-            transform = build_eval_transform()
+            transform = build_eval_transform(mean, std)
         opts = LoadOptions(self.root, self.label_source, self.skip_unlabeled, self.negatives,
                            self.check_files, self.seed, self.kind_config)
         if train and self.label_dir is not None:  # stage two: the fixed labels ride along with the crops
-            source = self.kind.build(split, build_eval_transform(), train=True, opts=opts)
+            source = self.kind.build(split, build_eval_transform(mean, std), train=True, opts=opts)
             return FixedLabelDataset(source, self.label_dir, transform, split=split, background=self.has_background)
         return self.kind.build(split, transform, train=train, opts=opts)
 

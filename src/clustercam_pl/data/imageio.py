@@ -86,6 +86,75 @@ def image_size(path: str | os.PathLike[str], *, full_decode: bool = False) -> tu
     return h, w
 
 
+TIFF_SUFFIXES = (".tif", ".tiff")
+"""Files read with tifffile when an image has other than 3 channels (aerial tiles, multispectral patches)."""
+
+
+def _tiff_layout(path: Path) -> tuple[tuple[int, int], int, np.dtype, bool]:
+    """((H, W), bands, dtype, bands_first) of a TIFF's first series, from its header."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
+    if len(shape) == 2:
+        return (shape[0], shape[1]), 1, dtype, False
+    if len(shape) == 3 and axes.endswith("YXS"):  # interleaved samples: (H, W, bands)
+        return (shape[0], shape[1]), shape[2], dtype, False
+    if len(shape) == 3 and axes.endswith("YX"):  # one plane per band (planar or one page each): (bands, H, W)
+        return (shape[1], shape[2]), shape[0], dtype, True
+    raise ImageReadError(f"cannot read image {path}: a TIFF of shape {shape} (axes {axes}); expected "
+                         "(H, W, bands) or (bands, H, W)")
+
+
+def tiff_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(H, W) of a TIFF from its header (tifffile: any number of bands, which PIL does not open)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"missing file: {path}")
+    try:
+        return _tiff_layout(path)[0]
+    except ImageReadError:
+        raise
+    except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error, ... for a malformed file
+        raise ImageReadError(f"cannot read {path}: {e}") from e
+
+
+def read_bands(path: str | os.PathLike[str], channels: int) -> np.ndarray:
+    """Decode an image of exactly `channels` bands to uint8 (H, W, channels).
+
+    TIFF (GeoTIFF too: the geo tags are ignored) is read with tifffile, interleaved (H, W, bands) or
+    planar (bands, H, W); other formats with PIL (3 channels: `read_rgb`). A file with another band count
+    or not 8 bits per band is refused naming the file, what it has and what was expected: a 4-band RGB-IR
+    patch in a 3-band dataset (or the reverse) would otherwise train on the wrong bands.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        if channels == 3:
+            return read_rgb(path)
+        raise ImageReadError(f"image {path}: only TIFF files are read with {channels} channels; write the "
+                             f"patches as {channels}-band TIFF (tifffile.imwrite)")
+    import tifffile
+
+    try:
+        (h, w), bands, dtype, first = _tiff_layout(path)
+        if bands != channels:
+            raise ImageReadError(f"image {path} has {bands} band(s), the dataset / network expects {channels}: "
+                                 "pass the image of the right sensor, or prepare a dataset of this band count")
+        if dtype != np.uint8:
+            raise ImageReadError(f"image {path} has {dtype} bands, expected uint8 (8 bits per band): "
+                                 "rescale it to 0..255 first")
+        arr = tifffile.imread(path, series=0)  # (H, W, bands) or (bands, H, W)
+    except FileNotFoundError as e:
+        raise ImageReadError(f"missing image: {path}") from e
+    except ImageReadError:
+        raise
+    except Exception as e:  # tifffile's errors for a malformed or truncated file
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
+    arr = arr.reshape(h, w, 1) if arr.ndim == 2 else np.moveaxis(arr, 0, -1) if first else arr
+    return np.ascontiguousarray(arr)  # (H, W, channels) uint8
+
+
 def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image file to uint8 (H, W, 3) RGB (grayscale and CMYK JPEGs are converted)."""
     path = Path(path)

@@ -8,9 +8,12 @@
     <mask dir>/<id>.png           # class-index PNGs (0 background, c + 1 class c, 255 ignore; without a
                                   # background class, "has_background": false, c = class c)
     image_files.json              # folder datasets only: image id -> file (the suffixes differ)
+    <image dir>/<id>.tif          # written by steps that cut patches (potsdam, vaihingen): N-band TIFF
     prepare_report.json           # counts per split and class, skipped items
 
-Images are not copied: the manifest stores the image folder relative to ``ROOT`` (absolute only when
+The manifest's ``extra`` may hold ``in_channels`` and the per-channel ``mean`` / ``std`` of the
+training split (N-band data; see :attr:`Manifest.in_channels`). Images are not copied (except by steps
+that cut tiles into patches): the manifest stores the image folder relative to ``ROOT`` (absolute only when
 no relative path exists), so ``ROOT`` may be the VOC2012 folder itself or a separate folder.
 """
 
@@ -69,6 +72,22 @@ class Manifest:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def in_channels(self) -> int | None:
+        """Bands of every image (``extra.in_channels``, written by prepare steps of N-band data); None: a
+        root written before it existed or for RGB photos of any mode (read and converted to RGB)."""
+        value = self.extra.get("in_channels")
+        return None if value is None else int(value)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) per channel in [0, 1] units over the training split (``extra.mean`` / ``extra.std``);
+        None: not stored (ImageNet's are used)."""
+        mean, std = self.extra.get("mean"), self.extra.get("std")
+        if mean is None or std is None:
+            return None
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def path(self, rel: str) -> Path:
         """Resolve a manifest path (relative to the root, or absolute)."""

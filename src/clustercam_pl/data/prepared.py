@@ -2,7 +2,8 @@
 
 Item contract (every dataset of this package, synthetic included)::
 
-    {"image": float32 (3, H, W) ImageNet-normalised,
+    {"image": float32 (N, H, W) normalised (N = 3 and ImageNet's mean / std unless the manifest says
+              ``in_channels`` / ``mean`` / ``std``),
      "cls_label": float32 (K,) multi-hot (all zeros on splits without labels, e.g. VOC test),
      "mask": int64 (H, W), 0 background, c + 1 class c, 255 ignore   # only when with_mask; without
                                                                      # a background class c = class c
@@ -24,7 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clustercam_pl.data.imageio import ImageReadError, image_size, read_mask, read_rgb
+from clustercam_pl.data.imageio import (
+    TIFF_SUFFIXES,
+    ImageReadError,
+    image_size,
+    read_bands,
+    read_mask,
+    read_rgb,
+    tiff_size,
+)
 from clustercam_pl.data.labels import (
     IGNORE_INDEX,
     label_convention,
@@ -76,6 +85,17 @@ class PreparedSegmentation(Dataset, DatasetKind):
         return read_manifest(root, cls.name).classes
 
     @classmethod
+    def channels_of(cls, root: str | None, config: Any) -> int:
+        """The manifest's ``in_channels``, else the kind's."""
+        stored = read_manifest(root, cls.name).in_channels
+        return cls.in_channels if stored is None else stored
+
+    @classmethod
+    def normalization_of(cls, root: str | None, config: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The manifest's per-channel (mean, std); None: ImageNet's."""
+        return read_manifest(root, cls.name).normalization
+
+    @classmethod
     def has_background_of(cls, root: str | None, config: Any) -> bool:
         """``has_background`` when the kind fixes it, else the prepared root's manifest's ``has_background``."""
         if cls.has_background is not None:
@@ -110,10 +130,14 @@ class PreparedSegmentation(Dataset, DatasetKind):
                 f"{prepare_hint(self.name)}"
             )
         self.background: bool = self.manifest.has_background
+        # Bands read strictly (a file with another count is refused) where the manifest states them; else
+        # any photo is converted to RGB, as before.
+        self.bands: int | None = self.manifest.in_channels
         self.negatives = negatives
         self.split = split
         self.info = self.manifest.split(split)
-        self.transform = transform if transform is not None else build_eval_transform()
+        self.transform = transform if transform is not None else build_eval_transform(
+            *(self.manifest.normalization or (None, None)))
         if with_mask and self.info.mask_dir is None:
             raise ValueError(
                 f"split {split!r} of {self.manifest.root} has no masks (with_mask=True was asked)"
@@ -226,16 +250,23 @@ class PreparedSegmentation(Dataset, DatasetKind):
 
     def image_hw(self, index: int) -> tuple[int, int]:
         """(H, W) of item ``index`` from its file's header (no decoding)."""
-        return image_size(self.image_path(self.ids[index]))
+        path = self.image_path(self.ids[index])
+        strict_tiff = self.bands is not None and path.suffix.lower() in TIFF_SUFFIXES
+        return tiff_size(path) if strict_tiff else image_size(path)  # tifffile: any band count
+
+    def read_image(self, image_id: str) -> np.ndarray:
+        """uint8 (H, W, N) of ``image_id``: exactly the manifest's ``in_channels`` bands, else RGB."""
+        path = self.image_path(image_id)
+        return read_rgb(path) if self.bands is None else read_bands(path, self.bands)
 
     def raw_item(self, index: int) -> tuple[str, np.ndarray, np.ndarray]:
-        """(image id, uint8 (H, W, 3) image, float32 (K,) multi-hot label), untransformed."""
+        """(image id, uint8 (H, W, N) image, float32 (K,) multi-hot label), untransformed."""
         image_id = self.ids[index]
-        return image_id, read_rgb(self.image_path(image_id)), multi_hot(self.labels.get(image_id, ()), self.num_classes)
+        return image_id, self.read_image(image_id), multi_hot(self.labels.get(image_id, ()), self.num_classes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
-        image = read_rgb(self.image_path(image_id))  # (H, W, 3) uint8
+        image = self.read_image(image_id)  # (H, W, N) uint8
         mask = None
         if self.with_mask:
             assert self.mask_dir is not None

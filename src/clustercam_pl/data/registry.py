@@ -10,9 +10,10 @@ by its name). Nothing else (the datamodule, the prepare command, the config chec
 ``has_background`` says whether label value 0 is a background class (see
 :mod:`clustercam_pl.data.labels` for the label-value convention); a kind whose roots differ (``folder``)
 leaves it None and its prepared root's manifest says (:meth:`DatasetKind.has_background_of`). Facts not
-used with other values yet (``void_values``, ``in_channels``) are stated already, so that a kind with
-another void value in its masks or with other than 3 input channels declares it here instead of being
-special-cased later.
+used with other values yet (``void_values``) are stated already, so that a kind with another void value
+in its masks declares it here instead of being special-cased later. ``in_channels`` (and the per-channel
+mean / std) may also come from a prepared root's manifest (``channels_of`` / ``normalization_of``):
+training sets the network's ``in_chans`` from it, as it sets K from the classes.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class DatasetKind:
     void_values: ClassVar[tuple[int, ...]] = (IGNORE_INDEX,)
     """Mask values that are not scored."""
     in_channels: ClassVar[int] = 3
-    """Channels of an input image."""
+    """Channels of an input image (a prepared root's manifest may say otherwise: ``channels_of``)."""
     prepare_example: ClassVar[str | None] = None
     """A command that prepares a root of this kind (error messages); None: the kind needs no preparing."""
 
@@ -105,6 +106,16 @@ class DatasetKind:
         if cls.fixed_classes is None:
             raise NotImplementedError(f"dataset kind {cls.name!r} has no fixed classes and no class_names_of")
         return cls.fixed_classes
+
+    @classmethod
+    def channels_of(cls, root: str | None, config: Any) -> int:
+        """The input channels of a root of this kind: ``in_channels`` here; a prepared root overrides."""
+        return cls.in_channels
+
+    @classmethod
+    def normalization_of(cls, root: str | None, config: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) per channel stored with the data; None: ImageNet's (every RGB kind without stats)."""
+        return None
 
     @classmethod
     def has_background_of(cls, root: str | None, config: Any) -> bool:

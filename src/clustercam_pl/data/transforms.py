@@ -28,13 +28,18 @@ Two training recipes, chosen by name (``train_transform`` in the data config):
 
 Evaluation uses :func:`build_eval_transform` (normalise only; images keep their own size).
 
+Normalisation: ImageNet's mean / std unless the dataset stores its own (``mean``, ``std``: one value
+per channel, computed by ``prepare`` over the training split; N-channel remote-sensing data). Images
+with other than 3 channels (RGB-IR, multispectral) take "plain", "flip" or "none": the colour operations of
+"reference" (saturation, hue, equalise, solarise, ...) are defined for RGB only.
+
 All transforms use the 2.x argument names (``size=``, ``fill=``, ``fill_mask=``): the 1.x names
 (``value=``, ``mask_value=``) only warn and then pad the mask with 0 instead of the ignore value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import albumentations as A
@@ -76,16 +81,33 @@ def _rand_augment_m9(ignore_index: int = IGNORE_INDEX) -> A.BaseCompose:
     return A.RandomOrder(ops, n=2, replace=True, p=1.0)
 
 
+def _normalize(mean: Sequence[float] | None, std: Sequence[float] | None) -> A.Normalize:
+    """Per-channel normalisation of uint8 images: ImageNet's when ``mean`` / ``std`` are None."""
+    if (mean is None) != (std is None):
+        raise ValueError("give mean and std together (or neither: ImageNet's)")
+    if mean is None or std is None:
+        return A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return A.Normalize(mean=tuple(mean), std=tuple(std))
+
+
 def build_train_transform(
-    name: str = "reference", crop_size: int = 448, seed: int | None = None, ignore_index: int = IGNORE_INDEX
+    name: str = "reference", crop_size: int = 448, seed: int | None = None, ignore_index: int = IGNORE_INDEX,
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
 ) -> A.Compose:
     """The training augmentation ``name`` ("reference" | "plain" | "flip" | "none") producing ``crop_size`` squares.
 
-    Output of ``t(image=uint8 (H, W, 3)[, mask=uint8 (H, W)])``: ``image`` float32 (3, S, S) normalised,
-    ``mask`` uint8 (S, S) with ``ignore_index`` where padding or erasing removed the content.
+    Output of ``t(image=uint8 (H, W, N)[, mask=uint8 (H, W)])``: ``image`` float32 (N, S, S) normalised
+    with ``mean`` / ``std`` (N values each; None: ImageNet's, N = 3), ``mask`` uint8 (S, S) with
+    ``ignore_index`` where padding or erasing removed the content. "reference" needs N = 3.
     """
     size = (crop_size, crop_size)
-    tail = [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), A.ToTensorV2()]
+    channels = 3 if mean is None else len(mean)
+    if name == "reference" and channels != 3:
+        raise ValueError(
+            f"data.train_transform=reference has colour operations for RGB images only, and this dataset has "
+            f"{channels} channels: pass data.train_transform=plain (scale, pad, crop, flip)"
+        )
+    tail = [_normalize(mean, std), A.ToTensorV2()]
     if name == "reference":
         ops: list[Any] = [
             A.RandomResizedCrop(
@@ -127,15 +149,15 @@ def build_train_transform(
     return A.Compose([*ops, *tail], seed=seed)
 
 
-def build_eval_transform() -> A.Compose:
-    """Evaluation: ImageNet normalisation only; the image keeps its own size."""
-    return A.Compose([A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), A.ToTensorV2()])
+def build_eval_transform(mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> A.Compose:
+    """Evaluation: normalisation only (``mean`` / ``std``, None: ImageNet's); the image keeps its own size."""
+    return A.Compose([_normalize(mean, std), A.ToTensorV2()])
 
 
 def apply_transform(
     transform: Callable[..., dict[str, Any]], image: np.ndarray, mask: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run an albumentations pipeline; returns image float32 (3, H, W) and mask int64 (H, W) or None."""
+    """Run an albumentations pipeline; returns image float32 (N, H, W) and mask int64 (H, W) or None."""
     if mask is None:
         out = transform(image=image)
         return out["image"].float(), None

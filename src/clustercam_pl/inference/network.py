@@ -95,14 +95,14 @@ def predict(
     flip: bool = False,
     image_size: Tensor | None = None,
 ) -> Prediction:
-    """Segmentation probabilities and class scores of ImageNet-normalised images (B, 3, H, W), eval mode.
+    """Segmentation probabilities and class scores of normalised images (B, N, H, W), eval mode.
 
     The reference protocol (module docstring); ``flip`` adds the mirrored image at every scale to the
     max-fusion. Images of a padded batch are predicted at their own size; the padding of the result
     is 0 (argmax: label value 0; masks are 255 there, so scores are unaffected).
     """
-    if image.dim() != 4 or image.shape[1] != 3:
-        raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+    if image.dim() != 4:
+        raise ValueError(f"image must be (B, N, H, W), got {tuple(image.shape)}")
     if not scales or any(float(s) <= 0 for s in scales):
         raise ValueError(f"scales must be positive numbers, got {list(scales)}")
     B, _, H, W = image.shape
@@ -115,6 +115,55 @@ def predict(
             probs[idx, :, :h, :w] = p.probs
             cls_logits[idx] = p.cls_logits
     return Prediction(probs, cls_logits)
+
+
+def window_starts(length: int, window: int, overlap: float) -> list[int]:
+    """Offsets of the windows along one side: a step of ``window * (1 - overlap)`` (at least 1 pixel), the
+    last window moved back to end at the edge; one window at 0 when the side is not longer than ``window``."""
+    if length <= window:
+        return [0]
+    step = max(1, int(window * (1.0 - overlap)))
+    starts = list(range(0, length - window + 1, step))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+@torch.no_grad()
+def predict_windows(
+    net: ClusterCAMNet,
+    image: Tensor,
+    window: int,
+    overlap: float = 0.25,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Prediction:
+    """`predict` over a large image (B, N, H, W) by sliding windows: tiles larger than a window (an aerial
+    6000 x 6000 tile) are predicted at full resolution, window by window, never resized as a whole.
+
+    Windows of ``window`` pixels a side (the image's side where it is shorter) overlap by ``overlap`` of
+    a window; each window is predicted with the protocol (`predict`: its scales and flips within the
+    window) and the probabilities of the windows covering a pixel are averaged. The class scores are
+    the maximum over the windows (a class is present in the image if it is in any window). An image
+    that one window covers is predicted exactly as by `predict`.
+    """
+    if window < 1 or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"window must be >= 1 and overlap in [0, 1), got window={window}, overlap={overlap}")
+    B, _, H, W = image.shape
+    wh, ww = min(window, H), min(window, W)
+    ys, xs = window_starts(H, wh, overlap), window_starts(W, ww, overlap)
+    if len(ys) == 1 and len(xs) == 1:
+        return predict(net, image, scales, flip)
+    total = image.new_zeros(B, net.cfg.num_labels, H, W, dtype=torch.float32)  # (B, C, H, W) summed probabilities
+    hits = image.new_zeros(1, 1, H, W, dtype=torch.float32)  # (1, 1, H, W) windows over each pixel
+    cls_logits = image.new_full((B, net.cfg.num_classes), float("-inf"), dtype=torch.float32)  # (B, K)
+    for y in ys:
+        for x in xs:
+            p = predict(net, image[:, :, y : y + wh, x : x + ww], scales, flip)
+            total[:, :, y : y + wh, x : x + ww] += p.probs
+            hits[:, :, y : y + wh, x : x + ww] += 1
+            cls_logits = torch.maximum(cls_logits, p.cls_logits)
+    return Prediction(total / hits, cls_logits)
 
 
 # --------------------------------------------------------------------------- CAMs and labels

@@ -89,10 +89,15 @@ def network_crops(
 
 
 def postprocess(
-    items: Iterable[tuple[str, Tensor, Tensor]], protocol: Protocol, pool: StepPool | None = None, chunk: int = 1
+    items: Iterable[tuple[str, Tensor, Tensor]], protocol: Protocol, pool: StepPool | None = None, chunk: int = 1,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None, background: bool = True,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, label map (h, w) uint8) of every (key, image (3, h, w) normalised, probabilities (C, h, w)),
+    """(key, label map (h, w) uint8) of every (key, image (N, h, w) normalised, probabilities (C, h, w)),
     in order, through the protocol's steps.
+
+    The steps (CRF, superpixels, SAM) see an RGB image: the first 3 bands, de-normalised with
+    `normalization` ((mean, std) of the image's channels; None: ImageNet's). `background`: label 0 is the
+    background class (the network's `cfg.background`), which label steps such as SAM prompts leave alone.
 
     With steps, an image's sample goes to `pool` (None: run inline) as soon as it comes, so the caller's
     next forward pass overlaps the workers; `chunk` samples travel to a worker together.
@@ -104,7 +109,10 @@ def postprocess(
     pool = pool if pool is not None else StepPool(protocol.steps, 0)
     if pool.steps != protocol.steps:
         raise ValueError(f"the pool runs {pool.steps}, the protocol {protocol.name} asks for {protocol.steps}")
-    samples = ((key, Sample(to_uint8_image(image), probs.float().cpu().numpy(), key=key))
+    mean, std = normalization or (None, None)
+    mean3, std3 = (None, None) if mean is None or std is None else (mean[:3], std[:3])
+    samples = ((key, Sample(to_uint8_image(image[:3], mean3, std3), probs.float().cpu().numpy(), key=key,
+                            background=background))
                for key, image, probs in items)  # (h, w, 3) uint8, (C, h, w) float32
     yield from pool.imap(samples, chunk=chunk)
 
@@ -117,4 +125,12 @@ def label_maps(
     """The label map (h, w) uint8 of every image of a padded batch (B, 3, H, W): network, crop, steps."""
     crops = network_crops(net, images, image_size, protocol)
     items = ((str(i), image, probs) for i, (image, probs) in enumerate(crops))
-    return [labels for _, labels in postprocess(items, protocol, pool)]
+    return [labels for _, labels in postprocess(items, protocol, pool, normalization=input_normalization(net),
+                                                      background=net.cfg.background)]
+
+
+def input_normalization(net: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) a network's inputs are normalised with (`NetConfig.normalization`); None: ImageNet's
+    (a network whose config does not say, e.g. a stage-two smp network)."""
+    cfg = getattr(net, "cfg", None)
+    return cfg.normalization if hasattr(cfg, "normalization") else None

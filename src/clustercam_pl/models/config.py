@@ -54,6 +54,12 @@ class NetConfig:
         fused_attention: fused SDPA for attention outputs with only the K class rows explicit (fast);
             False materialises every attention matrix as the reference does. Same numbers.
         decoder_width, decoder_dilation: the LargeFOV decoder (512, 5).
+        in_chans: input channels of the patch embedding (3: RGB; 4: RGB-IR aerial tiles; 13: Sentinel-2).
+            Set from the dataset (``data.in_channels``) by training; ImageNet weights are adapted to it
+            (``checkpoint.imagenet.adapt_input_conv``). Checkpoints written before it existed load as 3.
+        mean, std: the per-channel normalisation the network was trained with (``in_chans`` values each),
+            stored with the network so that prediction normalises a new image the same way; None:
+            ImageNet's (``data.transforms.IMAGENET_MEAN`` / ``IMAGENET_STD``, every RGB dataset).
     """
 
     num_classes: int = 20
@@ -74,6 +80,9 @@ class NetConfig:
     fused_attention: bool = True
     decoder_width: int = 512
     decoder_dilation: int = 5
+    in_chans: int = 3
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     background: bool = True
 
     def __post_init__(self) -> None:
@@ -81,7 +90,10 @@ class NetConfig:
         if self.cluster_blocks is not None:
             set_("cluster_blocks", tuple(sorted({int(i) for i in self.cluster_blocks})))
         set_("cluster_grid", tuple(int(g) for g in self.cluster_grid))
-        positive = ("num_classes", "embed_dim", "depth", "num_heads", "patch_size", "pos_grid",
+        for key in ("mean", "std"):
+            if getattr(self, key) is not None:
+                set_(key, tuple(float(v) for v in getattr(self, key)))
+        positive = ("in_chans", "num_classes", "embed_dim", "depth", "num_heads", "patch_size", "pos_grid",
                     "cluster_iters", "decoder_width", "decoder_dilation")
         for key in positive:
             if int(getattr(self, key)) < 1:
@@ -100,11 +112,31 @@ class NetConfig:
             raise ValueError(f"net.layer_scale must be > 0 or null (no LayerScale), got {self.layer_scale}")
         if self.alpha_init is not None and not 0 <= self.alpha_init <= 1:
             raise ValueError(f"net.alpha_init must be in [0, 1] or null (random), got {self.alpha_init}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("net.mean and net.std are given together (or both null: ImageNet's)")
+        if self.mean is None and self.in_chans != 3:
+            raise ValueError(f"net.in_chans={self.in_chans} needs net.mean and net.std ({self.in_chans} values "
+                             "each; training takes them from the dataset): ImageNet's are for 3 channels")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != self.in_chans:
+                raise ValueError(f"net.{key} has {len(values)} values, net.in_chans={self.in_chans}: one per channel")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"net.std must be positive, got {list(self.std)}")
 
     # ------------------------------------------------------------------------------ derived
     @property
     def cluster_block_set(self) -> frozenset[int]:
         return frozenset(range(self.depth) if self.cluster_blocks is None else self.cluster_blocks)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the network's input channels: the stored ones, else ImageNet's."""
+        from clustercam_pl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        if self.mean is None or self.std is None:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return self.mean, self.std
 
     @property
     def num_labels(self) -> int:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from clustercam_pl.data.labels import class_offset, num_labels
 from clustercam_pl.models.clustercam import ClusterCAMOutput
+from clustercam_pl.utils.files import names_weights_file
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,10 @@ class SmpConfig:
     num_classes: int
     arch: str = "DeepLabV3Plus"
     encoder_name: str = "tu-resnet50"
-    encoder_weights: str | None = None  # smp's name of pretrained weights ("imagenet", from the hub) or None
+    # Pretrained encoder weights: smp's name ("imagenet", from the hub), a local file (.pth / .pt / .bin /
+    # .safetensors, loaded into the encoder at the start of training: checkpoint.load_smp_encoder_weights),
+    # or None (random).
+    encoder_weights: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     background: bool = True  # set from the dataset kind; a checkpoint without it loads as True
 
@@ -40,6 +44,18 @@ class SmpConfig:
     def num_labels(self) -> int:
         """Label values the network predicts: K + 1 with a background class, K without."""
         return num_labels(self.num_classes, self.background)
+
+    @property
+    def hub_weights(self) -> str | None:
+        """What smp itself downloads: ``encoder_weights`` unless it names a local file."""
+        w = self.encoder_weights
+        return None if w is None or names_weights_file(w) else w
+
+    @property
+    def encoder_file(self) -> str | None:
+        """``encoder_weights`` when it names a local file, which smp does not read (see `hub_weights`)."""
+        w = self.encoder_weights
+        return w if w is not None and names_weights_file(w) else None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -70,9 +86,19 @@ class SmpSegNet(nn.Module):
         super().__init__()
         self.cfg = config
         smp = _import_smp()
-        self.model = smp.create_model(config.arch, encoder_name=config.encoder_name,
-                                      encoder_weights=config.encoder_weights, classes=config.num_labels,
-                                      **dict(config.extra))
+        try:
+            self.model = smp.create_model(config.arch, encoder_name=config.encoder_name,
+                                          encoder_weights=config.hub_weights, classes=config.num_labels,
+                                          **dict(config.extra))
+        except OSError as e:  # huggingface_hub's errors of a download without network are OSErrors
+            if config.hub_weights is None:
+                raise
+            raise RuntimeError(
+                f"could not get the {config.encoder_name} encoder's '{config.hub_weights}' weights from the hub "
+                f"({type(e).__name__}). Without network, save them where there is network "
+                f"(torch.save(smp.create_model('{config.arch}', encoder_name='{config.encoder_name}', "
+                f"encoder_weights='{config.hub_weights}').encoder.state_dict(), 'encoder.pth')) and pass the file: "
+                "model.smp.encoder_weights=/path/to/encoder.pth") from e
         self.stride = int(getattr(self.model.encoder, "output_stride", 32))
         self.compiled = False
 

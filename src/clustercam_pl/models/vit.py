@@ -100,7 +100,7 @@ class ClusterViT(nn.Module):
         super().__init__()
         self.cfg = cfg  # the one source of the shapes: read cfg.embed_dim, cfg.depth, ... from it
         K, C, g = cfg.num_classes, cfg.embed_dim, cfg.pos_grid
-        self.patch_embed = PatchEmbed(cfg.patch_size, 3, C)
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, C)
         self.cls_token = nn.Parameter(torch.zeros(1, K, C))
         self.pos_embed = nn.Parameter(torch.zeros(1, K + g * g, C))
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
@@ -169,8 +169,12 @@ class ClusterViT(nn.Module):
         return torch.cat(mix) if mix else self.cls_token.new_zeros(0)
 
     def forward(self, x: Tensor, keep: Keep = Keep.NOTHING) -> BackboneOutput:
-        """x (B, 3, H, W) ImageNet-normalised; `keep` says what each block keeps besides its output."""
-        B, _, H, W = x.shape
+        """x (B, in_chans, H, W) normalised (`cfg.normalization`); `keep` says what each block keeps besides
+        its output."""
+        B, N, H, W = x.shape
+        if N != self.cfg.in_chans:
+            raise ValueError(f"input has {N} channels (shape {tuple(x.shape)}), the network takes "
+                             f"net.in_chans={self.cfg.in_chans}")
         grid = self.patch_grid(H, W)
         tokens = self.patch_embed(x)  # (B, N, C)
         tokens = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)  # (B, T, C)

@@ -89,7 +89,7 @@ def recorded_split(folder: str | Path) -> str | None:
 
 
 class RawTransform:
-    """The dataset transform that keeps pixels as they are: (3, H, W) float 0..255 and the mask."""
+    """The dataset transform that keeps pixels as they are: (N, H, W) float 0..255 and the mask."""
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "mask": mask}
@@ -103,8 +103,9 @@ def raw_dataset(datamodule: Any, split: str) -> Any:
 
 
 def item_arrays(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H, W, 3) uint8 image and (H, W) uint8 mask (None without one) of a raw dataset item."""
-    image = item["image"].permute(1, 2, 0).numpy().round().astype(np.uint8)
+    """(H, W, 3) uint8 image and (H, W) uint8 mask (None without one) of a raw dataset item; of an N-band
+    image (aerial RGB-IR) the first 3 bands, the colour image the figures and refinement steps take."""
+    image = item["image"][:3].permute(1, 2, 0).numpy().round().astype(np.uint8)
     mask = item.get("mask")
     return image, None if mask is None else np.asarray(mask).astype(np.uint8)
 

@@ -46,7 +46,7 @@ from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.data.labels import label_names, num_labels
 from clustercam_pl.inference.network import crop_predictions
 from clustercam_pl.inference.pool import StepPool, default_workers
-from clustercam_pl.inference.protocol import Protocol, network_crops, postprocess
+from clustercam_pl.inference.protocol import Protocol, input_normalization, network_crops, postprocess
 from clustercam_pl.inference.scores import expand_scores, reduce_scores
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
 from clustercam_pl.tasks.export_labels import dataset_ids, write_npz
@@ -218,7 +218,8 @@ def _label_maps(
                 yield image_id, img, probs  # (3, h, w), (C, h, w)
 
     chunk = getattr(loader, "batch_size", None) or 1
-    for image_id, labels in postprocess(predicted(), protocol, pool, chunk=chunk):
+    for image_id, labels in postprocess(predicted(), protocol, pool, chunk=chunk,
+                                        normalization=input_normalization(net), background=net.cfg.background):
         yield masks.pop(image_id), image_id, labels
 
 
@@ -537,6 +538,7 @@ def _evaluate_paths(
                     "pass the data config the network was trained with (e.g. data=synthetic and its options)"
                 )
             ckpt.check_background(dm.has_background, dm.dataset)
+            ckpt.check_channels(dm.in_channels, dm.normalization, dm.dataset)
             result = evaluate_network(ckpt, loader, protocol, device, has_masks, export_dir, pool, ranks,
                                       records=records, resumed=(total, n_done_here), progress=shares.progress,
                                       scores=shares.scores)

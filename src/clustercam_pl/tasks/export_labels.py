@@ -187,6 +187,7 @@ def export_split(
             "pass the data config the network was trained with"
         )
     ckpt.check_background(dm.has_background, dm.dataset)
+    ckpt.check_channels(dm.in_channels, dm.normalization, dm.dataset)
     meta = {
         "format": META_FORMAT, "checkpoint": ckpt.path, "checkpoint_sha256": file_sha256(ckpt.path),
         "dataset": dm.dataset, "split": split, "cam": cam_meta(cam), "cam_downscale": cam_downscale,

@@ -16,6 +16,10 @@ For every input, below ``out_dir`` (the input's sub-folders mirrored, see `list_
                          (path, tab, reason); absent when none
     predict_meta.json    checkpoint fingerprint and settings; a rerun with others is refused
 
+Inputs: any photo for an RGB network; for an N-band network (aerial RGB-IR tiles) TIFF files of exactly N
+bands. Large images (tiles): ``window`` predicts them at full resolution by overlapping sliding windows
+(`inference.network.predict_windows`) instead of shrinking them to ``max_side``.
+
 Resumable: every file is written atomically (`utils.files.atomic_write`), the mask (with the record)
 last; an input is done when all of its files exist and read back, and a rerun computes only the others, then
 rebuilds predictions.jsonl from the records (complete, no duplicates). `predict_subset` processes any
@@ -33,6 +37,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,16 +55,21 @@ from clustercam_pl.checkpoint import LoadedCheckpoint, find_one_checkpoint, load
 from clustercam_pl.data.imageio import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
+    TIFF_SUFFIXES,
     ImageReadError,
+    ImageTooLargeError,
+    image_size,
     own_pixel_limit,
+    read_bands,
     read_image_reduced,
+    tiff_size,
     write_index_png,
 )
 from clustercam_pl.data.labels import label_names
 from clustercam_pl.data.transforms import apply_transform, build_eval_transform
-from clustercam_pl.inference.network import min_input_side, predict
+from clustercam_pl.inference.network import min_input_side, predict, predict_windows
 from clustercam_pl.inference.pool import StepPool, default_workers
-from clustercam_pl.inference.protocol import Protocol, postprocess
+from clustercam_pl.inference.protocol import Protocol, input_normalization, postprocess
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.models.utils import training_mode
 from clustercam_pl.utils.checks import check_range
@@ -171,14 +181,20 @@ def _list_file(path: Path) -> list[Path]:
 def _keys(files: Sequence[Path], root: Path) -> list[str]:
     """Output names: the path as listed (links not resolved: a link to a file elsewhere must not put its
     outputs outside out_dir) relative to `root` without suffix; inputs that would share one (a.jpg and
-    a.png in one folder) keep their suffix in the name instead (a_jpg, a_png)."""
+    a.png in one folder) keep their suffix in the name instead (a_jpg, a_png), and names still shared
+    (a.jpg and a.JPG) are numbered in input order (a_jpg, a_jpg_2). Names are compared ignoring case, so
+    the outputs stay apart on case-insensitive file systems too."""
     rel = [Path(os.path.relpath(os.path.abspath(f), root)).as_posix() for f in files]
     plain = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
-    counts: dict[str, int] = {}
-    for k in plain:
-        counts[k.lower()] = counts.get(k.lower(), 0) + 1
-    return [k if counts[k.lower()] == 1 else k + "_" + Path(r).suffix.lstrip(".").lower()
+    counts = Counter(k.lower() for k in plain)
+    keys = [k if counts[k.lower()] == 1 else k + "_" + Path(r).suffix.lstrip(".").lower()
             for k, r in zip(plain, rel, strict=True)]
+    seen: Counter[str] = Counter()
+    out = []
+    for k in keys:
+        seen[k.lower()] += 1
+        out.append(k if seen[k.lower()] == 1 else f"{k}_{seen[k.lower()]}")
+    return out
 
 
 def list_inputs(spec: str | os.PathLike | Sequence[str | os.PathLike], exclude: Path | None = None,
@@ -241,18 +257,26 @@ class PredictSettings:
     cams: bool = False
     cam: CAMConfig = field(default_factory=CAMConfig)  # scales / flip / cam_layers / p2p_refine of the CAMs
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # larger inputs fail (decompression bombs); not in as_dict
+    window: int | None = None  # sliding windows of this side at full resolution (None: the whole image, max_side)
+    overlap: float = 0.25  # of a window, between neighbouring windows
 
     def __post_init__(self) -> None:
         check_range("threshold", self.threshold, ge=0, le=1)
         check_range("max_side", self.max_side, ge=1, integer=True)
         if self.max_pixels is not None:
             check_range("max_pixels", self.max_pixels, ge=1, integer=True)
+        check_range("overlap", self.overlap, ge=0, lt=1)
+        if self.window is not None:
+            check_range("window", self.window, ge=1, integer=True)
+            if self.cams:
+                raise ValueError("cams=true draws each CAM over the whole image, which a window prediction does not "
+                                 "compute: drop cams=true, or predict without window (window=null)")
 
     def as_dict(self) -> dict[str, Any]:
         cam = ({"scales": list(self.cam.scales), "flip": self.cam.flip, "cam_layers": self.cam.cam_layers,
                 "p2p_refine": self.cam.p2p_refine} if self.cams else None)
         return {"protocol": self.protocol.as_dict(), "threshold": self.threshold, "max_side": self.max_side,
-                "cams": self.cams, "cam": cam}
+                "cams": self.cams, "cam": cam, "window": self.window, "overlap": self.overlap}
 
 
 @dataclass
@@ -291,7 +315,7 @@ def _resize(array: np.ndarray, height: int, width: int, nearest: bool = False) -
 class NetworkOutput:
     """One image after the network, before its label map (post-processing steps may run elsewhere)."""
 
-    image: torch.Tensor  # (3, h, w) normalised, what the network saw
+    image: torch.Tensor  # (N, h, w) normalised, what the network saw
     probs: torch.Tensor  # (C, h, w) segmentation probabilities of the C = cfg.num_labels label values
     scores: np.ndarray  # (K,) sigmoid of the class-token logits
     cams: dict[int, np.ndarray]  # class index -> (H, W) float32 in [0, 1], at the input's size
@@ -299,9 +323,29 @@ class NetworkOutput:
 
 
 def network_size(net: ClusterCAMNet, settings: PredictSettings, height: int, width: int) -> tuple[int, int]:
-    """(h, w) the network sees an input of `height` x `width` at (`working_size` for its scales and CAMs)."""
+    """(h, w) the network sees an input of `height` x `width` at (`working_size` for its scales and CAMs);
+    with sliding windows the input's own size (`max_side` does not apply: the windows keep it in memory)."""
     scales = [*settings.protocol.scales, *(settings.cam.scales if settings.cams else ())]
-    return working_size(height, width, settings.max_side, min_input_side(net), scales)
+    max_side = max(height, width) if settings.window is not None else settings.max_side
+    return working_size(height, width, max_side, min_input_side(net), scales)
+
+
+def read_input(path: Path, net: ClusterCAMNet, settings: PredictSettings) -> tuple[np.ndarray, tuple[int, int]]:
+    """(uint8 (h, w, N) pixels, (H, W) of the input) of one input file, for a network of N input channels.
+
+    RGB networks: any photo, decoded no larger than needed (`read_image_reduced`). N-band networks
+    (RGB-IR, multispectral): a TIFF of exactly N bands (`read_bands`: another count is refused naming
+    the file), decoded whole after its header's size is checked against ``max_pixels``.
+    """
+    channels = int(getattr(net.cfg, "in_chans", 3))
+    if channels == 3:
+        image = read_image_reduced(path, lambda H, W: network_size(net, settings, H, W), settings.max_pixels)
+        return image.rgb, image.size
+    H, W = tiff_size(path) if path.suffix.lower() in TIFF_SUFFIXES else image_size(path)
+    if settings.max_pixels is not None and H * W > settings.max_pixels:
+        raise ImageTooLargeError(f"image {path}: {W} x {H} = {W * H:,} pixels, more than max_pixels="
+                                 f"{settings.max_pixels}; if the file is genuine, pass max_pixels={W * H}")
+    return read_bands(path, channels), (H, W)
 
 
 @torch.no_grad()
@@ -309,17 +353,23 @@ def network_output(
     net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device,
     size: tuple[int, int] | None = None,
 ) -> NetworkOutput:
-    """Probabilities, class scores and (if asked) CAMs of one uint8 (H, W, 3) image (eval mode).
+    """Probabilities, class scores and (if asked) CAMs of one uint8 (H, W, N) image (eval mode).
 
-    The network sees the image at `working_size`; CAMs come back at the input's size, bilinearly.
-    `size`: the input's (H, W) when `rgb` is it decoded reduced (`read_image_reduced`), at least (h, w).
+    The network sees the image at `working_size`, whole or (``settings.window``) window by window
+    (`predict_windows`); CAMs come back at the input's size, bilinearly. The image is normalised as the
+    network was trained (`NetConfig.normalization`). `size`: the input's (H, W) when `rgb` is it decoded
+    reduced (`read_image_reduced`), at least (h, w).
     """
     H, W = size or rgb.shape[:2]
     p = settings.protocol
     h, w = network_size(net, settings, H, W)
-    x, _ = apply_transform(build_eval_transform(), _resize(rgb, h, w))
-    x = x[None].to(device)  # (1, 3, h, w)
-    pred = predict(net, x, p.scales, p.flip)
+    mean, std = input_normalization(net) or (None, None)
+    x, _ = apply_transform(build_eval_transform(mean, std), _resize(rgb, h, w))
+    x = x[None].to(device)  # (1, N, h, w)
+    if settings.window is not None:
+        pred = predict_windows(net, x, settings.window, settings.overlap, p.scales, p.flip)
+    else:
+        pred = predict(net, x, p.scales, p.flip)
     scores = torch.sigmoid(pred.cls_logits[0]).cpu().numpy()  # (K,)
     cams: dict[int, np.ndarray] = {}
     present = [int(c) for c in np.flatnonzero(scores > settings.threshold)]
@@ -344,10 +394,11 @@ def image_prediction(out: NetworkOutput, label: np.ndarray) -> ImagePrediction:
 def predict_image(
     net: ClusterCAMNet, rgb: np.ndarray, settings: PredictSettings, device: torch.device
 ) -> ImagePrediction:
-    """Mask, class scores and (if asked) CAMs of one uint8 (H, W, 3) image, at its own size (eval mode);
+    """Mask, class scores and (if asked) CAMs of one uint8 (H, W, N) image, at its own size (eval mode);
     the protocol's post-processing in this process (`predict_subset` runs it in a `StepPool`)."""
     out = network_output(net, rgb, settings, device)
-    [(_, label)] = postprocess([("image", out.image, out.probs)], settings.protocol)  # (h, w) uint8
+    [(_, label)] = postprocess([("image", out.image, out.probs)], settings.protocol,
+                               normalization=input_normalization(net), background=net.cfg.background)  # (h, w) uint8
     return image_prediction(out, label)
 
 
@@ -470,20 +521,19 @@ def _compute(net: ClusterCAMNet, items: Sequence[InputImage], indices: Sequence[
 
     def predicted() -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         for i in indices:
-            try:  # decoded no larger than the network needs (a 100 MP JPEG at 1/8): (h', w', 3) uint8
-                image = read_image_reduced(items[i].path, lambda H, W: network_size(net, settings, H, W),
-                                           settings.max_pixels)
+            try:  # decoded no larger than the network needs (a 100 MP JPEG at 1/8): (h', w', N) uint8
+                pixels, size = read_input(items[i].path, net, settings)
             except ImageReadError as e:
                 log.error("skipping %s: %s", items[i].path, e)
                 result.failed[i] = str(e)
                 bar.update()
                 continue
-            rgb = image.rgb
-            out = network_output(net, rgb, settings, device, image.size)
-            waiting[items[i].key] = (i, rgb, out)
-            yield items[i].key, out.image, out.probs  # (3, h, w), (C, h, w)
+            out = network_output(net, pixels, settings, device, size)
+            waiting[items[i].key] = (i, pixels[..., :3], out)  # the overlay shows the first 3 bands
+            yield items[i].key, out.image, out.probs  # (N, h, w), (C, h, w)
 
-    for key, label in postprocess(predicted(), settings.protocol, pool):  # label (h, w) uint8
+    for key, label in postprocess(predicted(), settings.protocol, pool,
+                                  normalization=input_normalization(net), background=net.cfg.background):
         i, rgb, out = waiting.pop(key)
         rgb = _resize(rgb, *out.size)  # (H, W, 3): the overlay and CAM pictures have the input's size
         pred = image_prediction(out, label)
@@ -556,6 +606,8 @@ def predict_images(
     ranks: Ranks | None = None,
     on_claim: Callable[[], None] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    window: int | None = None,
+    overlap: float = 0.25,
 ) -> dict[str, Any]:
     """Predict every input of `input_spec` into `out_dir` with one checkpoint (module docstring); returns a
     summary (counts, failed inputs, speed). `class_names` replaces the names the checkpoint implies.
@@ -567,7 +619,9 @@ def predict_images(
     predictions.jsonl and failed.txt, and every process returns the summary one process would.
     `crf_workers`: post-processing worker processes (None: the available cores shared by this
     machine's processes; 0: in this process). `max_pixels`: an input whose header declares more pixels
-    fails (listed in failed.txt) before it is decoded; None: no limit.
+    fails (listed in failed.txt) before it is decoded; None: no limit. `window`: predict at full
+    resolution by sliding windows of this side overlapping by `overlap` (`predict_windows`; the way for
+    images larger than a window, e.g. aerial tiles); None: the whole image, shrunk to `max_side`.
     """
     ranks = ranks or Ranks(device=device)  # its device is the one used
     protocol.require()  # before the checkpoint is read
@@ -577,7 +631,8 @@ def predict_images(
     if cams and not isinstance(ckpt.net, ClusterCAMNet):
         raise ValueError(f"cams=true: {path} holds a stage-two {type(ckpt.net).__name__}, which makes no CAMs; "
                          "drop cams=true, or predict with a ClusterCAM checkpoint")
-    names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams, max_pixels)
+    names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams, max_pixels,
+                                window, overlap)
     items = list_inputs(input_spec, exclude=out_dir)
     meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
             **settings.as_dict()}
@@ -615,7 +670,8 @@ def predict_images(
 
 def _settings(
     ckpt: LoadedCheckpoint, path: Path, protocol: Protocol, class_names: Sequence[str] | None,
-    threshold: float, max_side: int, cams: bool, max_pixels: int | None,
+    threshold: float, max_side: int, cams: bool, max_pixels: int | None, window: int | None = None,
+    overlap: float = 0.25,
 ) -> tuple[list[str], PredictSettings]:
     """The class names and the settings of a run, checked against the checkpoint's network."""
     K = ckpt.net.cfg.num_classes
@@ -623,7 +679,7 @@ def _settings(
         raise ValueError(f"class_names has {len(class_names)} names; the network of {path} predicts {K} classes")
     names = list(class_names) if class_names is not None else resolve_class_names(K, ckpt.class_names)
     cam = CAMConfig.from_stored(ckpt.cam, str(path))
-    settings = PredictSettings(protocol, threshold, max_side, cams, cam, max_pixels)
+    settings = PredictSettings(protocol, threshold, max_side, cams, cam, max_pixels, window, overlap)
     if cams:  # before any image, not at the first one with a class above the threshold
         settings.cam.check_for(ckpt.net.cfg)
     return names, settings

@@ -88,7 +88,8 @@ def refine_labels(
         bar = tqdm(todo, unit="img", disable=not (progress and ranks.is_main), desc="refine", dynamic_ncols=True)
         for image_id in bar:
             image, _ = item_arrays(dataset[index[image_id]])
-            sample = Sample(image=image, probs=None, labels=read_mask(source / f"{image_id}.png"), key=image_id)
+            sample = Sample(image=image, probs=None, labels=read_mask(source / f"{image_id}.png"), key=image_id,
+                            background=datamodule.has_background)
             if sample.labels.shape != image.shape[:2]:
                 raise ValueError(f"{source / image_id}.png is {sample.labels.shape}, its image {image.shape[:2]}")
             write_index_png(out / "labels" / f"{image_id}.png", run_steps(steps, sample),

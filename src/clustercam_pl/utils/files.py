@@ -155,6 +155,16 @@ def natural_key(text: str | os.PathLike[str]) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]
 
 
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+"""Network weight files a config key may name instead of a hub name (model.pretrained, model.smp.encoder_weights)."""
+
+
+def names_weights_file(value: str | os.PathLike[str]) -> bool:
+    """Whether a weights setting names a local file (a weights suffix, or an existing path) rather than a hub name."""
+    path = Path(value)
+    return path.suffix in WEIGHTS_SUFFIXES or path.exists()
+
+
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -34,6 +34,7 @@ class Sample:
     probs: np.ndarray | None  # (C, H, W) float32 class probabilities (0 = background), None for label inputs
     labels: np.ndarray | None = None  # (H, W) uint8 class indices, IGNORE = void; None until argmax
     key: str = ""  # the image id, for messages and for steps that read per-image files
+    background: bool = True  # label 0 is the background class; False: class 0 (data without background)
 
     def label_map(self) -> np.ndarray:
         """``labels``, or the argmax of ``probs`` when no step has set labels yet."""

@@ -37,11 +37,12 @@ class Prompt:
     component: np.ndarray  # (H, W) bool
 
 
-def label_prompts(labels: np.ndarray, min_area: int) -> list[Prompt]:
-    """The prompts of every foreground component of at least ``min_area`` pixels, largest first."""
+def label_prompts(labels: np.ndarray, min_area: int, background: bool = True) -> list[Prompt]:
+    """The prompts of every class component of at least ``min_area`` pixels, largest first; label 0 is
+    prompted only where it is a class (``background=False``), not the background."""
     prompts = []
     for c in np.unique(labels):
-        if c in (0, IGNORE):
+        if c == IGNORE or (background and c == 0):
             continue
         comps, n = ndimage.label(labels == c)  # (H, W) int, 0 = outside
         for i in range(1, n + 1):
@@ -118,6 +119,9 @@ class SegmentAnythingStep:
     def __call__(self, sample: Sample) -> Sample:
         labels = sample.label_map()
         check_labels(labels, sample.key)
+        if self.mode == "prompts" and self.outside == "background" and not sample.background:
+            raise ValueError(f"{self.name}: outside=background, but the labels of image {sample.key!r} have no "
+                             "background class: pass outside=ignore or outside=keep")
         image = np.ascontiguousarray(sample.image)  # (H, W, 3) uint8
         if image.shape[:2] != labels.shape:
             raise ValueError(f"image {sample.key!r}: image {image.shape[:2]} and labels {labels.shape} differ")
@@ -127,7 +131,7 @@ class SegmentAnythingStep:
             masks = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *labels.shape), bool)
             new = merge_masks(labels, masks.astype(bool), self.threshold)
         else:
-            prompts = label_prompts(labels, self.min_area)
+            prompts = label_prompts(labels, self.min_area, sample.background)
             masks = []
             if prompts:
                 predictor = self.predictor(model)
