@@ -148,7 +148,7 @@ def test_commands_export_refine_audit(tmp_path):
 def test_two_processes_write_what_one_does(tmp_path):
     """refine and audit on 2 CPU processes (gloo): the same label files and the same audit numbers.
     The processes are forks of this one (`ddp_fork`, no new interpreter); the script launcher of
-    `trainer=ddp` is tested once, by test_eval.py::test_two_cpu_processes_through_the_script_launcher."""
+    `trainer=ddp` is tested through the command line by test_eval.py::test_two_process_eval_and_export_equal_one_process."""
     from hydra import compose
     from hydra.utils import instantiate
 
