@@ -85,3 +85,24 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
         logger.removeHandler(handler)
         logger.setLevel(level)
     return TinyRun(folder, MappingProxyType(summary), tuple(handler.messages))
+
+
+@pytest.fixture
+def two_forked_processes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The overrides that run a command on 2 CPU processes forked from the test's process
+    (`trainer.strategy=ddp_fork`: the multi-process path without starting new interpreters). The
+    `trainer=ddp` script launcher, which re-runs the command line, keeps its command-line tests:
+    test_train.py::test_ddp_two_cpu_processes, test_eval.py::test_two_process_eval_and_export_equal_one_process
+    and test_eval_resume.py's two-process test. One torch thread here and in the forks (OMP_NUM_THREADS,
+    which Lightning's launcher honours), so one and two processes round floats alike; the MASTER_PORT the
+    launcher sets in this process is taken back afterwards."""
+    port = os.environ.get("MASTER_PORT")
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield ["trainer=ddp", "trainer.strategy=ddp_fork", "trainer.accelerator=cpu", "trainer.devices=2"]
+    torch.set_num_threads(threads)
+    if port is None:
+        os.environ.pop("MASTER_PORT", None)
+    else:
+        os.environ["MASTER_PORT"] = port

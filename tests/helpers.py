@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +150,35 @@ def one_training_step(cfg: DictConfig) -> tuple[ClusterCAMLitModule, Tensor]:
         loss = module.training_step(batch, 0)
     loss.backward()
     return module, loss.detach()
+
+
+@contextmanager
+def log_to_stderr(level: int = logging.INFO):
+    """clustercam_pl's log records at `level` and above written to sys.stderr as the command line shows
+    them (message only), also from processes forked inside the block: what `capfd` reads of a
+    multi-process command run in the test's process."""
+    logger, handler = logging.getLogger("clustercam_pl"), logging.StreamHandler(sys.stderr)
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        handler.flush()
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+def _with_one_thread(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    torch.set_num_threads(1)  # the OpenMP thread pool of the parent does not survive a fork: not used here
+    fn(*args)
+
+
+def fork_process(fn: Callable[..., Any], *args: Any, daemon: bool = True) -> multiprocessing.process.BaseProcess:
+    """Start `fn(*args)` in a process forked from this one: a real process that a test can SIGKILL
+    mid-run, without a new interpreter's start-up (importing torch, Lightning and Hydra: seconds of CPU).
+    A daemon unless `daemon=False` (a daemon may not start processes of its own), so a failing test never
+    waits for it at exit."""
+    proc = multiprocessing.get_context("fork").Process(target=_with_one_thread, args=(fn, args), daemon=daemon)
+    proc.start()
+    return proc

@@ -4,12 +4,13 @@ these at a second or two; the real SIGKILL run is marked slow."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import re
 import signal
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,10 +32,9 @@ from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig
 from clustercam_pl.tasks.export_labels import read_done
 from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
-from helpers import hydra_config, save_framework_checkpoint
+from helpers import fork_process, hydra_config, save_framework_checkpoint
 from helpers import tiny_net as make_tiny_net
 
-REPO = Path(__file__).resolve().parents[1]
 N = 6
 # The generator settings of conf/data/synthetic.yaml, as the commands under test use them.
 CONF_SYNTHETIC = yaml.safe_load((Path(__file__).parents[1] / "src/clustercam_pl/conf/data/synthetic.yaml").read_text())["synthetic"]
@@ -144,31 +144,40 @@ def test_other_settings_are_refused_unless_overwrite(ckpt, tmp_path):
     assert redo["computed"] == 2 and redo["cam"]["bg_high"] == 0.6
 
 
-@pytest.mark.slow  # a real process killed mid-run and rerun: ~30 s of interpreter start-up on 2 cores
-def test_sigkill_then_rerun_completes(ckpt, tmp_path):
+@pytest.mark.slow  # a real process killed mid-run, and a rerun of 40 images
+def test_sigkill_then_rerun_completes(ckpt, tmp_path, capsys):
+    """export_labels SIGKILLed mid-run (a real process: a fork of this one running the command) is
+    completed by a rerun: every label and CAM file, none partial, the scores printed."""
     out = tmp_path / "pl"
     n = 40
-    args = [sys.executable, "-m", "clustercam_pl.export_labels", *OVERRIDES, f"data.synthetic.num_train={n}",
-            "data.val_batch_size=1", f"ckpt_path={ckpt}", f"out_dir={out}",
-            f"hydra.run.dir={tmp_path / 'run'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    args = (ckpt, out, f"data.synthetic.num_train={n}", "data.val_batch_size=1")
+    proc = fork_process(run, *args)
     t0 = time.time()
     labels = out / "labels"
     while not (labels.is_dir() and len(list(labels.glob("*.png"))) >= 3):
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.is_alive(), f"the run ended early (exit code {proc.exitcode})"
         assert time.time() - t0 < 240, "no output appeared"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    proc.kill()  # SIGKILL
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
     done_before = len(list((out / "labels").glob("*.png")))
     assert done_before < n
-    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    capsys.readouterr()
+    rerun = run(*args)
+    assert (rerun["resumed"], rerun["computed"]) == (done_before, n - done_before)
     assert len(list((out / "labels").glob("*.png"))) == len(list((out / "cams").glob("*.npz"))) == n
     assert not list(out.rglob("*.part"))
-    assert "pseudo-label mIoU" in rerun.stdout
+    assert "pseudo-label mIoU" in capsys.readouterr().out
+
+
+def _record_end(ended: list[BaseException], fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as e:  # the launcher's error when its processes are killed
+        ended.append(e)
+    else:
+        ended.append(AssertionError("the run finished before it was killed"))
 
 
 def _files(out: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -182,17 +191,14 @@ def _files(out: Path) -> dict[str, dict[str, np.ndarray]]:
     return found
 
 
-@pytest.mark.slow  # two spawned processes (gloo): ~20-40 s of interpreter start-up on 2 cores
-def test_two_process_export_writes_each_file_once_and_the_same_files(ckpt, tmp_path):
+@pytest.mark.slow  # two forked processes (gloo)
+def test_two_process_export_writes_each_file_once_and_the_same_files(ckpt, tmp_path, two_forked_processes):
+    """export_labels on 2 CPU processes (forks of this one): each image done by one process, the same
+    files, bits and scores as one process."""
     # 5 images: shares of 3 and 2 (a DistributedSampler would pad to 3 + 3 and do one image twice).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # each spawned process runs one thread: the same float reductions, the same bits
-    try:
-        one = run(ckpt, tmp_path / "one" / "pl", "data.synthetic.num_train=5")
-    finally:
-        torch.set_num_threads(threads)
-    two = run(ckpt, tmp_path / "two" / "pl", "data.synthetic.num_train=5", "trainer=ddp_spawn",
-              "trainer.accelerator=cpu", "trainer.devices=2")
+    # One torch thread here and in the forks: the same float reductions, the same bits.
+    one = run(ckpt, tmp_path / "one" / "pl", "data.synthetic.num_train=5")
+    two = run(ckpt, tmp_path / "two" / "pl", "data.synthetic.num_train=5", *two_forked_processes)
     assert one["computed_per_process"] == [5] and two["computed_per_process"] == [3, 2]
     assert two["processes"] == 2 and two["computed"] == 5 and two["resumed"] == 0
     a, b = _files(tmp_path / "one" / "pl"), _files(tmp_path / "two" / "pl")
@@ -207,35 +213,40 @@ def test_two_process_export_writes_each_file_once_and_the_same_files(ckpt, tmp_p
     assert not list((tmp_path / "two").rglob("*.part"))
 
 
-@pytest.mark.slow  # two real processes killed mid-run and rerun: ~60 s of interpreter start-up on 2 cores
-def test_sigkill_during_two_process_export_then_rerun_completes(ckpt, tmp_path):
+@pytest.mark.slow  # a job of two real processes killed mid-run, and a two-process rerun
+def test_sigkill_during_two_process_export_then_rerun_completes(ckpt, tmp_path, two_forked_processes, capfd):
+    """A 2-process export_labels job SIGKILLed mid-run (both ranks, real processes forked from this one
+    by the launcher, which runs in a thread here): a 2-process rerun computes only what is missing,
+    shared by both processes, and leaves every file complete; the scores are printed once."""
     out = tmp_path / "pl"
     n = 40
-    args = [sys.executable, "-m", "clustercam_pl.export_labels", *OVERRIDES, f"data.synthetic.num_train={n}",
-            "data.val_batch_size=1", f"ckpt_path={ckpt}", f"out_dir={out}", "trainer=ddp",
-            "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'run'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    # Its own session: the kill takes the whole job (the main process and the rank it launched).
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    t0 = time.time()
-    labels = out / "labels"
-    while not (labels.is_dir() and len(list(labels.glob("*.png"))) >= 4):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() - t0 < 240, "no output appeared"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(30)
-    while True:  # until every process of the group is gone
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
+    args = (ckpt, out, f"data.synthetic.num_train={n}", "data.val_batch_size=1", *two_forked_processes)
+    before = set(multiprocessing.active_children())
+    ended: list[BaseException] = []
+    job = threading.Thread(target=lambda: _record_end(ended, run, *args), daemon=True)
+    job.start()
+    ranks: list = []
+    try:
+        t0 = time.time()
+        labels = out / "labels"
+        while not (labels.is_dir() and len(list(labels.glob("*.png"))) >= 4):
+            assert job.is_alive(), f"the run ended early: {ended}"
+            assert time.time() - t0 < 240, "no output appeared"
+            time.sleep(0.05)
+    finally:
+        ranks = [p for p in multiprocessing.active_children() if p not in before]
+        for p in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        job.join(60)
+    assert len(ranks) == 2 and not job.is_alive()
+    assert all(p.exitcode in (-signal.SIGKILL, -signal.SIGTERM) for p in ranks)  # or ended by the launcher
+    assert ended and not isinstance(ended[0], AssertionError)  # the launcher saw its processes killed
     done_before = len(list(labels.glob("*.png")))  # a label PNG is written after its npz
     assert done_before < n
-    rerun = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    capfd.readouterr()
+    run(*args)
+    printed = capfd.readouterr().out
     metrics = json.loads((out / "pseudo_label_metrics.json").read_text())
     assert metrics["resumed"] == done_before and metrics["computed"] == n - done_before
     assert sum(metrics["computed_per_process"]) == n - done_before and metrics["processes"] == 2
@@ -243,7 +254,7 @@ def test_sigkill_during_two_process_export_then_rerun_completes(ckpt, tmp_path):
     assert not list(out.rglob("*.part"))
     for i in range(n):  # complete and readable
         assert read_done(out, f"synthetic_train_{i:06d}", 5), i
-    assert rerun.stdout.count("pseudo-label mIoU") == 1
+    assert printed.count("pseudo-label mIoU") == 1
 
 
 def test_second_export_into_a_busy_out_dir_is_refused_and_leaves_the_first_alone(ckpt, tmp_path):

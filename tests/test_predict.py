@@ -1,16 +1,15 @@
 """`predict` on a user's own images: every kind of file a user has (grayscale, RGBA, 16-bit, palette,
 EXIF-rotated, very wide, corrupt, same names in sub-folders), outputs at the inputs' sizes, the jsonl,
-class names, resume, the settings guard, and a SIGKILL then rerun of the real command."""
+class names, resume, the settings guard, and a SIGKILL of a real process running the command, then a rerun."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from clustercam_pl.entry import protocol_from_config
 from clustercam_pl.predict import EXIT_SOME_FAILED, run_predict
 from clustercam_pl.tasks.predict import RECORD_KEY, PredictSettings, list_inputs, predict_image, working_size
 from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
-from helpers import hydra_config, save_framework_checkpoint
+from helpers import fork_process, hydra_config, log_to_stderr, save_framework_checkpoint
 from helpers import tiny_net as make_tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,33 +285,36 @@ def test_reference_checkpoint_names_classes_by_k(parity_dir, tmp_path):
                     "class_names=[cat,dog]")
 
 
-@pytest.mark.slow  # a real process killed mid-run and rerun: interpreter start-up twice on 2 cores
-def test_sigkill_then_rerun_leaves_complete_files(tiny_ckpt, tmp_path):
+@pytest.mark.slow  # a real process killed mid-run, and a rerun of 24 images
+def test_sigkill_then_rerun_leaves_complete_files(tiny_ckpt, tmp_path, caplog):
+    """predict SIGKILLed mid-run (a real process: a fork of this one running the command) leaves only
+    complete files under their own names; a rerun completes every output and reports the unreadable input
+    with the exit status the command line returns (test_predict_inputs.py checks `main` exits with it)."""
     inputs, out, n = tmp_path / "in", tmp_path / "out", 24
     inputs.mkdir()
     for i in range(n):
         Image.fromarray(synthetic_rgb(i, 64)).save(inputs / f"img{i:02d}.png")
     (inputs / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    args = [sys.executable, "-m", "clustercam_pl.predict", f"ckpt_path={tiny_ckpt}", f"input={inputs}",
-            f"out_dir={out}", "eval=ms_flip", "cams=true", "threshold=0.0", "device=cpu", "progress=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = ["eval=ms_flip", "cams=true", "threshold=0.0"]
+    proc = fork_process(predict_cfg, tiny_ckpt, inputs, out, *args)
     t0 = time.time()
     while len(list(out.glob("img*.png"))) < 3:
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.is_alive(), f"the run ended early (exit code {proc.exitcode})"
         assert time.time() - t0 < 120, "no output appeared"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    proc.kill()  # SIGKILL
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
     masks = list(out.glob("img*.png"))
     assert 3 <= len(masks) < n
     for f in [*masks, *out.glob("*.jpg")]:  # whatever has its own name is complete
         with Image.open(f) as im:
             im.load()
-    rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == EXIT_SOME_FAILED, rerun.stdout + rerun.stderr
-    assert f"1 of {n + 1} inputs could not be read (listed in {out / 'failed.txt'}); exit status 3" in rerun.stdout + rerun.stderr
+    with caplog.at_level(logging.INFO, logger="clustercam_pl"):
+        rerun = predict_cfg(tiny_ckpt, inputs, out, *args)
+    assert rerun["reused"] >= 3 and rerun["reused"] + rerun["predicted"] == n
+    assert (f"1 of {n + 1} inputs could not be read (listed in {out / 'failed.txt'}); "
+            f"exit status {EXIT_SOME_FAILED}") in caplog.text
     assert (out / "failed.txt").read_text().startswith(f"{inputs / 'zz_broken.png'}\t")
     sizes = {f"img{i:02d}": (64, 64) for i in range(n)}
     records = check_outputs(out, sizes, inputs, 0.0, cams=True)
@@ -336,8 +338,12 @@ def test_crf_in_a_worker_pool_equals_crf_in_the_process(tiny_ckpt, tmp_path):
             np.testing.assert_array_equal(np.array(im), inline.label)
 
 
-@pytest.mark.slow  # two interpreter start-ups (the ddp script launcher re-runs the command) on 2 cores
-def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tmp_path):
+@pytest.mark.slow  # two forked processes (gloo), twice
+def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tmp_path, two_forked_processes,
+                                                                   capfd):
+    """predict on 2 CPU processes (forks of this one): every input predicted by one process, every file
+    written once and byte for byte what one process writes, the summary logged once by the main process,
+    and a rerun shares out only what is not done yet."""
     inputs = tmp_path / "in"
     (inputs / "sub").mkdir(parents=True)
     for i, rel in enumerate(("a.png", "b.jpg", "c.png", "d.png", "sub/a.png")):
@@ -347,21 +353,13 @@ def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tm
     # 6 inputs: shares of 3 and 3, the corrupt one (index 2 in name order) in the main process's.
     extra = ["cams=true", "threshold=0.0", "eval=ms_flip"]
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the processes below (OMP_NUM_THREADS=1): the same float rounding
-    try:
-        one = predict_cfg(tiny_ckpt, inputs, one_dir, *extra)
-    finally:
-        torch.set_num_threads(threads)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "clustercam_pl.predict", f"ckpt_path={tiny_ckpt}", f"input={inputs}",
-                           f"out_dir={two_dir}", *extra, "device=auto", "progress=false", "trainer=ddp",
-                           "trainer.accelerator=cpu", "trainer.devices=2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    log_text = done.stdout + done.stderr
-    assert done.returncode == EXIT_SOME_FAILED, log_text[-3000:]
+    one = predict_cfg(tiny_ckpt, inputs, one_dir, *extra)  # one torch thread, as the processes below
+    with log_to_stderr():
+        capfd.readouterr()
+        two = predict_cfg(tiny_ckpt, inputs, two_dir, *extra, *two_forked_processes)
+        log_text = capfd.readouterr().err
     # Every readable input predicted once (5 over both processes, not 6 or 10), the corrupt one failed once.
+    assert (two["predicted"], two["reused"], two["failed"]) == (5, 0, [str(corrupt)])
     assert log_text.count("5 predicted, 0 already done, 1 failed (") == 1
     assert log_text.count(f"skipping {corrupt}: ") == 1
     assert log_text.count(f"1 of 6 inputs could not be read (listed in {two_dir / 'failed.txt'}); exit status 3") == 1
@@ -378,15 +376,17 @@ def test_two_process_predict_writes_every_file_once_as_one_process(tiny_ckpt, tm
         assert (two_dir / rel).read_bytes() == (one_dir / rel).read_bytes(), rel
     assert not list(two_dir.rglob("*.part"))
     assert json.loads((two_dir / "env.json").read_text())["world_size"] == 2
+    assert two["predicted_per_process"] == [2, 3]
     assert re.search(r"5 predicted, 0 already done, 1 failed \(.*; per process \[2, 3\]\)", log_text)
 
     # A rerun shares out what is not done yet: a, b, broken and d (indices 0, 1, 2, 4) give the main
     # process a and broken, the other b and d: [1, 2] predicted (sharding all inputs first: [2, 1]).
     for key in ("a", "b", "d"):
         (two_dir / f"{key}.png").unlink()
-    again = subprocess.run(done.args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    log_text = again.stdout + again.stderr
-    assert again.returncode == EXIT_SOME_FAILED, log_text[-3000:]
+    with log_to_stderr():
+        again = predict_cfg(tiny_ckpt, inputs, two_dir, *extra, *two_forked_processes)
+        log_text = capfd.readouterr().err
+    assert (again["predicted"], again["reused"], again["predicted_per_process"]) == (3, 2, [1, 2])
     assert re.search(r"3 predicted, 2 already done, 1 failed \(.*; per process \[1, 2\]\)", log_text), log_text[-3000:]
     assert (two_dir / "predictions.jsonl").read_text() == (one_dir / "predictions.jsonl").read_text()
     for rel in images:

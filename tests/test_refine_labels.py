@@ -4,6 +4,7 @@ and a run cut short completes on rerun. (Named test_refine_labels: tests/cam/tes
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from clustercam_pl.inference.steps.superpixel import SuperpixelStep
 from clustercam_pl.tasks.audit import convention, void_confmat
 from clustercam_pl.tasks.refine import refine_labels
 from clustercam_pl.utils.files import partial_path, write_json
+from helpers import fork_process
 from label_fixtures import synthetic_dm, truth, write_export
 
 
@@ -144,7 +146,9 @@ def test_commands_export_refine_audit(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_write_what_one_does(tmp_path):
-    """refine and audit on 2 CPU processes (gloo): the same label files and the same audit numbers."""
+    """refine and audit on 2 CPU processes (gloo): the same label files and the same audit numbers.
+    The processes are forks of this one (`ddp_fork`, no new interpreter); the script launcher of
+    `trainer=ddp` is tested through the command line by test_eval.py::test_two_process_eval_and_export_equal_one_process."""
     from hydra import compose
     from hydra.utils import instantiate
 
@@ -153,7 +157,7 @@ def test_two_processes_write_what_one_does(tmp_path):
     from helpers import hydra_config
 
     data = ["data=synthetic", "data.synthetic.num_val=5", "data.synthetic.image_size=48", f"paths.output_dir={tmp_path}"]
-    two = ["trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2"]
+    two = ["trainer=ddp", "trainer.strategy=ddp_fork", "trainer.accelerator=cpu", "trainer.devices=2"]
     cfgs = {}
     with hydra_config():
         for n, extra in (("one", []), ("two", two)):
@@ -172,41 +176,31 @@ def test_two_processes_write_what_one_does(tmp_path):
         assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "two" / "labels" / png.name)))
 
 
-_KILLED_RUN = """
-import sys, time
-sys.path.insert(0, {tests!r})
-from label_fixtures import synthetic_dm
-from clustercam_pl.inference.steps import build_step
-from clustercam_pl.inference.steps.superpixel import SuperpixelStep
-from clustercam_pl.tasks.refine import refine_labels
+def _killed_run(export: Path, out: Path) -> None:
+    """refine_labels slowed down enough to be killed in the middle of the run (in a forked process)."""
+    real = SuperpixelStep.__call__
 
-real = SuperpixelStep.__call__
-def slow(self, sample):  # slow enough to be killed in the middle of the run
-    time.sleep(0.3)
-    return real(self, sample)
-SuperpixelStep.__call__ = slow
-refine_labels(synthetic_dm(num_val=8), "val", {export!r}, [build_step({{"name": "superpixel", "n_segments": 60}})],
-              {out!r}, progress=False)
-"""
+    def slow(self, sample):
+        time.sleep(0.3)
+        return real(self, sample)
+
+    SuperpixelStep.__call__ = slow  # only in the forked process
+    refine_labels(synthetic_dm(num_val=8), "val", export, [build_step({"name": "superpixel", "n_segments": 60})],
+                  out, progress=False)
 
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_leaves_complete_files(setup, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+    """A refinement SIGKILLed mid-run (a real process: a fork of this one) is completed by a rerun that
+    computes only the missing images, leaves no partial file, and writes what a fresh run writes."""
     dm, data, export = setup
     out = tmp_path / "killed"
-    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), export=str(export), out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = fork_process(_killed_run, export, out)
     deadline = time.monotonic() + 120
-    while len(list((out / "labels").glob("*.png"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+    while len(list((out / "labels").glob("*.png"))) < 2 and time.monotonic() < deadline and proc.is_alive():
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.kill()  # SIGKILL
+    proc.join()
     done = len(list((out / "labels").glob("*.png")))
     assert 2 <= done < len(data), "the run was not killed in the middle"
     step = build_step({"name": "superpixel", "n_segments": 60})
