@@ -106,3 +106,9 @@ def two_forked_processes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         os.environ.pop("MASTER_PORT", None)
     else:
         os.environ["MASTER_PORT"] = port
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (in file order), so that under pytest-xdist the long ones start early and the
+    short ones fill the workers' ends instead of one worker finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
