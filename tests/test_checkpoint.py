@@ -363,30 +363,6 @@ def test_format1_checkpoint_migrates_on_read():
     assert loaded.net.cfg.patch_size == 8 and loaded.net.cfg.depth == 2
 
 
-def test_format1_checkpoint_evaluates_and_exports_as_before(tmp_path):
-    from hydra import compose
-
-    from clustercam_pl.eval import evaluate
-    from clustercam_pl.export_labels import export_pseudo_labels
-    from helpers import hydra_config
-
-    data = [*FORMAT1_EXPECTED["data_overrides"], "device=cpu"]
-    with hydra_config():
-        ev = compose("eval", overrides=[*data, f"ckpt_path={FORMAT1}", "eval=ss"])
-        ex = compose("export_labels", overrides=[*data, f"ckpt_path={FORMAT1}", "split=val", "cam.par_iters=2",
-                                                 f"out_dir={tmp_path / 'pl'}"])
-    for cfg, sub in ((ev, "eval"), (ex, "export")):
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / sub)
-    summary = evaluate(ev)
-    assert summary["miou"] == pytest.approx(FORMAT1_EXPECTED["eval_ss_val_miou"], abs=1e-7)
-    assert summary["per_class_iou"] == pytest.approx(FORMAT1_EXPECTED["eval_ss_val_per_class"], abs=1e-7)
-    exported = export_pseudo_labels(ex)  # p2p_refine=false and cam_layers=2 come from the old file
-    expected = FORMAT1_EXPECTED["pseudo_labels_val_par_iters2"]
-    assert exported["pseudo_miou"] == pytest.approx(expected["pseudo_miou"], abs=1e-7)
-    assert exported["cam_miou"] == pytest.approx(expected["cam_miou"], abs=1e-7)
-
-
 def test_format1_checkpoint_resumes_training(tmp_path):
     from clustercam_pl.train import train
     from helpers import compose_train
@@ -421,26 +397,30 @@ def test_format2_checkpoint_migrates_on_read():
     assert loaded.net.cfg.embed_dim == 16 and loaded.epoch == 2 and loaded.global_step == 4
 
 
-def test_format2_checkpoint_evaluates_and_exports_as_before(tmp_path):
+@pytest.mark.parametrize("path, stored", [(FORMAT1, FORMAT1_EXPECTED), (FORMAT2, FORMAT2_EXPECTED)],
+                         ids=["format1", "format2"])
+def test_earlier_format_checkpoint_evaluates_and_exports_as_before(path, stored, tmp_path):
+    """The numbers the version that wrote the file measured (its .json); the CAM settings (format 1:
+    p2p_refine=false, cam_layers=2) come from the file."""
     from hydra import compose
 
     from clustercam_pl.eval import evaluate
     from clustercam_pl.export_labels import export_pseudo_labels
     from helpers import hydra_config
 
-    data = [*FORMAT2_EXPECTED["data_overrides"], "device=cpu"]
+    data = [*stored["data_overrides"], "device=cpu"]
     with hydra_config():
-        ev = compose("eval", overrides=[*data, f"ckpt_path={FORMAT2}", "eval=ss"])
-        ex = compose("export_labels", overrides=[*data, f"ckpt_path={FORMAT2}", "split=val", "cam.par_iters=2",
+        ev = compose("eval", overrides=[*data, f"ckpt_path={path}", "eval=ss"])
+        ex = compose("export_labels", overrides=[*data, f"ckpt_path={path}", "split=val", "cam.par_iters=2",
                                                  f"out_dir={tmp_path / 'pl'}"])
     for cfg, sub in ((ev, "eval"), (ex, "export")):
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / sub)
     summary = evaluate(ev)
-    assert summary["miou"] == pytest.approx(FORMAT2_EXPECTED["eval_ss_val_miou"], abs=1e-7)
-    assert summary["per_class_iou"] == pytest.approx(FORMAT2_EXPECTED["eval_ss_val_per_class"], abs=1e-7)
+    assert summary["miou"] == pytest.approx(stored["eval_ss_val_miou"], abs=1e-7)
+    assert summary["per_class_iou"] == pytest.approx(stored["eval_ss_val_per_class"], abs=1e-7)
     exported = export_pseudo_labels(ex)
-    expected = FORMAT2_EXPECTED["pseudo_labels_val_par_iters2"]
+    expected = stored["pseudo_labels_val_par_iters2"]
     assert exported["pseudo_miou"] == pytest.approx(expected["pseudo_miou"], abs=1e-7)
     assert exported["cam_miou"] == pytest.approx(expected["cam_miou"], abs=1e-7)
 

@@ -3,6 +3,7 @@ packages' real architectures with random weights (the official weights cannot be
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -74,6 +75,13 @@ def test_without_background_label_0_is_a_class_that_is_prompted(tmp_path):
     with pytest.raises(ValueError, match=r"^sam: outside=background, but the labels of image 'img' have no background "
                        r"class: pass outside=ignore or outside=keep$"):
         step(Sample(np.zeros((8, 10, 3), np.uint8), None, labels, key="img", background=False))
+
+
+def test_a_missing_optional_package_names_the_extra_that_installs_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage.segmentation", None)  # as if scikit-image were not installed
+    step = build_step({"name": "superpixel"})
+    with pytest.raises(ImportError, match=r"^postprocess step superpixel needs scikit-image: pip install 'clustercam_pl\[refine\]'$"):
+        step(Sample(np.zeros((8, 8, 3), np.uint8), None, np.zeros((8, 8), np.uint8), key="x"))
 
 
 def test_steps_are_found_by_name_and_refuse_bad_settings(tmp_path):

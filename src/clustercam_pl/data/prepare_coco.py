@@ -54,6 +54,7 @@ from clustercam_pl.data.prepare_common import (
     write_report,
 )
 from clustercam_pl.utils.files import remove_partials
+from clustercam_pl.utils.imports import optional_import
 
 MASK_DIR = "SegmentationClass"
 K = len(COCO_CLASSES)
@@ -201,10 +202,7 @@ def prepare_coco(
         FileNotFoundError: an image folder or annotation file is missing (named).
         PrepareError: bad items and not ``skip_bad`` (each named with its file).
     """
-    try:
-        import pycocotools.mask  # noqa: F401
-    except ImportError as e:
-        raise ImportError("prepare coco needs pycocotools: pip install 'clustercam_pl[coco]'") from e
+    optional_import("pycocotools.mask", "prepare coco", "pycocotools", "coco")
     root = Path(coco_root)
     out = Path(out)
     require_path(root, "COCO folder (--coco-root)")

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from clustercam_pl.data.labels import class_offset, num_labels
 from clustercam_pl.models.clustercam import ClusterCAMOutput
 from clustercam_pl.utils.files import names_weights_file
+from clustercam_pl.utils.imports import optional_import
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,8 @@ class SmpConfig:
 
 
 def _import_smp() -> Any:
-    try:
-        import segmentation_models_pytorch as smp
-    except ImportError as e:
-        raise ImportError("the smp stage-two network needs segmentation-models-pytorch: "
-                          "pip install 'clustercam_pl[stage2]'") from e
-    return smp
+    return optional_import("segmentation_models_pytorch", "the smp stage-two network", "segmentation-models-pytorch",
+                           "stage2")
 
 
 class SmpSegNet(nn.Module):

@@ -10,14 +10,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from clustercam_pl.inference.steps._segment_anything import SegmentAnythingStep
+from clustercam_pl.utils.imports import optional_import
 
 
 def _package() -> Any:
-    try:
-        import segment_anything
-    except ImportError as e:
-        raise ImportError("postprocess step sam needs segment-anything: pip install 'clustercam_pl[sam]'") from e
-    return segment_anything
+    return optional_import("segment_anything", "postprocess step sam", "segment-anything", "sam")
 
 
 @dataclass(frozen=True)

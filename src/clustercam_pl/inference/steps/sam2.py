@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from clustercam_pl.inference.steps._segment_anything import SegmentAnythingStep
+from clustercam_pl.utils.imports import optional_import
 
 # What sam2.build_sam.build_sam2 adds to every config for image prediction (apply_postprocessing).
 _POSTPROCESSING = {
@@ -40,12 +41,8 @@ _Yaml12Loader.add_implicit_resolver(
 
 
 def _package() -> Any:
-    try:
-        import sam2
-    except ImportError as e:
-        raise ImportError("postprocess step sam2 needs sam2: SAM2_BUILD_CUDA=0 pip install --no-build-isolation "
-                          "'clustercam_pl[sam2]'") from e
-    return sam2
+    return optional_import("sam2", "postprocess step sam2", "sam2", "sam2",
+                           command="SAM2_BUILD_CUDA=0 pip install --no-build-isolation 'clustercam_pl[sam2]'")
 
 
 def config_path(config: str) -> Path:

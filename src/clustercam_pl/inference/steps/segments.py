@@ -18,14 +18,12 @@ import numpy as np
 
 from clustercam_pl.inference.steps import Sample
 from clustercam_pl.inference.steps._merge import check_labels, merge_masks
+from clustercam_pl.utils.imports import optional_import
 
 
 def decode_masks(records: list[Any], size: tuple[int, int], where: str) -> np.ndarray:
     """(N, H, W) bool masks of COCO RLE records (or records with a ``segmentation`` RLE)."""
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as e:
-        raise ImportError("postprocess step segments needs pycocotools: pip install 'clustercam_pl[coco]'") from e
+    mask_utils = optional_import("pycocotools.mask", "postprocess step segments", "pycocotools", "coco")
     if not isinstance(records, list):
         raise ValueError(f"{where}: expected a JSON list of COCO RLE masks, got {type(records).__name__}")
     masks = []

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from clustercam_pl.inference.steps import Sample
 from clustercam_pl.inference.steps._merge import check_labels, merge_partition
+from clustercam_pl.utils.imports import optional_import
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,7 @@ class SuperpixelStep:
             )
 
     def __call__(self, sample: Sample) -> Sample:
-        try:
-            from skimage.segmentation import slic
-        except ImportError as e:
-            raise ImportError(
-                "postprocess step superpixel needs scikit-image: pip install 'clustercam_pl[refine]'"
-            ) from e
+        slic = optional_import("skimage.segmentation", "postprocess step superpixel", "scikit-image", "refine").slic
         labels = sample.label_map()
         check_labels(labels, sample.key)
         segments = slic(sample.image, n_segments=self.n_segments, compactness=self.compactness,
