@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
@@ -182,3 +186,103 @@ def fork_process(fn: Callable[..., Any], *args: Any, daemon: bool = True) -> mul
     proc = multiprocessing.get_context("fork").Process(target=_with_one_thread, args=(fn, args), daemon=daemon)
     proc.start()
     return proc
+
+
+# The imports of the command-line entry points, done once per test process by the forkserver that
+# `start_command` forks from (torch, Lightning, Hydra, timm, albumentations: ~7 s of CPU per interpreter).
+_COMMAND_PRELOAD = ["clustercam_pl.train", "clustercam_pl.eval", "clustercam_pl.data.datamodule",
+                    "clustercam_pl.data.transforms"]
+_COMMANDS = multiprocessing.get_context("forkserver")
+
+
+def _run_module(module: str, args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+    """`python -m module *args` in a child of the forkserver: argv, cwd, environment and file descriptors
+    set as a new interpreter would have them, then the module run as __main__ (runpy, as `-m` does)."""
+    import runpy
+
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:0] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
+    sys.argv = [module, *args]
+    sys.modules.pop(module, None)  # `-m` runs the module's code as __main__, not the preloaded copy
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+@dataclass
+class Command:
+    """A command-line run started by `start_command`: a real process (its own pid, exit status and
+    signals), its output in files."""
+
+    proc: multiprocessing.process.BaseProcess
+    args: list[str]
+    out: Path
+    err: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def output(self) -> str:
+        return self.out.read_text() + self.err.read_text()
+
+    def wait(self, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """The finished run as `subprocess.run` gives it (returncode -N for signal N); a run still going
+        after `timeout` is killed and raises subprocess.TimeoutExpired."""
+        self.proc.join(timeout)
+        if self.proc.exitcode is None:
+            self.proc.kill()
+            self.proc.join()
+            raise subprocess.TimeoutExpired(self.args, timeout, self.out.read_text(), self.err.read_text())
+        done = subprocess.CompletedProcess(self.args, self.proc.exitcode, self.out.read_text(), self.err.read_text())
+        shutil.rmtree(self.out.parent)
+        return done
+
+
+def _ensure_forkserver() -> None:
+    """Start the forkserver (once per test process) with the entry points imported and one OpenMP thread:
+    a fork of a process whose OpenMP pool has threads can hang in its first parallel operation."""
+    from multiprocessing import forkserver
+
+    multiprocessing.set_forkserver_preload(_COMMAND_PRELOAD)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+
+
+def start_command(module: str, args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> Command:
+    """`python -m module *args` as its own process, started without an interpreter's start-up: it is forked
+    from a forkserver that imported the entry points once (Python's multiprocessing forkserver, a clean
+    process: not this one, whose autograd threads a forked training could not use). What the command does
+    from `main()` on is what a new interpreter does (Hydra's argv parsing, logging set-up, signal handlers,
+    exit status); `python -m` itself is run by test_install.py and by the DDP launcher's other ranks."""
+    _ensure_forkserver()
+    logs = Path(tempfile.mkdtemp(prefix="command-"))
+    out, err = logs / "stdout", logs / "stderr"
+    proc = _COMMANDS.Process(target=_run_module, args=(module, list(args), str(cwd), dict(env), str(out), str(err)))
+    proc.start()
+    return Command(proc, ["python", "-m", module, *args], out, err)
+
+
+def run_command(module: str, args: Sequence[str], cwd: Path, env: Mapping[str, str],
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """`subprocess.run([python, "-m", module, *args], capture_output=True, text=True)` through `start_command`."""
+    return start_command(module, args, cwd, env).wait(timeout)

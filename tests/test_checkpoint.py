@@ -10,9 +10,6 @@ import pickle
 import random
 import resource
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -256,32 +253,27 @@ def test_missing_weights_file_is_named(tmp_path):
 
 
 # ------------------------------------------------------------------ atomic writes
-WRITER = textwrap.dedent("""
-    import sys, torch
-    from clustercam_pl.checkpoint import AtomicCheckpointIO
-    io, path = AtomicCheckpointIO(), sys.argv[1]
-    big = torch.zeros(60_000_000)  # 240 MB: each save takes long enough to be killed mid-way
+def _save_versions(path: Path) -> None:
+    """Save checkpoints 0, 1, 2... to `path`, 240 MB each: a save takes long enough to be killed mid-way."""
+    io, big = AtomicCheckpointIO(), torch.zeros(60_000_000)
     for version in range(1000):
         big[0] = version
         io.save_checkpoint({"version": version, "weights": big}, path)
-        print(version, flush=True)
-""")
 
 
-@pytest.mark.slow  # an interpreter with torch, killed mid-save
 def test_kill_during_save_leaves_previous_checkpoint_readable(tmp_path):
     path = tmp_path / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    proc = fork_process(_save_versions, path)  # a process of its own, forked (no interpreter start-up)
     try:
-        assert proc.stdout.readline().strip() == "0"  # first checkpoint complete
         deadline = time.time() + 60
-        while not list(tmp_path.glob(".last.ckpt.*.part")):  # the next save is under way
-            assert time.time() < deadline, "no save in progress seen"
+        while not (path.exists() and list(tmp_path.glob(".last.ckpt.*.part"))):  # a save done, the next under way
+            assert proc.is_alive() and time.time() < deadline, "no save in progress seen"
             time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        proc.kill()
+        proc.join(30)
     finally:
         proc.kill()
+    assert proc.exitcode == -signal.SIGKILL
     ckpt = AtomicCheckpointIO().load_checkpoint(path)
     assert ckpt["weights"][0] == ckpt["version"] >= 0
     assert ckpt["weights"].numel() == 60_000_000

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -36,7 +35,7 @@ from clustercam_pl.inference.network import predict, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.tasks.evaluate import report
-from helpers import CONF_DIR, TINY_OVERRIDES, hydra_config
+from helpers import CONF_DIR, TINY_OVERRIDES, hydra_config, run_command
 from helpers import save_framework_checkpoint as save_framework
 from helpers import tiny_net as make_tiny_net
 
@@ -252,9 +251,8 @@ def test_command_line(tmp_path):
     ckpt = save_framework(tiny_net(), tmp_path / "last.ckpt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "clustercam_pl.eval", *DATA, f"ckpt_path={ckpt}", "eval=ms",
-                           "limit=2", f"hydra.run.dir={run}"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = run_command("clustercam_pl.eval", [*DATA, f"ckpt_path={ckpt}", "eval=ms", "limit=2",
+                                              f"hydra.run.dir={run}"], REPO, env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "protocol ms: scales [0.5, 0.75, 1, 1.25, 1.5]" in done.stdout and "mIoU" in done.stdout
     metrics = json.loads((run / "eval_metrics.json").read_text())
@@ -308,9 +306,8 @@ def test_two_process_eval_and_export_equal_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     two_dir = tmp_path / "two"
     # CRF inline here too (worker pools cost interpreter start-ups; test_distributed checks pool == inline).
-    done = subprocess.run([sys.executable, "-m", "clustercam_pl.eval", *data, "crf_workers=0", "trainer=ddp",
-                           "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={two_dir}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    done = run_command("clustercam_pl.eval", [*data, "crf_workers=0", "trainer=ddp", "trainer.accelerator=cpu",
+                                              "trainer.devices=2", f"hydra.run.dir={two_dir}"], REPO, env, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     two = json.loads((two_dir / "eval_metrics.json").read_text())
     assert two["processes"] == 2 and two["crf_workers"] == 0 and one["processes"] == 1
@@ -338,9 +335,8 @@ def test_two_process_eval_and_export_equal_one_process(tmp_path):
 def test_script_ddp_inside_basic_multirun_is_refused(tmp_path):
     ckpt = save_framework(tiny_net(), tmp_path / "last.ckpt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    done = subprocess.run([sys.executable, "-m", "clustercam_pl.eval", "-m", *DATA, f"ckpt_path={ckpt}",
-                           "eval=ss,ms", "trainer=ddp", "trainer.accelerator=cpu", f"hydra.sweep.dir={tmp_path}/s"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = run_command("clustercam_pl.eval", ["-m", *DATA, f"ckpt_path={ckpt}", "eval=ss,ms", "trainer=ddp",
+                                              "trainer.accelerator=cpu", f"hydra.sweep.dir={tmp_path}/s"], REPO, env)
     assert done.returncode != 0
     assert "re-launches the sweep in every rank. Use trainer=ddp_spawn" in done.stdout + done.stderr
 

@@ -11,8 +11,6 @@ import json
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from omegaconf import open_dict
 
 from clustercam_pl.eval import evaluate
 from clustercam_pl.tasks.evaluate import KILL_AFTER_ENV, RECORDS
-from helpers import hydra_config, save_framework_checkpoint, tiny_net
+from helpers import hydra_config, run_command, save_framework_checkpoint, tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
 N = 8  # images: 4 batches of 2
@@ -107,9 +105,8 @@ def test_two_process_eval_killed_then_rerun_equals_an_uninterrupted_run(ckpt, tm
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
            KILL_AFTER_ENV: "2"}  # each process kills itself after its 2nd image (shares of 4)
-    done = subprocess.run([sys.executable, "-m", "clustercam_pl.eval", *over, "trainer=ddp",
-                           "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={out}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    done = run_command("clustercam_pl.eval", [*over, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                              f"hydra.run.dir={out}"], REPO, env, timeout=400)
     assert done.returncode == -signal.SIGKILL, done.stdout[-3000:] + done.stderr[-3000:]
     assert len(list((out / RECORDS).glob("*.npz"))) == 4 and not (out / "eval_metrics.json").exists()
     meta = json.loads((out / "meta.json").read_text())

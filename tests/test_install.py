@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,14 @@ def test_own_experiment_file_through_the_search_path(tmp_path):
     assert cfg.net.patch_size == 8  # the rest is the packaged synthetic experiment
 
 
+def test_every_console_script_names_a_function_of_the_package():
+    # The wheel test below finds each script's module in the installed copy and runs four of them.
+    scripts = [e for e in metadata.distribution("clustercam_pl").entry_points if e.group == "console_scripts"]
+    assert {e.name for e in scripts} == SCRIPTS
+    for script in scripts:
+        assert callable(script.load()), script
+
+
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -74,9 +83,10 @@ def test_wheel_install_runs_from_another_folder(tmp_path):
     py = [sys.executable, "-S"]
     user = tmp_path / "user"  # the folder the user works in, outside the checkout
     user.mkdir()
-    probe = ("import clustercam_pl, json, sys; from importlib import metadata; d = metadata.distribution('clustercam_pl');"
+    # Each console script's module is found in the installed copy (found, not imported: four of them run below).
+    probe = ("import clustercam_pl, json, sys; from importlib import metadata, util; d = metadata.distribution('clustercam_pl');"
              "print(json.dumps({'file': clustercam_pl.__file__, 'path': sys.path, 'dist': str(d.locate_file('')),"
-             "'scripts': {e.name: e.load().__module__ for e in d.entry_points if e.group == 'console_scripts'}}))")
+             "'scripts': {e.name: util.find_spec(e.module).origin for e in d.entry_points if e.group == 'console_scripts'}}))")
     where = json.loads(_run([*py, "-c", probe], user, env).stdout)
     assert Path(where["file"]).is_relative_to(target), where["file"]
     assert Path(where["dist"]) == target
@@ -85,6 +95,7 @@ def test_wheel_install_runs_from_another_folder(tmp_path):
               and not Path(p).resolve().is_relative_to(venv)]
     assert not inside, where["path"]
     assert SCRIPTS <= set(where["scripts"]), where["scripts"]
+    assert all(Path(origin).is_relative_to(target) for origin in where["scripts"].values()), where["scripts"]
     assert (target / "clustercam_pl" / "conf" / "experiment" / "synthetic.yaml").is_file()
 
     # Two training steps from the user's own experiment file (--config-dir), through the console script.

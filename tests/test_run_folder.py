@@ -26,7 +26,7 @@ from clustercam_pl.utils.run_folder import (
     check_writable,
     claim_run_folder,
 )
-from helpers import TINY_OVERRIDES, compose_train
+from helpers import TINY_OVERRIDES, Command, compose_train, start_command
 from test_train import ENV, REPO
 
 HOLDER = """
@@ -38,22 +38,20 @@ time.sleep(120)
 """
 
 
-def start_cli(args: list[str]) -> subprocess.Popen:
-    """A training run in the background, stdout and stderr merged, to interrupt with a signal."""
-    return subprocess.Popen([sys.executable, "-m", "clustercam_pl.train", *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_cli(args: list[str]) -> Command:
+    """`python -m clustercam_pl.train *args` in the background, to interrupt with a signal."""
+    return start_command("clustercam_pl.train", args, REPO, ENV)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_for(path: Path, proc: Command, timeout: float) -> None:
     t = time.time()
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before {path} appeared:\n{proc.stdout.read()}")
+            raise AssertionError(f"run ended before {path} appeared:\n{proc.output()}")
         if time.time() - t > timeout:
             proc.kill()
             raise AssertionError(f"{path} did not appear in {timeout}s")
         time.sleep(0.2)
-
 
 
 def hold_lock(folder: Path) -> subprocess.Popen:

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig, lr_at
 from clustercam_pl.train import train
 from clustercam_pl.utils.run_folder import RunFolderLock
-from helpers import TINY_OVERRIDES, compose_train, hydra_config
+from helpers import TINY_OVERRIDES, compose_train, hydra_config, run_command
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
@@ -30,10 +29,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE"
 ENV_TESTS = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "tests"), ENV.get("PYTHONPATH")) if p)}
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None,
-            **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clustercam_pl.train", *args], cwd=cwd, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout, **kw)
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """`python -m clustercam_pl.train *args`, a process of its own (helpers.run_command)."""
+    return run_command("clustercam_pl.train", args, cwd, env or ENV, timeout)
 
 
 def test_synthetic_run_writes_metrics_and_checkpoints(tiny_run):
@@ -72,16 +71,20 @@ def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
 @pytest.mark.slow  # Dynamo's graph capture of the network parts: the slowest training of the unit tests
 def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypatch):
     # `model.compile=true` compiles once, before training, and the run trains through the compiled
-    # modules. Dynamo's `eager` backend keeps it fast (graph capture, no code generation);
-    # tests/models/test_clustercam.py::test_inductor_compiled_network_matches_eager checks inductor's numbers.
+    # modules. Dynamo's `eager` backend keeps it fast (graph capture, no code generation), and one graph
+    # per code object (each further input size or grad mode would be traced again, ~4 s each; past the limit
+    # Dynamo runs them eager); tests/models/test_clustercam.py checks inductor's numbers and recompiles.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     calls = []
     original = ClusterCAMNet.compile_parts
     monkeypatch.setattr(ClusterCAMNet, "compile_parts",
                         lambda self, **kw: calls.append(kw) or original(self, backend="eager"))
     cfg = compose_train([*TINY_OVERRIDES, "model.compile=true", "trainer.max_epochs=1", "model.seg_start_epoch=0",
                          "data.synthetic.num_train=8"], output_dir=tmp_path)
+    torch._dynamo.utils.counters.clear()
     summary = train(cfg)
     assert calls == [{}] and summary["global_step"] == 2
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 3  # backbone, head and decoder traced
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["compile"] is True
     assert not any("_orig_mod" in k for k in ckpt["state_dict"])
