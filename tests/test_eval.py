@@ -344,13 +344,7 @@ def test_script_ddp_inside_basic_multirun_is_refused(tmp_path):
 def test_export_of_a_split_whose_ids_are_paths(tmp_path, monkeypatch):
     """Issue 24: image ids with folders (a folder dataset's `batch_a/img_001`) are scored, exported into
     sub-folders, packed, and the metrics are written."""
-    original = SyntheticWSSS.__getitem__
-
-    def with_path_ids(self, i):
-        item = original(self, i)
-        return {**item, "image_id": f"batch_{'ab'[i % 2]}/img_{i:03d}"}
-
-    monkeypatch.setattr(SyntheticWSSS, "__getitem__", with_path_ids)
+    monkeypatch.setattr(SyntheticWSSS, "item_id", lambda self, i: f"batch_{'ab'[i % 2]}/img_{i:03d}")
     net = tiny_net()
     ckpt = save_framework(net, tmp_path / "last.ckpt")
     run = tmp_path / "run"

@@ -92,9 +92,11 @@ def read_done(out_dir: Path, image_id: str, num_classes: int) -> dict[str, np.nd
 
 
 def dataset_ids(dataset: Any) -> list[str]:
-    """Image ids in item order, without decoding images where the dataset lists them."""
-    ids = getattr(dataset, "ids", None)
-    return list(ids) if ids is not None else [dataset[i]["image_id"] for i in range(len(dataset))]
+    """Image ids in item order, without reading images: every dataset kind names its items (`item_id`,
+    data.fixed_labels.RawSource); any other dataset is read item by item."""
+    if hasattr(dataset, "item_id"):
+        return [dataset.item_id(i) for i in range(len(dataset))]
+    return [dataset[i]["image_id"] for i in range(len(dataset))]
 
 
 def cam_meta(cam: CAMConfig) -> dict[str, Any]:
