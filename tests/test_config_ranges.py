@@ -3,8 +3,12 @@ refused before training with the full config key in the message."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
 
 from clustercam_pl.cam.config import CAMConfig
 from clustercam_pl.data.datamodule import WSSSDataModule
@@ -54,9 +58,23 @@ CASES = [
 NARROW = ["net.embed_dim=32", "net.num_heads=2", "net.decoder_width=16"]
 
 
+@pytest.fixture(scope="module")
+def narrow_cfg() -> DictConfig:
+    return compose_train(NARROW)
+
+
+def with_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`cfg` with value overrides set as Hydra parses them on the command line (one composition shared by
+    the cases, instead of one each)."""
+    cfg = copy.deepcopy(cfg)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        OmegaConf.update(cfg, override.key_or_group, override.value(), merge=False)
+    return cfg
+
+
 @pytest.mark.parametrize("overrides,message", CASES, ids=[c[0][-1] for c in CASES])
-def test_out_of_range_values_name_their_key(overrides, message, tmp_path):
-    cfg = compose_train([*NARROW, *overrides], output_dir=tmp_path)
+def test_out_of_range_values_name_their_key(overrides, message, narrow_cfg, tmp_path):
+    cfg = with_overrides(narrow_cfg, [*overrides, f"paths.output_dir={tmp_path}"])
     with pytest.raises((ValueError, InstantiationException)) as e:
         check_config(cfg)
         build(cfg)  # what train does next: every settings object validates itself once

@@ -59,7 +59,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # six commands of up to 300 s each on a loaded machine
+@pytest.mark.timeout(900)  # six commands (pip twice) of up to 300 s each on a loaded machine
 def test_wheel_install_runs_from_another_folder(tmp_path):
     # Build from a copy, so the build leaves nothing in the checkout; offline and without build isolation
     # (setuptools comes from this environment: the dev extra).
@@ -96,7 +96,11 @@ def test_wheel_install_runs_from_another_folder(tmp_path):
     assert not inside, where["path"]
     assert SCRIPTS <= set(where["scripts"]), where["scripts"]
     assert all(Path(origin).is_relative_to(target) for origin in where["scripts"].values()), where["scripts"]
-    assert (target / "clustercam_pl" / "conf" / "experiment" / "synthetic.yaml").is_file()
+    # Every config of the checkout is installed (what the commands compose: eval, predict, ... as train).
+    conf = REPO / "src" / "clustercam_pl" / "conf"
+    shipped = {p.relative_to(conf) for p in conf.rglob("*.yaml")}
+    assert shipped and shipped == {p.relative_to(target / "clustercam_pl" / "conf")
+                                   for p in (target / "clustercam_pl" / "conf").rglob("*.yaml")}
 
     # Two training steps from the user's own experiment file (--config-dir), through the console script.
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("+experiment=")]
@@ -109,13 +113,6 @@ def test_wheel_install_runs_from_another_folder(tmp_path):
     info = json.loads((run / "env.json").read_text())
     assert info["clustercam_pl"]["git_commit"] is None  # an installed copy is no checkout
     assert Path(info["clustercam_pl"]["path"]).is_relative_to(target)
-
-    data = [o for o in tiny if o.startswith("data.synthetic.image_size")] + ["data=synthetic", "data.synthetic.num_val=2"]
-    done = _run([*py, str(target / "bin" / "clustercam-eval"), *data, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                 "eval=ss", "device=cpu"], user, env)
-    assert "mIoU" in done.stdout
-    (ev,) = (user / "outputs" / "eval").iterdir()
-    assert json.loads((ev / "eval_metrics.json").read_text())["num_images"] == 2
 
     done = _run([*py, str(target / "bin" / "clustercam-prepare"), "--help"], user, env)
     assert "voc" in done.stdout and "coco" in done.stdout

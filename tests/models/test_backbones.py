@@ -60,8 +60,9 @@ def test_every_preset_names_weights_of_its_own_shape():
     assert NetConfig.preset("tiny").weights is None
 
 
-# The ViT-B presets (86 M parameters, ~5 s each on 2 cores) run in the full suite only.
-@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if "vitb" in p else p for p in PRESETS])
+# ViT-Ti (5 M parameters) in the fast suite; the ViT-S presets (22 M, ~1 s each on 2 cores) and ViT-B (86 M,
+# ~5 s each) in the full suite only.
+@pytest.mark.parametrize("preset", [p if p == "vitt" else pytest.param(p, marks=pytest.mark.slow) for p in PRESETS])
 def test_backbone_without_clusters_equals_timm(preset, tmp_path):
     """Patch and class tokens after the last block (before timm's final norm) at timm's input size."""
     cfg = NetConfig.preset(preset, num_classes=1, cluster_blocks=[], pos_grid=PATCH_GRID)
