@@ -108,6 +108,7 @@ def test_fp_fn_are_the_reference_ratios():
     assert math.isnan(scores_from_confmat(torch.zeros(2, 2))["iou"][0])
 
 
+@pytest.mark.slow  # end to end: export, then the audit command over both sets
 def test_audit_of_two_sets_on_synthetic(tmp_path):
     dm = synthetic_dm()
     data = truth(dm)

@@ -261,6 +261,7 @@ def _save_versions(path: Path) -> None:
         io.save_checkpoint({"version": version, "weights": big}, path)
 
 
+@pytest.mark.slow  # a process killed mid-save (240 MB checkpoints)
 def test_kill_during_save_leaves_previous_checkpoint_readable(tmp_path):
     path = tmp_path / "last.ckpt"
     proc = fork_process(_save_versions, path)  # a process of its own, forked (no interpreter start-up)

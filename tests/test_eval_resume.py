@@ -56,6 +56,7 @@ def _assert_same_result(resumed: dict, fresh: dict) -> None:
     assert resumed["checkpoints"][0]["images"] == fresh["checkpoints"][0]["images"] == N
 
 
+@pytest.mark.slow  # a process killed mid-run, then two evaluations
 def test_sigkill_mid_eval_then_rerun_equals_an_uninterrupted_run(ckpt, tmp_path):
     over = [*DATA, f"ckpt_path={ckpt}", "eval=ss"]
     out = tmp_path / "killed"

@@ -217,6 +217,7 @@ def test_class_names_rule():
 
 
 # ------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # the session's trained run
 def test_predict_user_images_with_a_trained_checkpoint(trained_ckpt, tmp_path, caplog):
     sizes, corrupt = user_images(tmp_path / "in")
     out = tmp_path / "out"
@@ -235,6 +236,7 @@ def test_predict_user_images_with_a_trained_checkpoint(trained_ckpt, tmp_path, c
     assert env["devices"]["accelerator"] == "cpu"
 
 
+@pytest.mark.slow  # end to end: three predict runs with CAMs
 def test_predict_cams_resume_and_redo(tiny_ckpt, tmp_path):
     inputs = tmp_path / "in"
     (inputs / "sub").mkdir(parents=True)

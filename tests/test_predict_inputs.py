@@ -80,6 +80,7 @@ def test_bomb_png_fails_by_name_and_the_others_are_predicted(tiny_ckpt, tmp_path
     np.testing.assert_array_equal(read_image_any(inputs / "a.png", max_pixels=4096), synthetic_rgb(0))
 
 
+@pytest.mark.slow  # an interpreter of its own, under a memory limit
 def test_large_jpeg_is_decoded_reduced_within_a_memory_bound(tmp_path):
     """In a fresh interpreter (numpy and PIL only), peak resident memory: a 15-megapixel JPEG decoded reduced to
     1/16 per side costs < 8 MB; decoded whole (the check can fail) > 3 bytes a pixel."""
@@ -105,6 +106,7 @@ def test_large_jpeg_is_decoded_reduced_within_a_memory_bound(tmp_path):
     assert whole > 3 * 4800 * 3200, done.stdout
 
 
+@pytest.mark.slow  # end to end on a large image
 def test_large_jpeg_predicted_reduced_outputs_at_its_size(tiny_ckpt, tmp_path, monkeypatch):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -118,6 +118,7 @@ def test_superpixel_end_to_end_resumes_after_a_crash(setup, tmp_path, monkeypatc
 
 
 
+@pytest.mark.slow  # end to end: three commands
 def test_commands_export_refine_audit(tmp_path):
     """`clustercam_pl.refine ... audit=true` and `clustercam_pl.audit` as configured (conf/refine.yaml, conf/audit.yaml)."""
     from hydra import compose

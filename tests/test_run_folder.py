@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from clustercam_pl.utils.run_folder import (
     check_writable,
     claim_run_folder,
 )
-from helpers import TINY_OVERRIDES, Command, compose_train, start_command
+from helpers import TINY_OVERRIDES, Command, compose_train, fork_process, start_command
 from test_train import ENV, REPO
 
 HOLDER = """
@@ -260,24 +261,33 @@ def test_second_training_on_a_folder_is_refused_and_a_killed_ones_lock_taken_ove
     assert not (run / LOCK_NAME).exists()
 
 
-ORPHAN = """
-import os, sys, time
-from clustercam_pl.utils.files import FolderLock
-FolderLock(sys.argv[1], "x.lock", user="test", hint="-").acquire()
-if os.fork() == 0:  # a worker: inherits the lock's open file and keeps it until it exits
-    time.sleep(1.5)
-    os._exit(0)
-print("locked", flush=True)
-os._exit(0)  # the owner dies first, as under SIGKILL
-"""
+def _owner_with_a_worker(folder: Path) -> None:
+    """Take the folder's lock and fork a worker that inherits it and keeps it until `folder/go` appears;
+    then end at once, as a SIGKILLed command leaves its data-loader or CRF workers behind."""
+    FolderLock(folder, "x.lock", user="test", hint="-").acquire()
+    if os.fork() == 0:
+        deadline = time.monotonic() + 30
+        while not (folder / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os._exit(0)
 
 
 def test_a_dead_owners_lock_still_held_by_its_workers_is_waited_for(tmp_path, caplog):
     """A killed command's forked workers hold its output folder's lock a few seconds more: a rerun waits
     for them instead of refusing the folder as in use."""
-    done = subprocess.run([sys.executable, "-c", ORPHAN, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "locked", done.stderr
+    owner = fork_process(_owner_with_a_worker, tmp_path)
+    deadline = time.monotonic() + 30
+    while owner.exitcode is None and time.monotonic() < deadline:  # not join(): the worker keeps its sentinel open
+        time.sleep(0.01)
+    assert owner.exitcode == 0
+    lock = FolderLock(tmp_path, "x.lock", user="test", hint="-")
     with caplog.at_level(logging.WARNING, logger="clustercam_pl.utils.files"):
-        with FolderLock(tmp_path, "x.lock", user="test", hint="-"):
-            assert json.loads((tmp_path / "x.lock").read_text())["pid"] == os.getpid()
+        waiting = threading.Thread(target=lock.acquire)
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive()  # waiting for the worker (a refusal would have ended the thread)
+        (tmp_path / "go").touch()  # the worker exits, and its copy of the lock goes with it
+        waiting.join(30)
+    assert lock.held and json.loads((tmp_path / "x.lock").read_text())["pid"] == os.getpid()
+    lock.release()
     assert "took over the lock of pid" in caplog.text

@@ -287,6 +287,7 @@ def test_smp_encoder_weights_file_in_the_config_initialises_training(tmp_path):
     assert SmpConfig(4, encoder_weights="imagenet").hub_weights == "imagenet"
 
 
+@pytest.mark.slow  # end to end: predict, then two audits
 def test_audit_judges_stage_two_predictions_and_its_label_folder(tmp_path):
     """`clustercam_pl.audit` on what stage two makes and reads: a stage-two network's predictions of a split
     (predict over the split's images saved by id) and a label folder as data.label_dir takes it."""
