@@ -16,6 +16,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@pytest.mark.slow  # every option file of every group: ~35 compositions
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_instantiates(group, option, tmp_path, monkeypatch):
     monkeypatch.delenv("CLUSTERCAM_DATA", raising=False)
@@ -34,6 +35,7 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path, m
             assert dm.num_classes in (4, 5, 20, 80)  # synthetic, ISPRS, VOC, COCO
 
 
+@pytest.mark.slow  # every experiment file: ~16 compositions
 @pytest.mark.parametrize("name", _options("experiment"))
 def test_every_experiment_composes(name, tmp_path):
     cfg = compose_train([f"+experiment={name}"], output_dir=tmp_path)
