@@ -238,6 +238,7 @@ def test_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "cut.ckpt")
 
 
+@pytest.mark.slow  # every eval protocol file
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml")))
 def test_every_protocol_composes(name, tmp_path):
     p = protocol_from_config(compose_eval([f"eval={name}", "ckpt_path=x"], tmp_path).eval)

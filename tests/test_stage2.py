@@ -345,6 +345,7 @@ def test_smp_hub_weights_offline_say_how_to_pass_a_file(tmp_path, monkeypatch):
         SmpSegNet(SmpConfig(4, encoder_name="resnet18", encoder_weights="imagenet"))
 
 
+@pytest.mark.slow  # goes over the stage-two search config: six compositions each
 @pytest.mark.parametrize("experiment", ["synthetic_stage2", "voc_stage2"])
 def test_stage_two_sweeps_compose(experiment, tmp_path):
     """The optuna search for stage two composes over a stage-two experiment, searches only keys a stage-two

@@ -108,6 +108,7 @@ def test_layer_scale_is_off_by_default_and_adds_no_tensors():
     assert ls == {f"backbone.blocks.{i}.{g}.gamma" for i in range(2) for g in ("ls1", "ls2", "ls_cluster")}
 
 
+@pytest.mark.slow  # two ViT-S networks (timm's and ours)
 def test_weights_of_another_architecture_name_their_keys_and_the_fitting_preset():
     vit = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, img_size=28)
     net = ClusterCAMNet(NetConfig.preset("vits", patch_size=14, num_classes=1))  # no LayerScale
