@@ -83,6 +83,7 @@ def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypa
                         lambda self, **kw: calls.append(kw) or original(self, backend="eager"))
     cfg = compose_train([*TINY_OVERRIDES, "model.compile=true", "trainer.max_epochs=1", "model.seg_start_epoch=0",
                          "data.synthetic.num_train=8"], output_dir=tmp_path)
+    torch._dynamo.reset()  # no graphs of earlier tests in this process: they would count against the limit
     torch._dynamo.utils.counters.clear()
     summary = train(cfg)
     assert calls == [{}] and summary["global_step"] == 2
