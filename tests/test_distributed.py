@@ -35,6 +35,19 @@ def test_one_process_reductions_are_identities():
     assert launch(Launch(device="cpu"), lambda r, x: (r.world_size, str(r.device), x), 7) == (1, "cpu", 7)
 
 
+def _computed_by_main(ranks: Ranks) -> list[tuple[str, list[int]]]:
+    computed: list[int] = []
+    value = ranks.from_main(lambda: computed.append(ranks.rank) or f"rank {ranks.rank}'s")
+    return ranks.gather((value, computed))
+
+
+def test_work_with_one_answer_is_done_by_the_main_process_only():
+    """A checkpoint's sha256 in a multi-process command: read once, by the main process (2 forked CPU processes)."""
+    assert Ranks().from_main(lambda: 5) == 5
+    got = launch(Launch(accelerator="cpu", devices=2, strategy="ddp_fork", device="cpu"), _computed_by_main)
+    assert got == [("rank 0's", [0]), ("rank 0's", [])]
+
+
 def test_launch_settings():
     assert Launch().single and Launch(devices="1").single
     assert not Launch(devices=2).single and not Launch(num_nodes=2).single

@@ -384,7 +384,7 @@ def evaluate_checkpoints(
     num_images = min(int(limit), len(dataset)) if limit is not None else len(dataset)
     if not has_masks and not export_comp and ranks.is_main:
         log.warning("split %s has no masks: nothing will be scored (export=true writes predictions)", split)
-    meta = eval_meta(paths, dm, split, num_images, protocol, export_comp, net_overrides)
+    meta = eval_meta(paths, dm, split, num_images, protocol, export_comp, net_overrides, ranks)
     scores = _scores(paths, meta, out_dir, save_scores, score_downscale, scores_from)
     if scores is not None:
         meta |= {"score_downscale": scores.factor, "save_scores": scores.save_dir is not None,
@@ -418,14 +418,15 @@ def evaluate_checkpoints(
 
 def eval_meta(
     paths: Sequence[Path], dm: Any, split: str, num_images: int, protocol: Protocol, export_comp: str | None,
-    net_overrides: Mapping[str, Any] | None,
+    net_overrides: Mapping[str, Any] | None, ranks: Ranks,
 ) -> dict[str, Any]:
-    """What makes an eval folder's per-image records valid: the checkpoints' contents, the data, the
-    images and the protocol (as JSON stores it, so a rerun compares equal)."""
+    """What makes an eval folder's per-image records valid: the checkpoints' contents (hashed by the main
+    process), the data, the images and the protocol (as JSON stores it, so a rerun compares equal)."""
     options = dm.kind_config
     meta = {
         "format": META_FORMAT, "command": "eval",
-        "checkpoints_sha256": [file_sha256(p) for p in paths], "checkpoint_paths": [str(p) for p in paths],
+        "checkpoints_sha256": ranks.from_main(lambda: [file_sha256(p) for p in paths]),
+        "checkpoint_paths": [str(p) for p in paths],
         "dataset": dm.dataset, "data_root": dm.root,
         "data_options": dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options,
         "split": split, "num_images": num_images, "protocol": protocol.as_dict(),

@@ -191,9 +191,9 @@ def export_split(
     ckpt.check_background(dm.has_background, dm.dataset)
     ckpt.check_channels(dm.in_channels, dm.normalization, dm.dataset)
     meta = {
-        "format": META_FORMAT, "checkpoint": ckpt.path, "checkpoint_sha256": file_sha256(ckpt.path),
-        "dataset": dm.dataset, "split": split, "cam": cam_meta(cam), "cam_downscale": cam_downscale,
-        "network_mode": "eval",
+        "format": META_FORMAT, "checkpoint": ckpt.path,
+        "checkpoint_sha256": ranks.from_main(lambda: file_sha256(ckpt.path)), "dataset": dm.dataset,
+        "split": split, "cam": cam_meta(cam), "cam_downscale": cam_downscale, "network_mode": "eval",
     }
     # `checkpoint` (the path) may change between runs of the same weights: the sha256 decides.
     with OutputFolder(out_dir, meta, command="export_labels", overwrite=overwrite, ignore=("checkpoint",)).claim(ranks):

@@ -634,8 +634,8 @@ def predict_images(
     names, settings = _settings(ckpt, path, protocol, class_names, threshold, max_side, cams, max_pixels,
                                 window, overlap)
     items = list_inputs(input_spec, exclude=out_dir)
-    meta = {"format": META_FORMAT, "checkpoint_sha256": file_sha256(path), "class_names": names,
-            **settings.as_dict()}
+    meta = {"format": META_FORMAT, "checkpoint_sha256": ranks.from_main(lambda: file_sha256(path)),
+            "class_names": names, **settings.as_dict()}
     with OutputFolder(out_dir, meta, command="predict", overwrite=overwrite, meta_name=META).claim(ranks):
         if ranks.is_main:
             if on_claim is not None:

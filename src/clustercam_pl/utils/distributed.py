@@ -101,6 +101,13 @@ class Ranks:
         if self.distributed:
             dist.barrier()
 
+    def from_main(self, compute: Callable[[], T]) -> T:
+        """`compute()` run by the main process only, its result on every process: for work with one answer
+        for all (a checkpoint's sha256: one read of the file instead of one per process)."""
+        if not self.distributed:
+            return compute()
+        return self.gather(compute() if self.is_main else None)[0]
+
 
 @dataclass(frozen=True)
 class Launch:
