@@ -356,7 +356,7 @@ def test_format1_checkpoint_migrates_on_read():
     assert loaded.net.cfg.patch_size == 8 and loaded.net.cfg.depth == 2
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_format1_checkpoint_resumes_training(tmp_path):
     from clustercam_pl.train import train
     from helpers import compose_train
@@ -419,7 +419,7 @@ def test_earlier_format_checkpoint_evaluates_and_exports_as_before(path, stored,
     assert exported["cam_miou"] == pytest.approx(expected["cam_miou"], abs=1e-7)
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_format2_checkpoint_resumes_training_and_writes_the_current_format(tmp_path):
     from clustercam_pl.train import train
     from helpers import compose_train

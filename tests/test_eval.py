@@ -261,7 +261,7 @@ def test_command_line(tmp_path):
     assert (run / "eval.log").is_file()
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_run_folder_of_a_real_training_run(tiny_run, tmp_path):
     """Lightning checkpoints from `train`: the run folder is found, and `ss` on val reproduces the
     decoder mIoU the training run logged (same images, same single-scale argmax)."""

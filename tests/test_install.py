@@ -45,7 +45,7 @@ def test_own_experiment_file_through_the_search_path(tmp_path):
 
 
 def test_every_console_script_names_a_function_of_the_package():
-    # The wheel test below finds each script's module in the installed copy and runs four of them.
+    # The wheel test below finds each script's module in the installed copy and runs three of them.
     scripts = [e for e in metadata.distribution("clustercam_pl").entry_points if e.group == "console_scripts"]
     assert {e.name for e in scripts} == SCRIPTS
     for script in scripts:
@@ -83,7 +83,7 @@ def test_wheel_install_runs_from_another_folder(tmp_path):
     py = [sys.executable, "-S"]
     user = tmp_path / "user"  # the folder the user works in, outside the checkout
     user.mkdir()
-    # Each console script's module is found in the installed copy (found, not imported: four of them run below).
+    # Each console script's module is found in the installed copy (found, not imported: three of them run below).
     probe = ("import clustercam_pl, json, sys; from importlib import metadata, util; d = metadata.distribution('clustercam_pl');"
              "print(json.dumps({'file': clustercam_pl.__file__, 'path': sys.path, 'dist': str(d.locate_file('')),"
              "'scripts': {e.name: util.find_spec(e.module).origin for e in d.entry_points if e.group == 'console_scripts'}}))")

@@ -202,7 +202,7 @@ def test_train_refuses_a_folder_in_use_before_writing_into_it(tmp_path):
         proc.wait()
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_the_wandb_run_id_is_kept_in_the_run_folder_and_a_resumed_run_continues_it(tmp_path):
     first = compose_train([*TINY_OVERRIDES, "logger=wandb", "trainer.max_steps=1"], output_dir=tmp_path)
     train(first)  # WANDB_MODE=disabled (conftest): a real WandbLogger, nothing sent

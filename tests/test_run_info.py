@@ -48,7 +48,7 @@ def test_source_commit(tmp_path):
                                                                                     "git_dirty": None}
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_train_writes_env_json_and_logs_it(tiny_run):
     info = json.loads((tiny_run.folder / "env.json").read_text())  # the run has reference_batch_size=16
     assert info["clustercam_pl"]["version"] == "0.1.0" and info["world_size"] == 1

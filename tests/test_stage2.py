@@ -128,7 +128,7 @@ def exported(tiny_run, tmp_path_factory) -> Path:
     return out / "labels_train" / "labels"
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 @pytest.mark.parametrize("network", ["clustercam", "smp"])
 def test_stage_two_from_exported_stage_one_labels_trains_evaluates_predicts(network, tiny_run, exported, tmp_path):
     run = tmp_path / "stage2"

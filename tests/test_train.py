@@ -35,7 +35,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict[str, str
     return run_command("clustercam_pl.train", args, cwd, env or ENV, timeout)
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_synthetic_run_writes_metrics_and_checkpoints(tiny_run):
     metrics = json.loads((tiny_run.folder / "metrics.json").read_text())
     for key in ("val/seg_miou", "val/pseudo_miou", "val/map"):
@@ -53,7 +53,7 @@ def test_synthetic_run_writes_metrics_and_checkpoints(tiny_run):
     assert (tiny_run.folder / "config.yaml").is_file()
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_per_step_schedule_follows_epochs_when_max_steps_cuts_the_run(tmp_path):
     # 16 images / batch 4 = 4 steps per epoch; max_steps=5 stops in epoch 2 of 4. The learning rate
     # after step 5 must be the per-epoch curve at epoch 5/4, not stretched over 5 steps / 4 epochs.
@@ -93,7 +93,7 @@ def test_model_compile_option_compiles_the_network_and_trains(tmp_path, monkeypa
     assert not any("_orig_mod" in k for k in ckpt["state_dict"])
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 def test_checkpoint_rebuilds_the_network_without_configs(tiny_run, tmp_path):
     from clustercam_pl.checkpoint import load_checkpoint
     from clustercam_pl.lit_module import module_from_checkpoint
@@ -181,7 +181,7 @@ SIGTERM_POINTS = [
 ]
 
 
-@pytest.mark.slow  # trains a run (the fast suite has no training runs: README, Tests)
+@pytest.mark.slow  # trains a run (README, Tests: what is slow)
 @pytest.mark.parametrize("where,step,saved", SIGTERM_POINTS, ids=[p[0] for p in SIGTERM_POINTS])
 def test_sigterm_saves_where_the_run_stops_then_resumes(where, step, saved, tmp_path, caplog):
     caplog.set_level(logging.INFO)
