@@ -99,14 +99,23 @@ def hydra_config():
     GlobalHydra.instance().clear()
 
 
-def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
-    """Compose conf/train.yaml outside a Hydra run, with paths.output_dir pointed at output_dir."""
+def compose_config(name: str, overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """Compose conf/<name>.yaml (a command's config) outside a Hydra run, with paths.output_dir pointed at
+    output_dir."""
     with hydra_config():
-        cfg = compose("train", overrides=overrides, return_hydra_config=False)
+        cfg = compose(name, overrides=overrides)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    return compose_config("train", overrides, output_dir)
+
+
+def compose_eval(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    return compose_config("eval", overrides, output_dir)
 
 
 def rel_err(a: Tensor, b: Tensor) -> float:

@@ -31,7 +31,7 @@ from clustercam_pl.checkpoint import (
     reference_to_ours,
 )
 from clustercam_pl.models import ClusterCAMNet
-from helpers import fork_process, tiny_net
+from helpers import compose_config, fork_process, tiny_net
 
 
 def test_reference_round_trip_with_and_without_wrapper(tmp_path):
@@ -469,11 +469,8 @@ def test_export_and_training_take_a_run_folder_as_ckpt_path(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(FORMAT1.read_bytes())
     data = [*FORMAT1_EXPECTED["data_overrides"], "device=cpu"]
-    with hydra_config():
-        cfg = compose("export_labels", overrides=[*data, f"ckpt_path={run}", "split=val", "cam.par_iters=2",
-                                                  f"out_dir={tmp_path / 'pl'}", "limit=1"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "export")
+    cfg = compose_config("export_labels", [*data, f"ckpt_path={run}", "split=val", "cam.par_iters=2",
+                                           f"out_dir={tmp_path / 'pl'}", "limit=1"], tmp_path / "export")
     summary = export_pseudo_labels(cfg)
     assert summary["checkpoint"] == str(run / "checkpoints" / "last.ckpt") and summary["computed"] == 1
     with hydra_config():

@@ -15,8 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from hydra import compose
-from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.cam.config import CAMConfig
@@ -35,7 +33,7 @@ from clustercam_pl.inference.network import predict, pseudo_labels_per_image
 from clustercam_pl.metrics import SegmentationIoU
 from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.tasks.evaluate import report
-from helpers import CONF_DIR, TINY_OVERRIDES, hydra_config, run_command
+from helpers import CONF_DIR, TINY_OVERRIDES, compose_eval, run_command
 from helpers import save_framework_checkpoint as save_framework
 from helpers import tiny_net as make_tiny_net
 
@@ -51,14 +49,6 @@ MS = (0.5, 0.75, 1.0, 1.25, 1.5)
 def tiny_net(seed: int = 0) -> ClusterCAMNet:
     torch.manual_seed(seed)
     return make_tiny_net(4, decoder_width=16).eval()
-
-
-def compose_eval(overrides: list[str], out: Path, config: str = "eval"):
-    with hydra_config():
-        cfg = compose(config, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
 
 
 def direct_probs(net: ClusterCAMNet, image: torch.Tensor, scales, flip: bool) -> torch.Tensor:

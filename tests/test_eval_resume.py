@@ -16,25 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose
-from omegaconf import open_dict
 
 from clustercam_pl.eval import evaluate
 from clustercam_pl.tasks.evaluate import KILL_AFTER_ENV, RECORDS
-from helpers import hydra_config, run_command, save_framework_checkpoint, tiny_net
+from helpers import compose_eval, run_command, save_framework_checkpoint, tiny_net
 
 REPO = Path(__file__).resolve().parents[1]
 N = 8  # images: 4 batches of 2
 DATA = ["data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_train=2",
         f"data.synthetic.num_val={N}", "data.val_batch_size=2", "device=cpu", "crf_workers=0"]
-
-
-def compose_eval(overrides: list[str], out: Path):
-    with hydra_config():
-        cfg = compose("eval", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
 
 
 @pytest.fixture

@@ -3,32 +3,19 @@ equal to scoring the network's probabilities brought to that resolution and back
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from clustercam_pl.checkpoint import load_checkpoint
 from clustercam_pl.eval import evaluate
 from clustercam_pl.inference.protocol import Protocol, network_crops
 from clustercam_pl.inference.scores import expand_scores, reduce_scores, round_trip
 from clustercam_pl.metrics import confusion_matrix, iou_from_confmat
-from helpers import hydra_config, save_framework_checkpoint, tiny_net
+from helpers import compose_eval, save_framework_checkpoint, tiny_net
 
 DATA = ["data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_train=2",
         "data.synthetic.num_val=4", "data.val_batch_size=2", "device=cpu", "crf_workers=0", "progress=false"]
-
-
-def compose_eval(overrides: list[str], out: Path | None = None):
-    with hydra_config():
-        cfg = compose("eval", overrides=overrides)
-    if out is not None:
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out)
-    return cfg
 
 
 def test_round_trip_keeps_probabilities():

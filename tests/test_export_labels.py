@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hydra import compose
-from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.cam.config import CAMConfig
@@ -32,7 +30,7 @@ from clustercam_pl.models import ClusterCAMNet
 from clustercam_pl.optim import OptimConfig
 from clustercam_pl.tasks.export_labels import read_done
 from clustercam_pl.utils.files import FolderBusyError, FolderLock, partial_path
-from helpers import fork_process, hydra_config, save_framework_checkpoint
+from helpers import compose_config, fork_process, save_framework_checkpoint
 from helpers import tiny_net as make_tiny_net
 
 N = 6
@@ -55,10 +53,7 @@ def ckpt(tmp_path: Path) -> Path:
 
 
 def run(ckpt: Path, out: Path, *extra: str) -> dict:
-    with hydra_config():
-        cfg = compose("export_labels", overrides=[*OVERRIDES, f"ckpt_path={ckpt}", f"out_dir={out}", *extra])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out.parent / "run")
+    cfg = compose_config("export_labels", [*OVERRIDES, f"ckpt_path={ckpt}", f"out_dir={out}", *extra], out.parent / "run")
     return export_pseudo_labels(cfg)
 
 

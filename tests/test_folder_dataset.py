@@ -5,7 +5,6 @@ turned into pseudo labels."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.losses import clustercam_losses, seg_loss
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
-from helpers import compose_train, hydra_config, tiny_net
+from helpers import compose_eval, compose_train, hydra_config, tiny_net
 
 
 # ------------------------------------------------------------------- negatives and K = 1, unit level
@@ -94,14 +93,6 @@ def test_seg_warm_up_is_a_fraction_of_the_run(name, epochs, start, tmp_path):
 SMALL = ["logger=none", "net.embed_dim=32", "net.num_heads=2", "net.decoder_width=16", "data.global_batch_size=4",
          "cam.par_iters=2", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
          "trainer.enable_model_summary=false"]
-
-
-def compose_eval(overrides: list[str], out: Path):
-    with hydra_config():
-        cfg = compose("eval", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
 
 
 @pytest.mark.slow

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose
-from omegaconf import open_dict
 from PIL import Image
 from wsss_fakes import make_histo_release
 
 from clustercam_pl.checkpoint import load_checkpoint
 from clustercam_pl.data.labels import IGNORE_INDEX, LUAD_CLASSES
 from clustercam_pl.prepare import main as prepare
-from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config
+from helpers import TINY_NET_OVERRIDES, compose_config, compose_train
 
 SMALL = [
     *TINY_NET_OVERRIDES,
@@ -26,14 +24,6 @@ SMALL = [
     "data.num_workers=0", "data.pin_memory=false", "data.crop_size=64", "data.global_batch_size=4",
     "data.val_batch_size=2", "cam.par_iters=2",
 ]
-
-
-def _compose(config: str, overrides: list[str], out: Path):
-    with hydra_config():
-        cfg = compose(config, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
 
 
 @pytest.mark.slow
@@ -55,12 +45,12 @@ def test_luad_prepare_train_eval_predict(tmp_path: Path) -> None:
     net = load_checkpoint(ckpt).net
     assert net.cfg.background is False and net.cfg.num_classes == 4
 
-    result = evaluate(_compose("eval", ["data=luad", f"data.data_root={root}", "split=test", "eval=ss",
+    result = evaluate(compose_config("eval", ["data=luad", f"data.data_root={root}", "split=test", "eval=ss",
                                         "device=cpu", f"ckpt_path={ckpt}"], tmp_path / "eval"))
     assert list(result["per_class_iou"]) == list(LUAD_CLASSES) and 0.0 <= result["miou"] <= 1.0
 
     inputs = raw.root / "val" / "img"  # the val patches as files on disk, as a user would predict them
-    run_predict(_compose("predict", ["device=cpu", "progress=false", f"ckpt_path={ckpt}", f"input={inputs}",
+    run_predict(compose_config("predict", ["device=cpu", "progress=false", f"ckpt_path={ckpt}", f"input={inputs}",
                                      f"out_dir={tmp_path / 'pred'}"], tmp_path / "pred_run"))
     records = [json.loads(line) for line in (tmp_path / "pred" / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["input"].rsplit("/", 1)[-1] for r in records) == sorted(p.name for p in inputs.iterdir())

@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose
-from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.cam.config import CAMConfig
@@ -42,7 +41,15 @@ from clustercam_pl.losses import LossConfig, seg_loss
 from clustercam_pl.models.smp_net import SmpConfig, SmpSegNet
 from clustercam_pl.optim import OptimConfig
 from clustercam_pl.visualize import overlay_image
-from helpers import TINY_OVERRIDES, compose_train, hydra_config, save_framework_checkpoint, tiny_net
+from helpers import (
+    TINY_OVERRIDES,
+    compose_config,
+    compose_eval,
+    compose_train,
+    hydra_config,
+    save_framework_checkpoint,
+    tiny_net,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,11 +266,7 @@ def test_train_eval_predict_export_audit_without_background(tmp_path):
 
     data = ["data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_val=4", "data.val_batch_size=2",
             "device=cpu", *NOBG]
-    with hydra_config():
-        cfg = compose("eval", overrides=[*data, f"ckpt_path={ckpt}", "eval=ss", "export=true"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "eval")
-    result = evaluate(cfg)
+    result = evaluate(compose_eval([*data, f"ckpt_path={ckpt}", "eval=ss", "export=true"], tmp_path / "eval"))
     assert list(result["per_class_iou"]) == names and 0 <= result["miou"] <= 1
     pngs = [p for p in (tmp_path / "eval").rglob("*.png") if p.parent.name.endswith("_cls")]  # the exported maps
     assert len(pngs) == 4 and all(np.array(Image.open(p)).max() < 3 for p in pngs)
@@ -286,11 +289,8 @@ def test_train_eval_predict_export_audit_without_background(tmp_path):
         assert mask.max() < 3
 
     out = tmp_path / "export"
-    with hydra_config():
-        cfg = compose("export_labels", overrides=[*data, "cam.par_iters=2", f"ckpt_path={ckpt}", f"out_dir={out}",
-                                                  "split=val"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "export_run")
+    cfg = compose_config("export_labels", [*data, "cam.par_iters=2", f"ckpt_path={ckpt}", f"out_dir={out}", "split=val"],
+                         tmp_path / "export_run")
     exported = export_pseudo_labels(cfg)
     assert list(exported["pseudo_miou_per_class"]) == names and exported["ignored_fraction"] == 0.0
     labels = [np.array(Image.open(p)) for p in sorted((out / "labels").glob("*.png"))]

@@ -15,7 +15,6 @@ import pytest
 import tifffile
 import torch
 from hydra import compose
-from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -35,7 +34,7 @@ from clustercam_pl.data.prepare_vaihingen import VAIHINGEN
 from clustercam_pl.data.transforms import build_train_transform
 from clustercam_pl.inference.network import predict, predict_windows, window_starts
 from clustercam_pl.models import NetConfig
-from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config, tiny_net
+from helpers import TINY_NET_OVERRIDES, compose_eval, compose_train, hydra_config, tiny_net
 from isprs_fakes import TRAIN_TILES, VAL_TILES, bands_for, make_potsdam_tree, rgb_label, tile_classes
 
 TILES = dict(train_tiles=list(TRAIN_TILES), val_tiles=list(VAL_TILES))
@@ -218,11 +217,8 @@ def test_prepare_train_eval_predict_a_potsdam_stand_in(tmp_path):
     assert (cfg.in_chans, cfg.background) == (4, False)
     assert cfg.mean == pytest.approx(read_manifest(root, "potsdam").normalization[0])
 
-    with hydra_config():
-        ecfg = compose("eval", overrides=["data=potsdam", f"data.data_root={root}", "data.val_batch_size=3",
-                                          "data.num_workers=0", "device=cpu", f"ckpt_path={ckpt}", "eval=ss"])
-    with open_dict(ecfg):
-        ecfg.paths.output_dir = str(tmp_path / "eval")
+    ecfg = compose_eval(["data=potsdam", f"data.data_root={root}", "data.val_batch_size=3", "data.num_workers=0",
+                         "device=cpu", f"ckpt_path={ckpt}", "eval=ss"], tmp_path / "eval")
     result = evaluate(ecfg)
     assert list(result["per_class_iou"]) == list(ISPRS_CLASSES) and 0 <= result["miou"] <= 1
 

@@ -24,7 +24,15 @@ from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.models.smp_net import SmpConfig, SmpSegNet
 from clustercam_pl.predict import run_predict
 from clustercam_pl.train import train
-from helpers import TINY_NET_OVERRIDES, compose_train, hydra_config, one_training_step, save_framework_checkpoint
+from helpers import (
+    TINY_NET_OVERRIDES,
+    compose_config,
+    compose_eval,
+    compose_train,
+    hydra_config,
+    one_training_step,
+    save_framework_checkpoint,
+)
 
 SYN = {"num_classes": 4, "image_size": 64, "num_train": 8, "num_val": 4, "num_test": 2}
 
@@ -118,13 +126,9 @@ def test_true_labels_train_a_better_network_than_noisy_ones(tmp_path):
 def exported(tiny_run, tmp_path_factory) -> Path:
     """The tiny stage-one run's pseudo labels of its train split (export_labels)."""
     out = tmp_path_factory.mktemp("export")
-    with hydra_config():
-        cfg = compose("export_labels", overrides=[
-            "data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_train=16", "cam.par_iters=2",
-            "device=cpu", f"ckpt_path={tiny_run.last}", f"out_dir={out / 'labels_train'}", "split=train"])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "export_run")
-    export_pseudo_labels(cfg)
+    export_pseudo_labels(compose_config("export_labels", [
+        "data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_train=16", "cam.par_iters=2",
+        "device=cpu", f"ckpt_path={tiny_run.last}", f"out_dir={out / 'labels_train'}", "split=train"], out / "export_run"))
     return out / "labels_train" / "labels"
 
 
@@ -140,12 +144,8 @@ def test_stage_two_from_exported_stage_one_labels_trains_evaluates_predicts(netw
     loaded = load_checkpoint(ckpt)
     assert type(loaded.net).__name__ == ("SmpSegNet" if network == "smp" else "ClusterCAMNet")
     assert loaded.hparams["stage"] == 2 and loaded.class_names == list(class_names(4))
-    with hydra_config():
-        ecfg = compose("eval", overrides=["data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_val=8",
-                                          "eval=ss", "device=cpu", f"ckpt_path={ckpt}"])
-    with open_dict(ecfg):
-        ecfg.paths.output_dir = str(tmp_path / "eval")
-    result = evaluate(ecfg)
+    result = evaluate(compose_eval(["data=synthetic", "data.synthetic.image_size=64", "data.synthetic.num_val=8",
+                                    "eval=ss", "device=cpu", f"ckpt_path={ckpt}"], tmp_path / "eval"))
     assert result["miou"] == pytest.approx(summary["val/seg_miou"], abs=1e-6)  # eval = in-training validation
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -190,12 +190,9 @@ def test_smp_checkpoint_round_trip_and_refusals(tmp_path):
         probs = out.seg_logits.softmax(1)[:, 1:].amax(dim=(2, 3))  # (1, K)
         assert torch.allclose(out.cls_logits.sigmoid(), probs, atol=1e-5)
     with pytest.raises(ValueError, match="makes no CAMs: export pseudo labels from a ClusterCAM checkpoint"):
-        with hydra_config():
-            cfg = compose("export_labels", overrides=["data=synthetic", "data.synthetic.image_size=64", "device=cpu",
-                                                      f"ckpt_path={ckpt}", f"out_dir={tmp_path / 'x'}"])
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-        export_pseudo_labels(cfg)
+        export_pseudo_labels(compose_config("export_labels", [
+            "data=synthetic", "data.synthetic.image_size=64", "device=cpu", f"ckpt_path={ckpt}",
+            f"out_dir={tmp_path / 'x'}"], tmp_path / "run"))
     other = torch.load(ckpt, weights_only=True)
     other["clustercam"]["network"] = "mask2former"
     torch.save(other, tmp_path / "other.ckpt")

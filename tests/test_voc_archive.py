@@ -8,15 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose
-from omegaconf import open_dict
 from PIL import Image
 
 from clustercam_pl.data.imageio import write_index_png
 from clustercam_pl.eval import evaluate
 from clustercam_pl.tasks.evaluate import export_voc_results, voc_results_dir
 from clustercam_pl.tasks.voc_archive import ArchiveError, check_voc_archive
-from helpers import hydra_config, save_framework_checkpoint, tiny_net
+from helpers import compose_eval, save_framework_checkpoint, tiny_net
 
 IDS = ["2008_000001", "2008_000002", "2008_000003"]
 SIZES = {"2008_000001": (40, 30), "2008_000002": (32, 32), "2008_000003": (24, 36)}  # (w, h) of the JPEGs
@@ -84,11 +82,7 @@ def test_eval_export_checks_its_archive_and_check_archive_checks_any(tmp_path, c
             "data.synthetic.num_test=3", "device=cpu", "split=test"]
 
     def run(over: list[str], out: Path) -> dict:
-        with hydra_config():
-            cfg = compose("eval", overrides=[*data, *over])
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out)
-        return evaluate(cfg)
+        return evaluate(compose_eval([*data, *over], out))
 
     summary = run([f"ckpt_path={ckpt}", "eval=ss", "export=true"], tmp_path / "run")
     assert summary["export_check"] == "ok"

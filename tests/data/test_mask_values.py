@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose
-from omegaconf import open_dict
 from wsss_fakes import write_palette_png
 
 from clustercam_pl.data.imageio import ImageReadError, read_mask
@@ -21,7 +19,7 @@ from clustercam_pl.eval import evaluate
 from clustercam_pl.export_labels import export_pseudo_labels
 from clustercam_pl.prepare import main as prepare
 from clustercam_pl.train import train
-from helpers import hydra_config, tiny_net
+from helpers import compose_config, tiny_net
 from test_eval import save_framework
 
 BAD_ID = "2007_000010"  # VOC val; its mask has 255 borders, so a plain max does not find the 37
@@ -74,23 +72,15 @@ def _net_file(tmp_path: Path) -> Path:
     return save_framework(net, tmp_path / "k20.ckpt")
 
 
-def _compose(name: str, overrides: list[str], out: Path):
-    with hydra_config():
-        cfg = compose(name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
-
-
 def test_eval_and_pseudo_labels_refuse_the_mask(broken_root, tmp_path: Path) -> None:
     root, path = broken_root
     ckpt = _net_file(tmp_path)
     common = [*VOC_DATA, f"data.data_root={root}", f"ckpt_path={ckpt}", "device=cpu"]
     with pytest.raises(ImageReadError) as e:
-        evaluate(_compose("eval", [*common, "eval=ss"], tmp_path / "eval"))
+        evaluate(compose_config("eval", [*common, "eval=ss"], tmp_path / "eval"))
     assert str(e.value) == expected(root, path)
     with pytest.raises(ImageReadError) as e:
-        export_pseudo_labels(_compose("export_labels", [*common, "split=val", "cam.par_iters=1", "cam.scales=[1.0]",
+        export_pseudo_labels(compose_config("export_labels", [*common, "split=val", "cam.par_iters=1", "cam.scales=[1.0]",
                                                         "cam.cam_layers=2", f"out_dir={tmp_path / 'pl'}"], tmp_path / "pl_run"))
     assert str(e.value) == expected(root, path)
 
@@ -104,7 +94,7 @@ def test_validation_inside_training_refuses_the_mask(broken_root, tmp_path: Path
         "trainer.limit_train_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "logger=none", "callbacks=none", "cam.par_iters=1", "cam.scales=[1.0]", "model.seg_start_epoch=0",
     ]
-    cfg = _compose("train", overrides, tmp_path / "run")
+    cfg = compose_config("train", overrides, tmp_path / "run")
     with pytest.raises(ImageReadError) as e:
         train(cfg)
     assert str(e.value) == expected(root, path)
